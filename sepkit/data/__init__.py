@@ -1,0 +1,1 @@
+"""Data: mixture tables and their renderer, datasets, the synthetic corpus, the datamodule."""

@@ -1,0 +1,14 @@
+"""Separation models: one shared encoder -> masker -> decoder pipeline, one file per family."""
+
+from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
+from sepkit.models.pipeline import EncoderMaskerDecoder
+from sepkit.models.registry import build_model, list_models, register_model
+
+__all__ = [
+    "ConvDecoder",
+    "ConvEncoder",
+    "EncoderMaskerDecoder",
+    "build_model",
+    "list_models",
+    "register_model",
+]

@@ -1,0 +1,184 @@
+"""Conv-TasNet (Luo & Mesgarani, TASLP 2019): a TCN masker on a learned filterbank."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
+from sepkit.models.pipeline import EncoderMaskerDecoder
+from sepkit.models.registry import register_model
+from sepkit.nn.norms import make_norm
+
+MASK_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
+
+
+class TemporalBlock(nn.Module):
+    """One 1-D conv block: 1x1 up to ``hidden`` -> PReLU -> norm -> depthwise dilated
+    conv -> PReLU -> norm, with a 1x1 residual output and an optional 1x1 skip output.
+
+    Input ``[batch, bottleneck, frames]``; returns ``(residual, skip)`` of shapes
+    ``[batch, bottleneck, frames]`` and ``[batch, skip_channels, frames]`` (skip is
+    ``None`` when ``skip_channels == 0``).
+    """
+
+    def __init__(
+        self,
+        bottleneck: int,
+        hidden: int,
+        skip_channels: int,
+        kernel_size: int,
+        dilation: int,
+        norm: str,
+        causal: bool,
+    ) -> None:
+        super().__init__()
+        self.causal = causal
+        # Non-causal: symmetric padding; causal: all padding on the left, trimmed after.
+        self.pad = (kernel_size - 1) * dilation
+        self.in_conv = nn.Conv1d(bottleneck, hidden, 1)
+        self.act1 = nn.PReLU()
+        self.norm1 = make_norm(norm, hidden)
+        self.depthwise = nn.Conv1d(
+            hidden,
+            hidden,
+            kernel_size,
+            dilation=dilation,
+            groups=hidden,
+            padding=self.pad if causal else self.pad // 2,
+        )
+        self.act2 = nn.PReLU()
+        self.norm2 = make_norm(norm, hidden)
+        self.res_conv = nn.Conv1d(hidden, bottleneck, 1)
+        self.skip_conv = nn.Conv1d(hidden, skip_channels, 1) if skip_channels > 0 else None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        y = self.norm1(self.act1(self.in_conv(x)))
+        y = self.depthwise(y)
+        if self.causal and self.pad > 0:
+            y = y[..., : -self.pad]
+        y = self.norm2(self.act2(y))
+        skip = self.skip_conv(y) if self.skip_conv is not None else None
+        return self.res_conv(y), skip
+
+
+class TCNMasker(nn.Module):
+    """Conv-TasNet's separator: norm -> 1x1 bottleneck -> R repeats of X dilated blocks
+    (dilation ``2**x``) -> PReLU -> 1x1 to ``n_src * n_filters`` -> mask nonlinearity.
+
+    Input ``[batch, n_filters, frames]``; output masks ``[batch, n_src, n_filters, frames]``.
+    """
+
+    def __init__(
+        self,
+        n_filters: int,
+        n_src: int,
+        bottleneck: int = 128,
+        hidden: int = 512,
+        skip_channels: int = 128,
+        kernel_size: int = 3,
+        n_blocks: int = 8,
+        n_repeats: int = 3,
+        norm: str = "gLN",
+        causal: bool = False,
+        mask_activation: str = "sigmoid",
+    ) -> None:
+        super().__init__()
+        if mask_activation not in MASK_ACTIVATIONS:
+            raise ValueError(f"mask_activation must be one of {sorted(MASK_ACTIVATIONS)}")
+        self.n_src = n_src
+        self.n_filters = n_filters
+        self.input_norm = make_norm(norm, n_filters)
+        self.bottleneck = nn.Conv1d(n_filters, bottleneck, 1)
+        self.blocks = nn.ModuleList(
+            TemporalBlock(bottleneck, hidden, skip_channels, kernel_size, 2**x, norm, causal)
+            for _ in range(n_repeats)
+            for x in range(n_blocks)
+        )
+        self.use_skip = skip_channels > 0
+        self.output_act = nn.PReLU()
+        self.mask_conv = nn.Conv1d(skip_channels if self.use_skip else bottleneck, n_src * n_filters, 1)
+        self.mask_act = MASK_ACTIVATIONS[mask_activation]()
+
+    def forward(self, rep: Tensor) -> Tensor:
+        x = self.bottleneck(self.input_norm(rep))
+        skip_sum: Tensor | float = 0.0
+        for block in self.blocks:
+            residual, skip = block(x)
+            x = x + residual
+            if skip is not None:
+                skip_sum = skip_sum + skip
+        out = skip_sum if self.use_skip else x
+        masks = self.mask_act(self.mask_conv(self.output_act(out)))
+        batch, _, frames = masks.shape
+        return masks.view(batch, self.n_src, self.n_filters, frames)
+
+
+@register_model("conv_tasnet")
+class ConvTasNet(EncoderMaskerDecoder):
+    """Conv-TasNet. Defaults are the paper's best non-causal model (Table II):
+    N=512, L=16 (stride 8), B=128, H=512, Sc=128, P=3, X=8, R=3, gLN, sigmoid masks:
+    5,050,545 parameters.
+
+    Input ``[batch, time]``; output ``[batch, n_src, time]``.
+
+    Args:
+        n_src: number of sources.
+        n_filters: N, encoder/decoder bases.
+        kernel_size: L, encoder/decoder length in samples.
+        stride: encoder hop (``kernel_size // 2`` in the paper).
+        bottleneck: B. hidden: H. skip_channels: Sc (0 disables the skip path).
+        conv_kernel_size: P. n_blocks: X. n_repeats: R.
+        norm: "gLN" (default), "cLN", "BN" or "id"; ``causal=True`` should use "cLN".
+        causal: causal depthwise convolutions.
+        mask_activation: "sigmoid" (paper) or "relu" (Asteroid's recipes).
+        sample_rate: the sample rate the model is trained at.
+    """
+
+    ssc_presets = {
+        "pointwise": {
+            "include": [
+                "masker.bottleneck",
+                "masker.blocks.*.in_conv",
+                "masker.blocks.*.res_conv",
+                "masker.blocks.*.skip_conv",
+                "masker.mask_conv",
+            ]
+        }
+    }
+
+    def __init__(
+        self,
+        n_src: int = 2,
+        n_filters: int = 512,
+        kernel_size: int = 16,
+        stride: int = 8,
+        bottleneck: int = 128,
+        hidden: int = 512,
+        skip_channels: int = 128,
+        conv_kernel_size: int = 3,
+        n_blocks: int = 8,
+        n_repeats: int = 3,
+        norm: str = "gLN",
+        causal: bool = False,
+        mask_activation: str = "sigmoid",
+        sample_rate: int = 8000,
+    ) -> None:
+        super().__init__(
+            encoder=ConvEncoder(n_filters, kernel_size, stride),
+            masker=TCNMasker(
+                n_filters,
+                n_src,
+                bottleneck=bottleneck,
+                hidden=hidden,
+                skip_channels=skip_channels,
+                kernel_size=conv_kernel_size,
+                n_blocks=n_blocks,
+                n_repeats=n_repeats,
+                norm=norm,
+                causal=causal,
+                mask_activation=mask_activation,
+            ),
+            decoder=ConvDecoder(n_filters, kernel_size, stride),
+            n_src=n_src,
+            sample_rate=sample_rate,
+        )

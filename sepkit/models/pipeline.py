@@ -1,0 +1,89 @@
+"""The encoder -> masker -> decoder pipeline every masking separator shares."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class EncoderMaskerDecoder(nn.Module):
+    """Waveform separator: learned encoder, a masker producing ``n_src`` masks, decoder.
+
+    Subclasses only build their masker (and, where the paper says so, a different
+    encoder or decoder); padding, masking and cropping live here once.
+
+    Args:
+        encoder: ``[batch, time] -> [batch, n_filters, frames]``, with ``kernel_size`` and
+            ``stride`` attributes.
+        masker: ``[batch, n_filters, frames] -> [batch, n_src, n_filters, frames]`` masks.
+        decoder: ``[batch, n_src, n_filters, frames] -> [batch, n_src, time']``.
+        n_src: number of sources.
+        sample_rate: sample rate the model was designed/trained for, in Hz.
+        length_multiple: the padded input length must also be a multiple of this (e.g.
+            A-FRCNN's 160 samples, SuDoRM-RF's ``lcm(stride, 2**depth)``); 1 means no
+            extra constraint.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        masker: nn.Module,
+        decoder: nn.Module,
+        n_src: int,
+        sample_rate: int = 8000,
+        length_multiple: int = 1,
+    ) -> None:
+        super().__init__()
+        if n_src < 1:
+            raise ValueError(f"n_src must be >= 1, got {n_src}")
+        self.encoder = encoder
+        self.masker = masker
+        self.decoder = decoder
+        self.n_src = n_src
+        self.sample_rate = sample_rate
+        self.length_multiple = length_multiple
+
+    def padded_length(self, length: int) -> int:
+        """Smallest ``L >= length`` the encoder covers with no sample left over.
+
+        The encoder frames ``(L - kernel) // stride + 1`` and the decoder rebuilds
+        ``(frames - 1) * stride + kernel`` samples, which equals ``L`` exactly when
+        ``(L - kernel) % stride == 0``.
+        """
+        kernel, stride = self.encoder.kernel_size, self.encoder.stride
+        padded = max(length, kernel)
+        padded = kernel + math.ceil((padded - kernel) / stride) * stride
+        # Step along the frame grid until the extra multiple also holds; if none of
+        # the next lcm/stride grid points works, the two constraints are incompatible.
+        for _ in range(self.length_multiple):
+            if padded % self.length_multiple == 0:
+                return padded
+            padded += stride
+        raise ValueError(
+            f"no input length fits kernel {kernel}, stride {stride} and multiple {self.length_multiple}"
+        )
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """Separate ``[batch, time]`` (or ``[batch, 1, time]`` / ``[time]``) into
+        ``[batch, n_src, time]`` of exactly the input length."""
+        if wav.dim() == 1:
+            wav = wav.unsqueeze(0)
+        if wav.dim() == 3:
+            if wav.shape[1] != 1:
+                raise ValueError(f"expected mono input [batch, 1, time], got {tuple(wav.shape)}")
+            wav = wav.squeeze(1)
+        if wav.dim() != 2:
+            raise ValueError(f"expected [batch, time] input, got {tuple(wav.shape)}")
+        length = wav.shape[-1]
+        padded = F.pad(wav, (0, self.padded_length(length) - length))
+        est = self.separate_padded(padded)
+        return est[..., :length]
+
+    def separate_padded(self, wav: torch.Tensor) -> torch.Tensor:
+        """``[batch, time]`` already on the encoder's grid -> ``[batch, n_src, time]``."""
+        rep = self.encoder(wav)
+        masks = self.masker(rep)
+        return self.decoder(masks * rep.unsqueeze(1))

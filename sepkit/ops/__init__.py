@@ -1,0 +1,1 @@
+"""Custom ops (SSC relative context: reference and fused kernels)."""
