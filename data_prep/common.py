@@ -200,6 +200,11 @@ def execute(plans: list[SplitPlan], write: bool, jobs: int = 1, dry_run: bool = 
         "written": 0,
         "skipped": 0,
     }
+    for plan in plans:
+        ids = [spec.mixture_id for spec in plan.specs]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i in ids if ids.count(i) > 1)
+            raise PrepareError(f"{plan.name}: mixture id {duplicate!r} occurs more than once; output files would collide")
     if dry_run:
         return summary
     for plan in plans:
