@@ -164,12 +164,14 @@ def synthesize_utterance(spk: Speaker, seconds: float, sr: int, rng: np.random.G
             segment = _voiced(rng, spk, n, sr)
         elif kind == "unvoiced":
             n = int(rng.uniform(0.03, 0.12) * sr)
-            segment = 0.4 * _unvoiced(rng, n, sr) * np.std(out[:pos] if pos else [1.0]) / 0.5
+            # Fricative-like bursts sit about 10 dB below voiced segments, as in speech.
+            segment = 0.3 * _unvoiced(rng, n, sr)
         else:
             pos += int(rng.uniform(0.04, 0.2) * sr)
             continue
         n = min(n, total - pos)
-        out[pos : pos + n] += segment[:n] / (np.std(segment) + 1e-12) * rng.uniform(0.6, 1.0)
+        level = rng.uniform(0.6, 1.0) * (0.3 if kind == "unvoiced" else 1.0)
+        out[pos : pos + n] += segment[:n] / (np.std(segment) + 1e-12) * level
         pos += n
     return out / (np.sqrt(np.mean(out**2)) + 1e-12)
 
