@@ -209,7 +209,9 @@ def execute(plans: list[SplitPlan], write: bool, jobs: int = 1, dry_run: bool = 
         return summary
     for plan in plans:
         for table_path, rows in plan.tables.items():
-            write_table(table_path, rows)
+            # in file-name order: row i of the table is file i of the written folder
+            # (the written-folder dataset lists files sorted), so both give the same batches
+            write_table(table_path, sorted(rows, key=lambda spec: f"{spec.mixture_id}.wav"))
     if not write:
         return summary
     todo: list[tuple[MixtureSpec, Path, dict[str, str]]] = []
