@@ -5,6 +5,7 @@ rendering against the written files, SPHERE decoding, bad inputs, resume."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -48,7 +49,7 @@ def corpus(tmp_path):
     return wsj0, lists
 
 
-def test_written_files_match_reference_and_on_the_fly(corpus, tmp_path):
+def test_written_files_match_reference_and_on_the_fly(corpus, tmp_path, capsys):
     wsj0, lists = corpus
     out = tmp_path / "out"
     argv = ["wsj0-mix", "--wsj0", str(wsj0), "--lists", str(lists), "--n-src", "2", "3"]
@@ -77,6 +78,18 @@ def test_written_files_match_reference_and_on_the_fly(corpus, tmp_path):
                         checked += 1
     assert checked == 2 * 3 * 2 * 2 * 3
     assert main(["verify", str(out)]) == 0
+    # comparison against "official" files: an exact copy, with one file perturbed by 1 LSB
+    official = tmp_path / "official"
+    split = Path("2speakers/wav8k/min/tt")
+    shutil.copytree(out / split, official / split)
+    victim = sorted((official / split / "mix").glob("*.wav"))[0]
+    data, rate = sf.read(str(victim), dtype="int16")
+    data[100] += 1
+    sf.write(str(victim), data, rate, subtype="PCM_16")
+    capsys.readouterr()
+    assert main(["verify", str(out), "--official", str(official), "--samples", "3"]) == 0
+    report = capsys.readouterr().out
+    assert "vs official: 9 files, 8 identical" in report
 
 
 def test_sphere_wv1_discs_are_decoded_and_checked(tmp_path):
@@ -96,8 +109,9 @@ def test_sphere_wv1_discs_are_decoded_and_checked(tmp_path):
     # the tables render to the same numbers as the reference from those samples
     wav_root = out / "wsj0_wav"
     levels = read_levels(lists)
-    for spec, pairs in zip(read_table(out / "2speakers/wav8k/min/tr.csv"), read_merl_list(lists / "mix_2_spk_tr.txt")):
-        mix, _ = render(spec)
+    table = {spec.mixture_id: spec for spec in read_table(out / "2speakers/wav8k/min/tr.csv")}
+    for pairs in read_merl_list(lists / "mix_2_spk_tr.txt"):
+        mix, _ = render(table["_".join(f"{Path(p).stem}_{s}" for p, s in pairs)])
         want = reference_wsj0mix(pairs, levels, wav_root, 8000, "min")[0]
         np.testing.assert_array_equal(mix, want.astype(np.float32) / 32768)
     assert not list(discs.rglob("*.wav")), "nothing may be written inside the input corpus"
