@@ -24,12 +24,19 @@ from data_prep.common import PrepareError, SplitPlan, download_pinned, ensure_ou
 from sepkit.data.mixtures import read_table, render_outputs
 
 MANIFEST = "prepare_manifest.json"
+_TRUST_HELP = "accept downloaded metadata whose checksum is not pinned yet (prints the sha256 to pin)"
 
 
 def _common(parser: argparse.ArgumentParser, rates: list[int], modes: list[str]) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (never inside an input corpus)")
-    parser.add_argument("--sample-rate", type=int, nargs="+", default=rates, dest="sample_rates")
-    parser.add_argument("--mode", nargs="+", choices=["min", "max"], default=modes, dest="modes")
+    parser.add_argument(
+        "--sample-rate", type=int, nargs="+", default=rates, dest="sample_rates",
+        help=f"output rates (default {' '.join(map(str, rates))}; the official scripts make 8000 and 16000)",
+    )
+    parser.add_argument(
+        "--mode", nargs="+", choices=["min", "max"], default=modes, dest="modes",
+        help=f"length modes (default {' '.join(modes)}, the usual benchmark; official scripts make both)",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--write", action="store_true", help="write every file of the official layout")
     group.add_argument("--metadata-only", action="store_true", help="only the mixture tables (default)")
@@ -53,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lists", type=Path, help="folder with mix_{N}_spk_{tr,cv,tt}.txt and activlev_*.txt")
     p.add_argument("--n-src", type=int, nargs="+", default=[2], dest="n_srcs")
     p.add_argument("--splits", nargs="+", default=["tr", "cv", "tt"])
-    p.add_argument("--trust-unpinned-download", action="store_true")
+    p.add_argument("--trust-unpinned-download", action="store_true", help=_TRUST_HELP)
     _common(p, [8000], ["min"])
 
     p = sub.add_parser("librimix", help="Libri2Mix / Libri3Mix")
@@ -61,9 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wham-noise", type=Path, help="wham_noise folder (needed for mix_both / mix_single)")
     p.add_argument("--metadata", type=Path, help="LibriMix metadata folder (Libri{N}Mix/libri{N}mix_<subset>.csv)")
     p.add_argument("--n-src", type=int, nargs="+", default=[2], dest="n_srcs")
-    p.add_argument("--types", nargs="+", choices=["mix_clean", "mix_both", "mix_single"], default=["mix_clean"])
+    p.add_argument(
+        "--types", nargs="+", choices=["mix_clean", "mix_both", "mix_single"], default=["mix_clean"],
+        help="mixture types (default mix_clean, which needs no WHAM! noise)",
+    )
     p.add_argument("--subsets", nargs="+", help="train-360 train-100 dev test (default: those with metadata)")
-    p.add_argument("--trust-unpinned-download", action="store_true")
+    p.add_argument("--trust-unpinned-download", action="store_true", help=_TRUST_HELP)
     _common(p, [8000], ["min"])
 
     for name, extra in (("wham", False), ("whamr", True)):
