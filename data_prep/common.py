@@ -217,6 +217,10 @@ def execute(plans: list[SplitPlan], write: bool, jobs: int = 1, dry_run: bool = 
     todo: list[tuple[MixtureSpec, Path, dict[str, str]]] = []
     missing_bytes = 0
     for plan in plans:
+        # a killed worker (SIGKILL, power loss) can leave its temp file behind
+        for folder in plan.folders.values():
+            for stale in (plan.directory / folder).glob(".*.tmp"):
+                stale.unlink()
         for spec in plan.specs:
             missing = {
                 name: folder

@@ -47,6 +47,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from data_prep.common import PrepareError, SplitPlan, require_file
 from data_prep.wham import SPLITS, wham_rows
@@ -168,6 +169,7 @@ def build_plans(
     jobs: int = 1,
     dry_run: bool = False,
     t60_report: list[tuple[str, float, float, float]] | None = None,
+    progress: bool = True,
 ) -> list[SplitPlan]:
     """WHAMR! plans. Simulates (and caches) the RIRs and computes the energy-matching
     gains, which reads and convolves every source once (skipped in a dry run).
@@ -178,7 +180,7 @@ def build_plans(
         wham = wham_rows(wsj0, wham_noise, lists_dir, out, split, sample_rates, modes, jobs, dry_run)
         rir_dir = out / "rirs" / split
         names = [spec.mixture_id for spec in next(iter(wham.values()))]
-        for name in names:
+        for name in tqdm(names, desc=f"WHAMR! rooms {split}", unit="room", disable=not progress):
             if name not in params:
                 raise PrepareError(f"no room parameters for {name} in reverb_params_{split}.csv")
             if dry_run:
@@ -194,7 +196,8 @@ def build_plans(
             if t60_report is not None:
                 t60_report.append((name, params[name]["T60"], rirs["t60_expected"], rirs["t60_measured"]))
         for (rate, mode), specs in wham.items():
-            reverb_specs = [_reverberant(spec, rir_dir, dry_run) for spec in specs]
+            label = f"WHAMR! gains {split} {rate // 1000}k {mode}"
+            reverb_specs = [_reverberant(s, rir_dir, dry_run) for s in tqdm(specs, desc=label, disable=not progress)]
             base = out / f"wav{rate // 1000}k" / mode
             tables = {}
             for task in tasks:

@@ -146,6 +146,7 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
         plans = whamr.build_plans(
             args.wsj0, args.wham_noise, args.lists, args.reverb_params, args.out, args.sample_rates, args.modes,
             args.splits, absorption_law=args.absorption_law, jobs=args.jobs, dry_run=args.dry_run, t60_report=report,
+            progress=not args.no_progress,
         )
         if report:
             errors = [abs(measured - expected) / expected for _, _, expected, measured in report]

@@ -192,6 +192,8 @@ def test_interrupted_write_resumes_without_partial_files(corpus, tmp_path, monke
     assert len(first) == 4 * 3  # four mixtures, three files each
     victim = first[0]
     victim.write_bytes(victim.read_bytes()[:60])  # a damaged file is detected and rewritten
+    stale = victim.parent / f".{victim.name}.abc123.tmp"  # what a SIGKILLed worker leaves
+    stale.write_bytes(b"partial")
     stamp = {p: p.stat().st_mtime_ns for p in first[1:]}
     plans = wsj0mix.build_plans(wsj0, lists, out, [2], [8000], ["min", "max"])
     summary = common.execute(plans, write=True, progress=False)
@@ -199,6 +201,7 @@ def test_interrupted_write_resumes_without_partial_files(corpus, tmp_path, monke
     assert summary["written"] == 2 * 3 * 3 * 3 - (len(first) - 1)
     assert all(p.stat().st_mtime_ns == stamp[p] for p in first[1:])
     assert sf.info(str(victim)).frames > 0
+    assert not stale.exists()
     assert main(argv) == 0 and main(["verify", str(out)]) == 0
 
 
@@ -226,3 +229,13 @@ def test_pinned_download(tmp_path, monkeypatch):
         download_pinned([PinnedFile(source.as_uri(), "third.txt", None)], dest)
     download_pinned([PinnedFile(source.as_uri(), "third.txt", None)], dest, trust_unpinned=True)
     assert (dest / "third.txt").is_file()
+
+
+def test_pyav_decoder_reads_sphere(tmp_path):
+    """The FFmpeg (PyAV) fallback on a plain SPHERE file; Shorten payloads need real WSJ0 data."""
+    pytest.importorskip("av")
+    from data_prep.wsj0 import _decode_pyav
+
+    samples = speech_like(np.random.default_rng(1), 5000)
+    write_sphere(tmp_path / "a.sph", samples)
+    np.testing.assert_array_equal(_decode_pyav(tmp_path / "a.sph"), samples)
