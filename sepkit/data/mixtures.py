@@ -396,14 +396,19 @@ def render_outputs(
 
     Peak normalisation (if the row asks for it) always looks at every mixture and
     source of the row, whatever subset is returned, so the values never depend on
-    ``names``.
+    ``names``; without it, the noise is only read when a requested output contains it.
     """
     root_path = Path(root) if root is not None else None
     wanted = names if names is not None else mixture.output_names()
     anechoic = mixture.has_anechoic and any(name.endswith("_anechoic") for name in wanted)
+    # the noise is only read when an output needs it (e.g. not for sep_clean on WHAM!)
+    noisy_outputs = ("noise", "mix_both", "mix_single")
+    need_noise = mixture.peak_normalize is not None or any(name.startswith(noisy_outputs) for name in wanted)
     out: dict[str, np.ndarray] = {}
     sources = [render_signal(src, mixture, root_path) for src in mixture.sources]
-    noise = render_signal(mixture.noise, mixture, root_path) if mixture.noise is not None else None
+    noise = None
+    if mixture.noise is not None and need_noise:
+        noise = render_signal(mixture.noise, mixture, root_path)
     variants = [("", sources)]
     if anechoic:
         dry = [render_signal(src, mixture, root_path, anechoic=True) for src in mixture.sources]
