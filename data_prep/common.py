@@ -54,7 +54,7 @@ class SplitPlan:
 
 
 def bytes_per_sample(spec: MixtureSpec) -> int:
-    return 2 if spec.quantize == "int16" else 4
+    return 2 if spec.quantize else 4
 
 
 def estimate_bytes(plans: list[SplitPlan]) -> int:
@@ -173,7 +173,7 @@ def file_is_complete(path: Path, spec: MixtureSpec) -> bool:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError):
         return False
-    subtype = "PCM_16" if spec.quantize == "int16" else "FLOAT"
+    subtype = "PCM_16" if spec.quantize else "FLOAT"
     return info.samplerate == spec.sample_rate and info.frames == spec.length and info.subtype == subtype
 
 

@@ -15,7 +15,11 @@ Per row, sample rate and mode (``create_librimix_from_metadata.py``), as one tab
   (``gain_stage=before_resample``);
 * ``min`` truncates everything (noise included) to the shortest, ``max`` zero-pads;
 * ``mix_clean`` = sum of sources, ``mix_both`` = + noise, ``mix_single`` = s1 + noise;
-  written as 16-bit PCM (``quantize=int16``; libsndfile rounds ``32768 x`` the same way).
+  written as 16-bit PCM. The official script lets soundfile convert floats to PCM_16,
+  so its rounding is whatever the user's libsndfile does (1.2.2, measured here:
+  ``floor(32768 x)``). ``quantizer="round"`` (default) writes ``round(32768 x)`` like the
+  other recipes, independent of library versions; ``"libsndfile"`` reproduces libsndfile
+  1.2.2 (``quantize=int16_floor``). The two differ by at most 1 LSB.
 
 train-360 uses speed-perturbed WHAM! noise (``<name>sp08.wav``/``<name>sp12.wav``, made
 by LibriMix with SoX ``speed 0.8``/``1.2`` on channel 0). When those files are not in
@@ -120,7 +124,10 @@ def build_plans(
     types: list[str],
     subsets: list[str] | None = None,
     dry_run: bool = False,
+    quantizer: str = "round",
 ) -> list[SplitPlan]:
+    if quantizer not in ("round", "libsndfile"):
+        raise PrepareError(f"quantizer must be 'round' or 'libsndfile', got {quantizer!r}")
     noisy = any(t != "mix_clean" for t in types)
     if noisy and wham_noise is None:
         raise PrepareError("mix_both/mix_single need the WHAM! noise: pass --wham-noise DIR")
@@ -174,7 +181,7 @@ def build_plans(
                                 sources=sources,
                                 noise=noise,
                                 gain_stage="before_resample",
-                                quantize="int16",
+                                quantize="int16" if quantizer == "round" else "int16_floor",
                                 extra={f"s{i + 1}_speaker": Path(row[f"source_{i + 1}_path"]).parts[-3] for i in range(n_src)},
                             )
                         )

@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="mixture types (default mix_clean, which needs no WHAM! noise)",
     )
     p.add_argument("--subsets", nargs="+", help="train-360 train-100 dev test (default: those with metadata)")
+    p.add_argument(
+        "--quantizer", choices=["round", "libsndfile"], default="round",
+        help="int16 rounding: round(32768 x) (default) or floor(32768 x) as libsndfile 1.2.2 writes it",
+    )
     p.add_argument("--trust-unpinned-download", action="store_true", help=_TRUST_HELP)
     _common(p, [8000], ["min"])
 
@@ -123,7 +127,7 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
         meta = _metadata(args, args.metadata, librimix.pinned_metadata(args.n_srcs), "LibriMix")
         return librimix.build_plans(
             args.librispeech, args.wham_noise, meta, args.out, args.n_srcs, args.sample_rates, args.modes,
-            args.types, args.subsets, args.dry_run,
+            args.types, args.subsets, args.dry_run, args.quantizer,
         )
     if args.command in ("wham", "whamr"):
         require_dir(args.wsj0, "WSJ0", "--wsj0")

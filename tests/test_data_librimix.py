@@ -27,7 +27,8 @@ def reference_extend(noise: np.ndarray, target: int) -> np.ndarray:
     return out[:target]
 
 
-def reference_librimix(row: dict, n_src: int, libri: Path, noise_file: Path, rate: int, mode: str) -> dict:
+def reference_librimix_float(row: dict, n_src: int, libri: Path, noise_file: Path, rate: int, mode: str) -> dict:
+    """create_librimix_from_metadata.py in float64, before writing."""
     sources = [sf.read(str(libri / row[f"source_{i + 1}_path"]), dtype="float64")[0] for i in range(n_src)]
     longest = max(map(len, sources))
     noise = sf.read(str(noise_file), dtype="float64", stop=longest, always_2d=True)[0][:, 0]
@@ -42,6 +43,11 @@ def reference_librimix(row: dict, n_src: int, libri: Path, noise_file: Path, rat
         clean = clean + s
     out = {f"s{i + 1}": s for i, s in enumerate(signals[:n_src])}
     out.update(noise=signals[-1], mix_clean=clean, mix_both=clean + signals[-1], mix_single=signals[0] + signals[-1])
+    return out
+
+
+def reference_librimix(row: dict, n_src: int, libri: Path, noise_file: Path, rate: int, mode: str) -> dict:
+    out = reference_librimix_float(row, n_src, libri, noise_file, rate, mode)
     return {k: np.clip(np.round(v * 32768), -32768, 32767).astype(np.int16) for k, v in out.items()}
 
 
@@ -143,3 +149,25 @@ def test_clean_only_ignores_noise(corpus, tmp_path):
     spec = read_table(out / "Libri2Mix" / "wav8k" / "min" / "dev_mix_clean.csv")[0]
     outputs = render_outputs(spec)
     np.testing.assert_array_equal(outputs["mix_clean"], sf.read(str(base / "mix_clean" / f"{spec.mixture_id}.wav"))[0])
+
+
+def test_libsndfile_quantizer_matches_the_official_writer(corpus, tmp_path):
+    """--quantizer libsndfile gives the files LibriMix's own script (sf.write of floats)
+    writes with this machine's libsndfile."""
+    if not sf.__libsndfile_version__.startswith("1.2."):
+        pytest.skip(f"floor rule measured on libsndfile 1.2.x, this is {sf.__libsndfile_version__}")
+    libri, wham, meta = corpus
+    out = tmp_path / "out"
+    argv = ["librimix", "--librispeech", str(libri), "--wham-noise", str(wham), "--metadata", str(meta), "--subsets", "dev"]
+    argv += ["--types", "mix_both", "--quantizer", "libsndfile", "--out", str(out), "--write", "--no-progress"]
+    assert main(argv) == 0
+    with open(meta / "Libri2Mix" / "libri2mix_dev-clean.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    base = out / "Libri2Mix" / "wav8k" / "min" / "dev"
+    for row in rows:
+        want = reference_librimix_float(row, 2, libri, wham / row["noise_path"], 8000, "min")
+        for name in ("s1", "s2", "noise", "mix_both"):
+            official = tmp_path / "official.wav"
+            sf.write(official, want[name], 8000)  # what the official script does
+            got = sf.read(str(base / name / f"{row['mixture_ID']}.wav"), dtype="int16")[0]
+            np.testing.assert_array_equal(got, sf.read(str(official), dtype="int16")[0])

@@ -31,8 +31,11 @@ Columns (``i`` = 1..n_src; optional columns may be empty or absent):
 ``peak_normalize``       if set (e.g. ``0.9``), every output is scaled by
                          ``value / max |x|`` over the mixtures and sources (wsj0-mix)
 ``quantize``             ``int16``: every output is rounded to ``round(32768 x) / 32768``
-                         with clipping, as the recipes that write 16-bit PCM do; rows
-                         without it are written as 32-bit float
+                         with clipping (MATLAB ``wavwrite``, pywsj0-mix, WHAM's utils);
+                         ``int16_floor``: ``floor(32768 x) / 32768``, what libsndfile 1.2.2
+                         does when soundfile writes floats as PCM_16 (so what LibriMix's
+                         own script produces with that library); rows without it are
+                         written as 32-bit float
 ``mixture``              which output is the model input (default ``mix_both`` when a
                          noise is present, else ``mix_clean``)
 ``targets``              space-separated outputs used as targets (default ``s1 .. sN``)
@@ -67,6 +70,7 @@ from sepkit.audio import AudioError, resample
 
 LIBRIMIX_CROSSFADE = 8001  # half of a 16001-sample Hann window (0.5 s at 16 kHz)
 INT16_SCALE = 32768.0
+QUANTIZERS = ("int16", "int16_floor")
 
 
 @dataclass
@@ -208,8 +212,8 @@ def _row_to_spec(row: dict[str, str]) -> MixtureSpec:
     if gain_stage not in ("after_resample", "before_resample"):
         raise ValueError(f"gain_stage must be after_resample or before_resample, got {gain_stage!r}")
     quantize = value("quantize")
-    if quantize not in ("", "int16"):
-        raise ValueError(f"quantize must be empty or int16, got {quantize!r}")
+    if quantize not in ("", *QUANTIZERS):
+        raise ValueError(f"quantize must be empty, int16 or int16_floor, got {quantize!r}")
     peak = value("peak_normalize")
     return MixtureSpec(
         mixture_id=row["mixture_id"],
@@ -222,7 +226,7 @@ def _row_to_spec(row: dict[str, str]) -> MixtureSpec:
         quantize=quantize,
         mixture=value("mixture"),
         targets=value("targets"),
-        extra={k: v for k, v in row.items() if k not in known and v is not None},
+        extra={k: v for k, v in row.items() if k not in known and v not in (None, "")},
     )
 
 
@@ -272,10 +276,14 @@ def _resolve(path: str, root: Path | None) -> Path:
     return candidate if candidate.is_absolute() or root is None else root / candidate
 
 
-def quantize_int16(x: np.ndarray) -> np.ndarray:
-    """``round(32768 x)`` clipped to int16, back on the float scale (MATLAB ``wavwrite``,
-    libsndfile's float to PCM_16 conversion)."""
-    return np.clip(np.round(x * INT16_SCALE), -INT16_SCALE, INT16_SCALE - 1) / INT16_SCALE
+def quantize_int16(x: np.ndarray, rule: str = "int16") -> np.ndarray:
+    """``x`` on the int16 grid, back on the float scale, with clipping.
+
+    ``rule="int16"``: ``round(32768 x)`` (MATLAB ``wavwrite``); ``"int16_floor"``:
+    ``floor(32768 x)`` (libsndfile 1.2.2's float to PCM_16 conversion).
+    """
+    scaled = np.floor(x * INT16_SCALE) if rule == "int16_floor" else np.round(x * INT16_SCALE)
+    return np.clip(scaled, -INT16_SCALE, INT16_SCALE - 1) / INT16_SCALE
 
 
 def to_int16(x: np.ndarray) -> np.ndarray:
@@ -427,8 +435,8 @@ def render_outputs(
         if peak > 0:
             gain = mixture.peak_normalize / peak
             out = {name: x * gain for name, x in out.items()}
-    if mixture.quantize == "int16":
-        out = {name: quantize_int16(x) for name, x in out.items()}
+    if mixture.quantize:
+        out = {name: quantize_int16(x, mixture.quantize) for name, x in out.items()}
     missing = [name for name in wanted if name not in out]
     if missing:
         raise ValueError(f"mixture {mixture.mixture_id}: no output named {missing}; available: {sorted(out)}")
@@ -454,7 +462,7 @@ def write_outputs(
     """Render ``mixture`` and write each output ``name`` to
     ``directory/folders[name]/<mixture_id>.wav`` atomically.
 
-    Rows with ``quantize=int16`` are written as 16-bit PCM from the exact int16
+    Quantised rows are written as 16-bit PCM from the exact int16
     values; others as 32-bit float. Reading a written file back therefore gives
     exactly what :func:`render` returns on the fly.
     """
@@ -464,7 +472,7 @@ def write_outputs(
     written = []
     for name, folder in folders.items():
         path = Path(directory) / folder / f"{mixture.mixture_id}.wav"
-        if mixture.quantize == "int16":
+        if mixture.quantize:
             write_audio_atomic(path, to_int16(out[name]), mixture.sample_rate, subtype="PCM_16")
         else:
             write_audio_atomic(path, out[name].astype(np.float32), mixture.sample_rate, subtype="FLOAT")
