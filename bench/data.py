@@ -97,7 +97,7 @@ def main() -> None:
     # batch 4 x 4 s of the paper-size model needs ~18 GB of activations on CPU; one
     # 4 s mixture per step gives the per-mixture cost without exhausting a shared machine
     parser.add_argument("--batch", type=int, default=1, help="Conv-TasNet batch size (4 s segments)")
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "data.json")
     args = parser.parse_args()
     results: dict = {

@@ -408,10 +408,11 @@ def render_outputs(
     """
     root_path = Path(root) if root is not None else None
     wanted = names if names is not None else mixture.output_names()
-    anechoic = mixture.has_anechoic and any(name.endswith("_anechoic") for name in wanted)
+    normalised = mixture.peak_normalize is not None
+    anechoic = mixture.has_anechoic and (normalised or any(name.endswith("_anechoic") for name in wanted))
     # the noise is only read when an output needs it (e.g. not for sep_clean on WHAM!)
     noisy_outputs = ("noise", "mix_both", "mix_single")
-    need_noise = mixture.peak_normalize is not None or any(name.startswith(noisy_outputs) for name in wanted)
+    need_noise = normalised or any(name.startswith(noisy_outputs) for name in wanted)
     out: dict[str, np.ndarray] = {}
     sources = [render_signal(src, mixture, root_path) for src in mixture.sources]
     noise = None
@@ -435,11 +436,11 @@ def render_outputs(
         if peak > 0:
             gain = mixture.peak_normalize / peak
             out = {name: x * gain for name, x in out.items()}
-    if mixture.quantize:
-        out = {name: quantize_int16(x, mixture.quantize) for name, x in out.items()}
     missing = [name for name in wanted if name not in out]
     if missing:
         raise ValueError(f"mixture {mixture.mixture_id}: no output named {missing}; available: {sorted(out)}")
+    if mixture.quantize:
+        return {name: quantize_int16(out[name], mixture.quantize) for name in wanted}
     return {name: out[name] for name in wanted}
 
 
