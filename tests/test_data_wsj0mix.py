@@ -239,3 +239,13 @@ def test_pyav_decoder_reads_sphere(tmp_path):
     samples = speech_like(np.random.default_rng(1), 5000)
     write_sphere(tmp_path / "a.sph", samples)
     np.testing.assert_array_equal(_decode_pyav(tmp_path / "a.sph"), samples)
+
+
+def test_disk_space_is_checked_before_writing(corpus, tmp_path, monkeypatch, capsys):
+    wsj0, lists = corpus
+    out = tmp_path / "out"
+    monkeypatch.setattr(common.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    argv = ["wsj0-mix", "--wsj0", str(wsj0), "--lists", str(lists), "--out", str(out), "--write", "--no-progress"]
+    assert main(argv) == 2
+    assert "not enough disk space" in capsys.readouterr().err
+    assert not list(out.rglob("*.wav"))
