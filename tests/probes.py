@@ -1,6 +1,7 @@
 """Test-only Lightning callbacks, importable by `sepkit train` subprocesses through
 PYTHONPATH, that record what the tests then check."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -29,6 +30,19 @@ class StateProbe(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._dump(trainer, "end")
+
+
+class BatchProbe(L.Callback):
+    """Appends ``<global step> <sha256 of the batch>`` for every training batch."""
+
+    def __init__(self, out_file: str) -> None:
+        self.out_file = Path(out_file)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        mixture, sources = batch
+        digest = hashlib.sha256(mixture.numpy().tobytes() + sources.numpy().tobytes()).hexdigest()
+        with open(self.out_file, "a") as handle:
+            handle.write(f"{trainer.global_step} {digest}\n")
 
 
 class RankProbe(L.Callback):

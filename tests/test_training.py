@@ -76,16 +76,23 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert checkpoints == ["best.ckpt", "last.ckpt"]
 
 
-def test_resume_after_sigkill_continues_step_optimizer_and_scheduler(tmp_path):
+def read_batches(path) -> dict[int, str]:
+    return {int(step): digest for step, digest in (line.split() for line in path.read_text().splitlines())}
+
+
+def test_resume_after_sigkill_continues_exactly(tmp_path):
     recipe = tiny_recipe(tmp_path, train_mixtures=64, max_epochs=50)
     checkpoints = tmp_path / "checkpoints"
     args = [
         "train", "--config", str(recipe), "--test_after_fit", "false",
         "--checkpoint.every_n_train_steps", "3",
         "--checkpoint.monitor", "null", "--checkpoint.save_top_k", "0",
+        "--trainer.callbacks+=probes.BatchProbe",
     ]
-    process = subprocess.Popen(sepkit_command(*args), cwd=tmp_path, env=subprocess_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        sepkit_command(*args, f"--trainer.callbacks.out_file={tmp_path / 'killed.txt'}"),
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
     last = checkpoints / "last.ckpt"
     deadline = time.time() + 300
     killed_at = None
@@ -97,7 +104,7 @@ def test_resume_after_sigkill_continues_step_optimizer_and_scheduler(tmp_path):
                 except Exception:  # being replaced right now; read again
                     step = 0
                 if step >= 6:
-                    # Mid-epoch: 16 steps per epoch, checkpoint at step 6.
+                    # Mid-epoch: 16 steps per epoch, checkpoint every 3 steps.
                     process.send_signal(signal.SIGKILL)
                     killed_at = step
                     break
@@ -108,17 +115,20 @@ def test_resume_after_sigkill_continues_step_optimizer_and_scheduler(tmp_path):
         process.wait()
     assert killed_at is not None, "no mid-epoch checkpoint appeared"
     saved = torch.load(last, weights_only=True)
-    assert saved["global_step"] % 16 != 0  # really mid-epoch
+    resume_step = saved["global_step"]
+    assert resume_step % 16 != 0  # really mid-epoch
     probes = tmp_path / "probe"
+    more = 4
     result = run_sepkit(
-        *args, "--ckpt_path", str(last), "--trainer.max_steps", str(saved["global_step"] + 4),
+        *args, f"--trainer.callbacks.out_file={tmp_path / 'resumed.txt'}",
+        "--ckpt_path", str(last), "--trainer.max_steps", str(resume_step + more),
         "--trainer.callbacks+=probes.StateProbe", f"--trainer.callbacks.out_dir={probes}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     start = torch.load(probes / "start.pt", weights_only=True)
     end = torch.load(probes / "end.pt", weights_only=True)
-    assert start["global_step"] == saved["global_step"]
+    assert start["global_step"] == resume_step
     # Adam's moments and step counts are exactly those of the killed run.
     saved_opt = saved["optimizer_states"][0]
     for key, param_state in saved_opt["state"].items():
@@ -126,7 +136,22 @@ def test_resume_after_sigkill_continues_step_optimizer_and_scheduler(tmp_path):
             torch.testing.assert_close(start["optimizer"]["state"][key][name], value, rtol=0, atol=0)
     assert start["optimizer"]["param_groups"][0]["lr"] == saved_opt["param_groups"][0]["lr"]
     assert start["scheduler"] == saved["lr_schedulers"][0]
-    # ... and training continues from there: 4 more optimizer steps.
-    assert end["global_step"] == saved["global_step"] + 4
+    # ... and training continues from there: 4 more optimizer steps ...
+    assert end["global_step"] == resume_step + more
     first = next(iter(end["optimizer"]["state"]))
-    assert int(end["optimizer"]["state"][first]["step"]) == int(saved_opt["state"][first]["step"]) + 4
+    assert int(end["optimizer"]["state"][first]["step"]) == int(saved_opt["state"][first]["step"]) + more
+    # ... on exactly the batches an uninterrupted run sees at those steps.
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    reference = run_sepkit(
+        *args, f"--trainer.callbacks.out_file={tmp_path / 'reference.txt'}",
+        "--trainer.max_steps", str(resume_step + more), f"--checkpoint.dirpath={reference_dir}",
+        cwd=tmp_path,
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    uninterrupted = read_batches(tmp_path / "reference.txt")
+    resumed = read_batches(tmp_path / "resumed.txt")
+    assert sorted(resumed) == list(range(resume_step, resume_step + more))
+    assert all(resumed[step] == uninterrupted[step] for step in resumed)
+    killed = read_batches(tmp_path / "killed.txt")
+    assert all(killed[step] == uninterrupted[step] for step in killed if step < resume_step + more)
