@@ -155,3 +155,12 @@ def test_resume_after_sigkill_continues_exactly(tmp_path):
     assert all(resumed[step] == uninterrupted[step] for step in resumed)
     killed = read_batches(tmp_path / "killed.txt")
     assert all(killed[step] == uninterrupted[step] for step in killed if step < resume_step + more)
+
+
+def test_bf16_mixed_precision_training_keeps_loss_in_float32(tmp_path):
+    recipe = tiny_recipe(tmp_path, max_epochs=1, precision="bf16-mixed")
+    assert main(["train", "--config", str(recipe), "--test_after_fit", "false"]) == 0
+    lines = (tmp_path / "logs" / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    losses = [float(row.split(",")[header.index("train/loss")]) for row in lines[1:] if row.split(",")[header.index("train/loss")]]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))

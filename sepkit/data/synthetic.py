@@ -95,13 +95,14 @@ class Speaker:
 
 
 def make_speakers(split: str, count: int, seed: int) -> list[Speaker]:
-    """Draw ``count`` speakers for ``split``. Pitch ranges are wide and overlap
-    between speakers (a low voice spans roughly 80-200 Hz, a high one 160-380 Hz)."""
+    """Draw ``count`` speakers for ``split``. Each voice has a characteristic register
+    (centre 100-240 Hz) and a range of 1.3-1.6x around it, so the ranges of most
+    pairs of speakers overlap (about two thirds, for uniform log-centres)."""
     rng = np.random.default_rng([seed, SPLITS.index(split), 1])
     speakers = []
     for index in range(count):
-        centre = rng.uniform(105.0, 260.0)
-        width = rng.uniform(1.5, 2.2)  # ratio between top and bottom of the range
+        centre = np.exp(rng.uniform(np.log(100.0), np.log(240.0)))
+        width = rng.uniform(1.3, 1.6)  # ratio between top and bottom of the range
         speakers.append(
             Speaker(
                 name=f"{split}{index:03d}",
@@ -120,9 +121,9 @@ def _smooth_contour(rng: np.random.Generator, n: int, low: float, high: float, p
     return np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(knots)), knots)
 
 
-def _voiced(rng: np.random.Generator, spk: Speaker, n: int, sr: int) -> np.ndarray:
-    # Moving pitch: a smooth random contour inside the speaker's range plus vibrato.
-    f0 = _smooth_contour(rng, n, spk.f0_low, spk.f0_high, points=rng.integers(2, 5))
+def _voiced(rng: np.random.Generator, spk: Speaker, f0: np.ndarray, sr: int) -> np.ndarray:
+    """A voiced segment on the pitch track ``f0`` (Hz per sample)."""
+    n = len(f0)
     t = np.arange(n) / sr
     f0 = f0 * (1 + 0.01 * np.sin(2 * np.pi * rng.uniform(4, 7) * t))
     phase = 2 * np.pi * np.cumsum(f0) / sr
@@ -152,24 +153,36 @@ def _unvoiced(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     return burst * np.hanning(n)
 
 
+def _pitch_track(rng: np.random.Generator, spk: Speaker, total: int, sr: int) -> np.ndarray:
+    """Utterance prosody: the speaker's register shifted by up to +-5%, a slow contour
+    of +-12% around it (a knot every ~0.4 s) and a 10% declination, kept in range."""
+    register = np.sqrt(spk.f0_low * spk.f0_high) * rng.uniform(0.95, 1.05)
+    knots = max(2, int(total / sr / 0.4) + 1)
+    contour = _smooth_contour(rng, total, 0.88, 1.12, points=knots)
+    declination = np.linspace(1.05, 0.95, total)
+    return np.clip(register * contour * declination, spk.f0_low, spk.f0_high)
+
+
 def synthesize_utterance(spk: Speaker, seconds: float, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """One utterance of ``spk``: voiced / unvoiced / pause segments, unit RMS."""
+    """One utterance of ``spk``: voiced / unvoiced / pause segments on one prosodic
+    pitch track, unit RMS."""
     total = int(round(seconds * sr))
     out = np.zeros(total)
+    f0 = _pitch_track(rng, spk, total, sr)
     pos = int(rng.uniform(0.0, 0.05) * sr)
     while pos < total:
         kind = rng.choice(["voiced", "unvoiced", "pause"], p=[0.6, 0.2, 0.2])
         if kind == "voiced":
-            n = int(rng.uniform(0.08, 0.35) * sr)
-            segment = _voiced(rng, spk, n, sr)
+            n = min(int(rng.uniform(0.08, 0.35) * sr), total - pos)
+            segment = _voiced(rng, spk, f0[pos : pos + n], sr)
         elif kind == "unvoiced":
             n = int(rng.uniform(0.03, 0.12) * sr)
-            # Fricative-like bursts sit about 10 dB below voiced segments, as in speech.
-            segment = 0.3 * _unvoiced(rng, n, sr)
+            segment = _unvoiced(rng, n, sr)
         else:
             pos += int(rng.uniform(0.04, 0.2) * sr)
             continue
         n = min(n, total - pos)
+        # Fricative-like bursts sit about 10 dB below voiced segments, as in speech.
         level = rng.uniform(0.6, 1.0) * (0.3 if kind == "unvoiced" else 1.0)
         out[pos : pos + n] += segment[:n] / (np.std(segment) + 1e-12) * level
         pos += n
