@@ -165,7 +165,6 @@ def train_recipe(recipe: Path, steps: int, synthetic_root: Path, workdir: Path) 
     command = [
         sys.executable, "-m", "sepkit.cli", "train", "--config", str(recipe),
         "--trainer.max_steps", str(steps), "--trainer.max_time", "null", "--trainer.max_epochs", "-1",
-        "--trainer.enable_progress_bar", "false",
         "--data.synthetic_root", str(synthetic_root),
         "--checkpoint.dirpath", str(run_dir / "checkpoints"),
         "--test_after_fit", "true",
