@@ -1,13 +1,14 @@
 """Model zoo benchmark: every registered separator at its paper configuration.
 
-Per model (each in a fresh subprocess, so memory peaks do not mix): parameters; MACs
-for one input of ``--seconds`` at the model's sample rate (matmul/conv/attention MACs
-from ``torch.utils.flop_counter.FlopCounterMode`` as FLOPs/2, plus the recurrent
-matmuls counted analytically, since the counter does not see ``aten::lstm``); peak
-activation memory of a forward pass and of a forward+backward pass (most tensor bytes
-alive at once beyond weights and input, ``sepkit.profiling.PeakMemoryMode``); forward time (no grad) and
-forward+backward time (median of ``--repeats`` runs after one warm-up) on this
-machine's CPU (the 1-minute load average is recorded: the machine may be shared) with ``--threads`` threads.
+Per model (each in a fresh subprocess): parameters; MACs for one input of
+``--seconds`` at the model's sample rate (matmul/conv/attention MACs from
+``torch.utils.flop_counter.FlopCounterMode`` as FLOPs/2, plus the recurrent matmuls
+counted analytically, since the counter does not see ``aten::lstm``); peak activation
+memory of a forward pass and of a forward+backward pass (most tensor bytes alive at once
+beyond weights and input, ``sepkit.profiling.PeakMemoryMode``); forward (no grad) and
+forward+backward time as CPU seconds with ``--threads`` intra-op threads (median of
+``--repeats`` runs after one warm-up). CPU time rather than wall time because this
+machine is shared: with one thread it is the time on one otherwise idle core.
 
 With ``--train`` it also trains each ``recipes/synthetic/<model>.yaml`` for a fixed
 budget of ``--train-steps`` optimizer steps (not wall time, which depends on how loaded
@@ -88,12 +89,15 @@ def count_macs(model: nn.Module, wav: torch.Tensor) -> int:
     return int(counter.get_total_flops() // 2 + rnn_macs)
 
 
-def _median_time(fn, repeats: int) -> float:
+def _median_cpu_time(fn, repeats: int) -> float:
+    # CPU seconds of this process, not wall time: on a shared machine wall time mostly
+    # measures the other jobs; with one intra-op thread the CPU time is the time the
+    # pass takes on one otherwise idle core.
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return statistics.median(times)
 
 
@@ -127,8 +131,8 @@ def measure(
         forward()
     with PeakMemoryMode() as train_memory:
         forward_backward()
-    forward_s = _median_time(forward, repeats)
-    train_s = _median_time(forward_backward, repeats)
+    forward_s = _median_cpu_time(forward, repeats)
+    train_s = _median_cpu_time(forward_backward, repeats)
     model.eval()
     macs = count_macs(model, wav)
     return {
@@ -165,6 +169,9 @@ def train_recipe(recipe: Path, steps: int, synthetic_root: Path, workdir: Path) 
     command = [
         sys.executable, "-m", "sepkit.cli", "train", "--config", str(recipe),
         "--trainer.max_steps", str(steps), "--trainer.max_time", "null", "--trainer.max_epochs", "-1",
+        # One validation exactly at the end of the budget (an epoch is longer), so the
+        # checkpoint and early-stopping callbacks see val/loss.
+        "--trainer.val_check_interval", str(steps), "--trainer.check_val_every_n_epoch", "null",
         "--data.synthetic_root", str(synthetic_root),
         "--checkpoint.dirpath", str(run_dir / "checkpoints"),
         "--test_after_fit", "true",
@@ -188,11 +195,11 @@ def train_recipe(recipe: Path, steps: int, synthetic_root: Path, workdir: Path) 
 
 def _table(rows: list[dict[str, Any]], seconds: float, threads: int) -> str:
     lines = [
-        f"Input: {seconds:g} s at 8 kHz, batch 1; CPU, {threads} threads. "
+        f"Input: {seconds:g} s at 8 kHz, batch 1; times are CPU seconds with {threads} thread(s). "
         "MACs: matmul/conv/attention/RNN multiply-accumulates of one forward pass. "
         "Peak: most activation bytes alive at once (beyond weights and input).",
         "",
-        "| model | params | GMACs | fwd peak (MiB) | fwd+bwd peak (MiB) | fwd (s) | fwd+bwd (s) | synthetic SI-SDRi (dB) |",
+        "| model | params | GMACs | fwd peak (MiB) | fwd+bwd peak (MiB) | fwd CPU (s) | fwd+bwd CPU (s) | synthetic SI-SDRi (dB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
