@@ -211,8 +211,17 @@ def test_ssc_presets_name_existing_linear_layers(name: str, config: dict, preset
 def test_ssc_preset_swap_runs_forward_and_backward(name: str, config: dict, preset: str) -> None:
     pytest.importorskip("sepkit.nn.swap", reason="the SSC swap (sepkit.nn.swap) is not on this branch yet")
     model = build_model(name, ssc={"preset": preset, "kernel_size": 3}, **config)
-    before = build_model(name, **config)
-    swapped = [n for n, m in model.named_modules() if type(m) is not type(dict(before.named_modules()).get(n, m))]
-    assert swapped, "the preset swapped nothing"
-    model(torch.randn(2, 400)).square().mean().backward()
-    assert all(p.grad is not None for n, p in model.named_parameters() if "unused" not in n)
+    plain = build_model(name, **config)
+    swapped = [entry.path for entry in model.ssc_report.swapped]
+    patterns = model.ssc_presets[preset]["include"]
+    assert sorted(swapped) == sorted(n for n, _ in plain.named_modules() if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+    wav = torch.randn(2, 400)
+    model(wav).square().mean().backward()
+    plain(wav).square().mean().backward()
+    modules, plain_modules = dict(model.named_modules()), dict(plain.named_modules())
+    for path in swapped:
+        assert type(modules[path]).__name__.startswith("SSC")
+        # A swapped layer gets a gradient wherever the original layer does (Conv-TasNet's
+        # last residual conv feeds nothing, in the paper's model too).
+        plain_used = all(p.grad is not None for p in plain_modules[path].parameters())
+        assert plain_used == all(p.grad is not None for p in modules[path].parameters()), path
