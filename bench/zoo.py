@@ -194,26 +194,34 @@ def train_recipe(recipe: Path, steps: int, synthetic_root: Path, workdir: Path) 
 
 
 def _table(rows: list[dict[str, Any]], seconds: float, threads: int) -> str:
+    trained = any("synthetic_si_sdri" in row for row in rows)
+    header = "| model | params | GMACs | fwd peak (MiB) | fwd+bwd peak (MiB) | fwd CPU (s) | fwd+bwd CPU (s) |"
+    rule = "|---|---:|---:|---:|---:|---:|---:|"
+    if trained:
+        header += " synthetic SI-SDRi (dB) |"
+        rule += "---:|"
     lines = [
         f"Input: {seconds:g} s at 8 kHz, batch 1; times are CPU seconds with {threads} thread(s). "
         "MACs: matmul/conv/attention/RNN multiply-accumulates of one forward pass. "
         "Peak: most activation bytes alive at once (beyond weights and input).",
         "",
-        "| model | params | GMACs | fwd peak (MiB) | fwd+bwd peak (MiB) | fwd CPU (s) | fwd+bwd CPU (s) | synthetic SI-SDRi (dB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        header,
+        rule,
     ]
     notes = []
     for row in rows:
-        sisdri = row.get("synthetic_si_sdri")
         mark = ""
         if row["train_seconds"] != seconds:
             mark = "*"
             notes.append(f"\\* {row['label']}: training pass on {row['train_seconds']:g} s of input (see TRAIN_SECONDS in bench/zoo.py).")
-        lines.append(
+        line = (
             f"| {row['label']} | {row['params']:,} | {row['gmacs']:.2f} | {row['forward_peak_mib']:.0f} | "
-            f"{row['train_peak_mib']:.0f}{mark} | {row['forward_s']:.2f} | {row['forward_backward_s']:.2f}{mark} | "
-            f"{'' if sisdri is None else f'{sisdri:.2f}'} |"
+            f"{row['train_peak_mib']:.0f}{mark} | {row['forward_s']:.2f} | {row['forward_backward_s']:.2f}{mark} |"
         )
+        if trained:
+            sisdri = row.get("synthetic_si_sdri")
+            line += f" {'' if sisdri is None else f'{sisdri:.2f}'} |"
+        lines.append(line)
     return "\n".join(lines + [""] + notes) + "\n"
 
 
