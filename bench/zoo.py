@@ -150,7 +150,8 @@ def measure(
 def _run_worker(name: str, config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     command = [
         sys.executable, __file__, "--worker", name, json.dumps(config),
-        "--seconds", str(args.seconds), "--train-seconds", str(TRAIN_SECONDS.get(name, args.seconds)), "--repeats", str(args.repeats), "--threads", str(args.threads),
+        "--seconds", str(args.seconds), "--train-seconds", str(TRAIN_SECONDS.get(name, args.seconds)),
+        "--repeats", str(args.repeats), "--threads", str(args.threads),
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -213,7 +214,10 @@ def _table(rows: list[dict[str, Any]], seconds: float, threads: int) -> str:
         mark = ""
         if row["train_seconds"] != seconds:
             mark = "*"
-            notes.append(f"\\* {row['label']}: training pass on {row['train_seconds']:g} s of input (see TRAIN_SECONDS in bench/zoo.py).")
+            notes.append(
+                f"\\* {row['label']}: training pass on {row['train_seconds']:g} s of input "
+                "(see TRAIN_SECONDS in bench/zoo.py)."
+            )
         line = (
             f"| {row['label']} | {row['params']:,} | {row['gmacs']:.2f} | {row['forward_peak_mib']:.0f} | "
             f"{row['train_peak_mib']:.0f}{mark} | {row['forward_s']:.2f} | {row['forward_backward_s']:.2f}{mark} |"
@@ -275,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
                 row["synthetic_training"] = result
 
     report = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__, "threads": args.threads},
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
         "seconds": args.seconds,
         "repeats": args.repeats,
         "rows": rows,

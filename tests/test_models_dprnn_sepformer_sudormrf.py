@@ -192,7 +192,8 @@ def test_bad_configs_are_rejected(name: str, config: dict, match: str) -> None:
         build_model(name, **config)
 
 
-SSC_CASES = [("conv_tasnet", {"n_filters": 16, "bottleneck": 8, "hidden": 16, "skip_channels": 8, "n_blocks": 2, "n_repeats": 1}, "pointwise")]
+TINY_CONV_TASNET = {"n_filters": 16, "bottleneck": 8, "hidden": 16, "skip_channels": 8, "n_blocks": 2, "n_repeats": 1}
+SSC_CASES = [("conv_tasnet", TINY_CONV_TASNET, "pointwise")]
 SSC_CASES += [("dprnn", TINY["dprnn"], "projection"), ("sepformer", TINY["sepformer"], "ffn")]
 SSC_CASES += [("sudormrf", TINY["sudormrf"], "pointwise"), ("sudormrf", TINY["sudormrf_improved"], "pointwise")]
 

@@ -37,10 +37,12 @@ def _require(condition: bool, source: str, message: str) -> None:
 
 
 def _check_common(args: Mapping[str, Any], source: str) -> None:
-    _require(args.get("fb_name", "free") in ("free", "FreeFB"), source, f"only the free filterbank is supported, got {args.get('fb_name')!r}")
+    fb_name = args.get("fb_name", "free")
+    _require(fb_name in ("free", "FreeFB"), source, f"only the free filterbank is supported, got {fb_name!r}")
     for key in ("in_chan", "out_chan"):
         if args.get(key) is not None:
-            _require(args[key] == args["n_filters"], source, f"{key}={args[key]} differs from n_filters={args['n_filters']}")
+            message = f"{key}={args[key]} differs from n_filters={args['n_filters']}"
+            _require(args[key] == args["n_filters"], source, message)
 
 
 def _norm(args: Mapping[str, Any], source: str) -> str:
@@ -52,7 +54,8 @@ def _norm(args: Mapping[str, Any], source: str) -> str:
 def _conv_tasnet(args: Mapping[str, Any], source: str) -> tuple[str, dict[str, Any], Renames]:
     _check_common(args, source)
     _require(args.get("encoder_activation") in (None, "linear"), source, "encoder_activation must be linear")
-    _require(args.get("mask_act", "sigmoid") in ("sigmoid", "relu"), source, f"mask_act {args.get('mask_act')!r} unsupported")
+    mask_act = args.get("mask_act", "sigmoid")
+    _require(mask_act in ("sigmoid", "relu"), source, f"mask_act {mask_act!r} unsupported")
     config = dict(
         n_src=args["n_src"],
         n_filters=args["n_filters"],
@@ -66,7 +69,7 @@ def _conv_tasnet(args: Mapping[str, Any], source: str) -> tuple[str, dict[str, A
         n_repeats=args["n_repeats"],
         norm=_norm(args, source),
         causal=bool(args.get("causal", False)),
-        mask_activation=args.get("mask_act", "sigmoid"),
+        mask_activation=mask_act,
         sample_rate=int(args.get("sample_rate", 8000)),
     )
     renames = [
@@ -91,7 +94,8 @@ def _dprnn(args: Mapping[str, Any], source: str) -> tuple[str, dict[str, Any], R
     _require(args.get("encoder_activation") in (None, "linear"), source, "encoder_activation must be linear")
     _require(args.get("num_layers", 1) == 1, source, "only one RNN layer per path is supported")
     _require(not args.get("use_mulcat", False), source, "MulCat blocks are not supported")
-    _require(args.get("mask_act", "sigmoid") in ("sigmoid", "relu"), source, f"mask_act {args.get('mask_act')!r} unsupported")
+    mask_act = args.get("mask_act", "sigmoid")
+    _require(mask_act in ("sigmoid", "relu"), source, f"mask_act {mask_act!r} unsupported")
     chunk_size = args["chunk_size"]
     config = dict(
         n_src=args["n_src"],
@@ -108,7 +112,7 @@ def _dprnn(args: Mapping[str, Any], source: str) -> tuple[str, dict[str, Any], R
         rnn_type=str(args.get("rnn_type", "LSTM")).upper(),
         # Asteroid passes dropout to one-layer torch RNNs, where torch ignores it.
         dropout=0.0,
-        mask_activation=args.get("mask_act", "sigmoid"),
+        mask_activation=mask_act,
         chunk_padding="chunk",
         sample_rate=int(args.get("sample_rate", 8000)),
     )
@@ -132,7 +136,8 @@ def _dprnn(args: Mapping[str, Any], source: str) -> tuple[str, dict[str, Any], R
 def _sudormrf(args: Mapping[str, Any], source: str, improved: bool) -> tuple[str, dict[str, Any], Renames]:
     _check_common(args, source)
     expected_act = "relu" if improved else "softmax"
-    _require(args.get("mask_act", expected_act) == expected_act, source, f"mask_act must be {expected_act!r}, got {args.get('mask_act')!r}")
+    mask_act = args.get("mask_act", expected_act)
+    _require(mask_act == expected_act, source, f"mask_act must be {expected_act!r}, got {mask_act!r}")
     # With one source Asteroid's softmax mask is identically 1; sepkit uses a sigmoid.
     _require(improved or args["n_src"] > 1, source, "one-source SuDORMRFNet (constant softmax mask) is not supported")
     _require(args.get("encoder_activation") == (None if improved else "relu"), source, "unexpected encoder_activation")
@@ -253,7 +258,8 @@ def from_asteroid(path_or_state: str | os.PathLike[str] | Mapping[str, Any]) -> 
         _require(
             target[new_key].shape == value.shape,
             source,
-            f"parameter {key!r} has shape {tuple(value.shape)}, sepkit's {new_key!r} has {tuple(target[new_key].shape)}",
+            f"parameter {key!r} has shape {tuple(value.shape)}, "
+            f"sepkit's {new_key!r} has {tuple(target[new_key].shape)}",
         )
         mapped[new_key] = value
     unfilled = [key for key in target if key not in mapped and not key.startswith(_UNMAPPED_OK)]

@@ -88,7 +88,9 @@ class TransformerStack(nn.Module):
     ) -> None:
         super().__init__()
         self.positional = positional
-        self.layers = nn.ModuleList(TransformerLayer(d_model, n_heads, d_ffn, dropout, norm_first) for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            TransformerLayer(d_model, n_heads, d_ffn, dropout, norm_first) for _ in range(n_layers)
+        )
         self.final_norm = nn.LayerNorm(d_model, eps=1e-6)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -104,7 +106,9 @@ class SepFormerBlock(nn.Module):
     intra-chunk transformer -> norm (+ skip around it), inter-chunk transformer -> norm
     + residual."""
 
-    def __init__(self, intra: TransformerStack, inter: TransformerStack, d_model: int, norm: str, skip_around_intra: bool) -> None:
+    def __init__(
+        self, intra: TransformerStack, inter: TransformerStack, d_model: int, norm: str, skip_around_intra: bool
+    ) -> None:
         super().__init__()
         self.intra = intra
         self.intra_norm = make_norm(norm, d_model)

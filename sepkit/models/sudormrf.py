@@ -65,7 +65,9 @@ class UConvBlock(nn.Module):
         self.in_norm = _global_norm(hidden_channels)
         self.in_act = nn.PReLU(1 if improved else hidden_channels)
         self.depthwise = nn.ModuleList(
-            nn.Conv1d(hidden_channels, hidden_channels, 5, stride=1 if level == 0 else 2, padding=2, groups=hidden_channels)
+            nn.Conv1d(
+                hidden_channels, hidden_channels, 5, stride=1 if level == 0 else 2, padding=2, groups=hidden_channels
+            )
             for level in range(upsampling_depth)
         )
         self.depthwise_norms = nn.ModuleList(_global_norm(hidden_channels) for _ in range(upsampling_depth))
@@ -244,7 +246,9 @@ class SuDoRMRF(EncoderMaskerDecoder):
         if encoder_bias is None:
             encoder_bias = not improved
         super().__init__(
-            encoder=ConvEncoder(n_filters, kernel_size, stride, bias=encoder_bias, activation=None if improved else "relu"),
+            encoder=ConvEncoder(
+                n_filters, kernel_size, stride, bias=encoder_bias, activation=None if improved else "relu"
+            ),
             masker=SuDoRMRFMasker(
                 n_filters,
                 n_src,
