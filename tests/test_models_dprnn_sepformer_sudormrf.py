@@ -151,17 +151,17 @@ def test_sudormrf_input_normalisation_makes_it_gain_and_offset_equivariant() -> 
     # The reference normalises every mixture; in-model normalisation therefore makes the
     # output follow the input's scale, and split its offset evenly over the sources.
     torch.manual_seed(0)
-    model = tiny("sudormrf").double().eval()
-    wav = torch.randn(2, 640, dtype=torch.float64)
+    model = tiny("sudormrf").eval()
+    wav = torch.randn(2, 640)
     with torch.no_grad():
         base = model(wav)
         shifted = model(7.0 * wav + 0.5)
-    torch.testing.assert_close(shifted, 7.0 * base + 0.25, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(shifted, 7.0 * base + 0.25, rtol=1e-4, atol=1e-4)
     # Statistics are per mixture and every input layout is accepted.
     with torch.no_grad():
         torch.testing.assert_close(model(wav[1]), base[1:])
         torch.testing.assert_close(model(wav[1:].unsqueeze(1)), base[1:])
-        assert torch.isfinite(model(torch.ones(1, 1, dtype=torch.float64))).all()
+        assert torch.isfinite(model(torch.ones(1, 1))).all()
 
 
 def test_sudormrf_decoder_modes() -> None:
