@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -52,7 +51,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 # too much for a shared 2-core machine at 4 s. Its cost is linear in the length.
 TRAIN_SECONDS = {"dprnn": 1.0}
 
-RNN_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -60,33 +58,6 @@ def _write_atomic(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
         handle.write(text)
     os.replace(handle.name, path)
-
-
-def count_macs(model: nn.Module, wav: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass: FlopCounterMode (FLOPs/2) for
-    matmuls, convolutions and attention, plus recurrent layers counted from their shapes."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    rnn_macs = 0
-
-    def rnn_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _: Any) -> None:
-        nonlocal rnn_macs
-        x = inputs[0]
-        batch, steps = (x.shape[0], x.shape[1]) if module.batch_first else (x.shape[1], x.shape[0])
-        directions = 2 if module.bidirectional else 1
-        gates = RNN_GATES[type(module)] * module.hidden_size
-        for layer in range(module.num_layers):
-            in_size = module.input_size if layer == 0 else module.hidden_size * directions
-            rnn_macs += directions * batch * steps * gates * (in_size + module.hidden_size)
-
-    handles = [m.register_forward_hook(rnn_hook) for m in model.modules() if type(m) in RNN_GATES]
-    try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(wav)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return int(counter.get_total_flops() // 2 + rnn_macs)
 
 
 def _median_cpu_time(fn, repeats: int) -> float:
@@ -106,7 +77,7 @@ def measure(
 ) -> dict[str, Any]:
     """All per-model figures; run in a fresh process (see ``main``)."""
     from sepkit.models import build_model
-    from sepkit.profiling import PeakMemoryMode
+    from sepkit.profiling import PeakMemoryMode, count_macs
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -50,16 +50,43 @@ class PeakMemoryMode(TorchDispatchMode):
         return out
 
 
+# Gate count per recurrent layer type: FlopCounterMode does not see aten::lstm & co.
+RNN_GATES = {torch.nn.LSTM: 4, torch.nn.GRU: 3, torch.nn.RNN: 1}
+
+
+def count_macs(model: torch.nn.Module, wav: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass: FlopCounterMode (FLOPs / 2) for
+    matmuls, convolutions and attention, plus recurrent layers counted from their
+    shapes (input and hidden projections of every gate, layer and direction)."""
+    rnn_macs = 0
+
+    def rnn_hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _: Any) -> None:
+        nonlocal rnn_macs
+        x = inputs[0]
+        batch, steps = (x.shape[0], x.shape[1]) if module.batch_first else (x.shape[1], x.shape[0])
+        directions = 2 if module.bidirectional else 1
+        gates = RNN_GATES[type(module)] * module.hidden_size
+        for layer in range(module.num_layers):
+            in_size = module.input_size if layer == 0 else module.hidden_size * directions
+            rnn_macs += directions * batch * steps * gates * (in_size + module.hidden_size)
+
+    handles = [m.register_forward_hook(rnn_hook) for m in model.modules() if type(m) in RNN_GATES]
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(wav)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return int(counter.get_total_flops() // 2 + rnn_macs)
+
+
 def profile_model(model: torch.nn.Module, seconds: float = 4.0, batch: int = 1) -> dict[str, Any]:
-    """Parameters, MACs (multiply-accumulates = FLOPs / 2 as counted by
-    ``torch.utils.flop_counter``) and peak activation memory (bytes beyond weights and
+    """Parameters, MACs (see :func:`count_macs`) and peak activation memory (bytes beyond weights and
     input) for inference (no grad) and for a training step (forward + backward)."""
     length = int(round(seconds * model.sample_rate))
     mixture = torch.randn(batch, length, device=next(model.parameters()).device)
     model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(mixture)
+    macs = count_macs(model, mixture)
     with torch.no_grad(), PeakMemoryMode() as inference:
         model(mixture)
     model.train()
@@ -68,7 +95,7 @@ def profile_model(model: torch.nn.Module, seconds: float = 4.0, batch: int = 1) 
     model.zero_grad(set_to_none=True)
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
-        "macs": counter.get_total_flops() // 2,
+        "macs": macs,
         "peak_inference_bytes": inference.peak,
         "peak_training_bytes": training.peak,
         "seconds": seconds,

@@ -127,3 +127,20 @@ def test_peak_memory_mode_tracks_allocations_and_frees():
     assert mode.peak == 8000
     assert mode.current == 1000
     del c
+
+
+def test_macs_count_recurrent_layers():
+    # FlopCounterMode does not see aten::lstm; count_macs adds it from the shapes.
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(8, 16, batch_first=True, bidirectional=True)
+
+        def forward(self, x):
+            return self.lstm(x.unsqueeze(-1).expand(-1, -1, 8))[0]
+
+    from sepkit.profiling import count_macs
+
+    steps = 50
+    expected = 2 * steps * 4 * 16 * (8 + 16)  # directions x steps x gates x (input + hidden)
+    assert count_macs(Wrapper(), torch.randn(1, steps)) == expected
