@@ -208,7 +208,9 @@ def test_ssc_preset_globs_match_pointwise_layers(preset: str) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("sepkit.nn.swap") is None, reason="sepkit.nn.swap not merged yet")
 @pytest.mark.parametrize("preset", PRESETS)
 def test_ssc_preset_swap_runs(preset: str) -> None:
-    model = build_model("dprcnet", **TINY, ssc={"preset": preset, "kernel_size": 3})
+    # Wider than TINY: a 2-D SSC of kernel 3 needs at least 9 input channels.
+    config = {**TINY, "bottleneck": 12, "dims": (12, 16)}
+    model = build_model("dprcnet", **config, ssc={"preset": preset, "kernel_size": 3})
     out = model(torch.randn(2, 300))
     assert out.shape == (2, 2, 300)
     out.pow(2).mean().backward()

@@ -367,8 +367,12 @@ class GC3(EncoderMaskerDecoder):
         "group_comm": {"include": ["masker.*group_comm*"]},
         # The Linear after every group-shared BiLSTM (codec layers and DPRNN blocks).
         "projection": {"include": ["masker.*proj"], "exclude": ["masker.*group_comm*"]},
-        # Every channel-mixing Linear / 1x1 conv of the masker.
-        "pointwise": {"include": ["masker.*group_comm*", "masker.*proj", "masker.*_conv"]},
+        # Every channel-mixing Linear / 1x1 conv of the masker except GC-DPRNN's output
+        # Conv2d (72 parameters): a 2-D SSC of kernel k needs k*k <= M = 8 input channels.
+        "pointwise": {
+            "include": ["masker.*group_comm*", "masker.*proj", "masker.*_conv"],
+            "exclude": ["masker.backbone.output_conv"],
+        },
     }
 
     def __init__(
