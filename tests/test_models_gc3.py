@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import inspect
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from sepkit.models import build_model
@@ -234,3 +237,43 @@ def test_ssc_preset_swap_runs(backbone: str, preset: str) -> None:
     out = model(torch.randn(1, 1603))
     assert out.shape == (1, 2, 1603)
     out.pow(2).mean().backward()
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def check_recipe(path: Path) -> nn.Module:
+    """The recipe's blocks only use arguments SeparationModule / SeparationDataModule
+    accept, its model builds, and model and data agree on rate and sources."""
+    from sepkit.data.datamodule import SeparationDataModule
+    from sepkit.training import SeparationModule
+
+    config = yaml.safe_load(path.read_text())
+    for block, cls in (("model", SeparationModule), ("data", SeparationDataModule)):
+        unknown = set(config[block]) - set(inspect.signature(cls.__init__).parameters)
+        assert not unknown, f"{path}: unknown {block} keys {sorted(unknown)}"
+    model = build_model(config["model"]["model_name"], **config["model"]["model_config"])
+    assert model.sample_rate == config["data"]["sample_rate"], path
+    assert model.n_src == config["data"]["n_src"], path
+    return model
+
+
+@pytest.mark.parametrize(
+    ("recipe", "expected"),
+    [
+        ("whamr/gc3_dprnn.yaml", 123_772),
+        ("whamr/gc3_dprnn_k32.yaml", 56_298),
+        ("whamr/gc3_dprnn_blstm.yaml", 124_120),
+        ("whamr/gc3_dprnn_overlap50.yaml", 123_772),
+        ("whamr/gc3_tcn.yaml", 191_168),
+        ("whamr/gc3_sudormrf.yaml", 62_852),
+        ("wsj0-2mix/gc3_dprnn.yaml", 123_772),
+        ("libri2mix/gc3_dprnn.yaml", 123_772),
+    ],
+)
+def test_paper_recipes_build_the_paper_models(recipe: str, expected: int) -> None:
+    assert n_params(check_recipe(RECIPES / recipe)) == expected
+
+
+def test_synthetic_recipe_builds() -> None:
+    check_recipe(RECIPES / "synthetic" / "gc3.yaml")
