@@ -259,8 +259,8 @@ class GC3Masker(nn.Module):
         if context_size < 2 or context_size % 2:
             raise ValueError(f"GC3: context_size must be even and >= 2, got {context_size}")
         group_size = n_filters // n_groups
-        hop = group_size * (1.0 - group_overlap)
-        if not 0.0 <= group_overlap < 1.0 or hop != int(hop) or (n_filters - group_size) % int(hop):
+        group_hop = group_size * (1.0 - group_overlap)
+        if not 0.0 <= group_overlap < 1.0 or group_hop != int(group_hop) or (n_filters - group_size) % int(group_hop):
             raise ValueError(
                 f"GC3: group_overlap={group_overlap} must give a whole group hop that tiles "
                 f"{n_filters} channels in groups of {group_size}"
@@ -270,8 +270,7 @@ class GC3Masker(nn.Module):
         self.group_size = group_size
         self.context_size = context_size
         # Channel index of every (group, position in group); overlapping groups repeat channels.
-        group_hop = int(hop)
-        index = torch.arange(0, n_filters - group_size + 1, group_hop)[:, None] + torch.arange(group_size)
+        index = torch.arange(0, n_filters - group_size + 1, int(group_hop))[:, None] + torch.arange(group_size)
         self.register_buffer("group_index", index.reshape(-1), persistent=False)
         self.register_buffer("channel_count", torch.bincount(index.reshape(-1), minlength=n_filters).float(), persistent=False)
         self.n_group_slots = index.shape[0]
