@@ -176,7 +176,9 @@ class DPRCNetMasker(nn.Module):
     ) -> None:
         super().__init__()
         if len(dims) != len(depths) or not dims:
-            raise ValueError(f"DPRCNetMasker: dims {list(dims)} and depths {list(depths)} must be non-empty and of equal length")
+            raise ValueError(
+                f"DPRCNetMasker: dims {list(dims)} and depths {list(depths)} must be non-empty and of equal length"
+            )
         self.n_src = n_src
         self.n_filters = n_filters
         self.chunk_size = chunk_size

@@ -253,7 +253,8 @@ class GC3Masker(nn.Module):
             raise ValueError(f"GC3: group_comm must be one of {GROUP_COMMS}, got {group_comm!r}")
         n_layers = DEFAULT_LAYERS[backbone] if n_layers is None else n_layers
         backbone_hidden = DEFAULT_HIDDEN[backbone] if backbone_hidden is None else backbone_hidden
-        for name, value in (("n_filters", n_filters), ("codec_hidden", codec_hidden), ("backbone_hidden", backbone_hidden)):
+        widths = {"n_filters": n_filters, "codec_hidden": codec_hidden, "backbone_hidden": backbone_hidden}
+        for name, value in widths.items():
             if value % n_groups:
                 raise ValueError(f"GC3: {name}={value} must be a multiple of n_groups={n_groups}")
         if context_size < 2 or context_size % 2:
@@ -272,7 +273,8 @@ class GC3Masker(nn.Module):
         # Channel index of every (group, position in group); overlapping groups repeat channels.
         index = torch.arange(0, n_filters - group_size + 1, int(group_hop))[:, None] + torch.arange(group_size)
         self.register_buffer("group_index", index.reshape(-1), persistent=False)
-        self.register_buffer("channel_count", torch.bincount(index.reshape(-1), minlength=n_filters).float(), persistent=False)
+        count = torch.bincount(index.reshape(-1), minlength=n_filters).float()
+        self.register_buffer("channel_count", count, persistent=False)
         self.n_group_slots = index.shape[0]
 
         self.input_norm = nn.GroupNorm(1, n_filters)
