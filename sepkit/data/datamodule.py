@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from sepkit.data.datasets import MixtureTableDataset, SegmentedDataset, WrittenMixtureDataset
 from sepkit.data.synthetic import SyntheticConfig, generate_corpus, table_path
@@ -120,7 +121,10 @@ class SeparationDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             self.datasets[split] = self.build_dataset(split)
-        return DataLoader(
+        # The training loader is stateful: a mid-epoch checkpoint records the shuffle
+        # order and position, so a resumed run continues with exactly the next batch.
+        loader_class = StatefulDataLoader if shuffle else DataLoader
+        return loader_class(
             self.datasets[split],
             batch_size=batch_size,
             shuffle=shuffle,

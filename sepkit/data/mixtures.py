@@ -1,43 +1,76 @@
 """The mixture table and its renderer.
 
 A mixture table is a CSV with one row per mixture. Every corpus (the synthetic set,
-data_prep/ for WSJ0-2mix, LibriMix, WHAM!, ...) produces one, and one renderer turns a
-row into ``(mixture, sources)``, both when writing a dataset to disk and when mixing
-on the fly inside a Dataset, so the two can never drift apart.
+data_prep/ for wsj0-mix, LibriMix, WHAM!, WHAMR!, any folder of utterances) produces
+one, and one renderer turns a row into signals, both when writing a dataset to disk
+and when mixing on the fly inside a Dataset, so the two can never drift apart.
 
 Columns (``i`` = 1..n_src; optional columns may be empty or absent):
 
-=================  ====================================================================
-``mixture_id``     unique name; written files are ``<mixture_id>.wav``
-``sample_rate``    rate of the rendered mixture (Hz)
-``length``         length of the rendered mixture (samples at ``sample_rate``)
-``n_src``          number of sources
-``s{i}_path``      source file, absolute or relative to the table's root folder
-``s{i}_gain``      linear gain applied to the source
-``s{i}_start``     first sample read from the source file (at the file's rate)
-``s{i}_offset``    where the source starts inside the mixture (samples at ``sample_rate``)
-``noise_path``     optional noise file (same ``_gain``/``_start``/``_offset`` columns)
-=================  ====================================================================
+=======================  ==============================================================
+``mixture_id``           unique name; written files are ``<mixture_id>.wav``
+``sample_rate``          rate of the rendered mixture (Hz)
+``length``               length of the rendered mixture (samples at ``sample_rate``)
+``n_src``                number of sources
+``s{i}_path``            source file, absolute or relative to the table's root folder
+``s{i}_gain``            linear gain applied to the source (see ``gain_stage``)
+``s{i}_start``           first sample kept, counted at the file's rate
+``s{i}_offset``          where the source starts inside the mixture (samples at ``sample_rate``)
+``s{i}_stop``            read the file only up to this frame (file rate; empty: to the end)
+``s{i}_extend_to``       extend a shorter signal to this many frames (file rate) by
+                         overlap-adding copies of itself with a Hann cross-fade (LibriMix)
+``s{i}_quantize``        ``1``: round to the int16 grid right after the gain (WHAM! speech)
+``s{i}_post_gain``       gain applied after that rounding (WHAM! speech level)
+``s{i}_channel``         channel read from multi-channel files (default 0)
+``s{i}_pad_to``          zero-pad the read signal at the end to this many frames (file rate)
+``s{i}_rir``             ``.npy`` impulse response (file rate) convolved before resampling
+``s{i}_anechoic_rir``    second impulse response giving the ``s{i}_anechoic`` target (WHAMR!)
+``noise_*``              the same fields for an optional noise signal
+``gain_stage``           ``after_resample`` (default; wsj0-mix, WHAM!) or ``before_resample``
+                         (LibriMix applies its gains to the 16 kHz files)
+``peak_normalize``       if set (e.g. ``0.9``), every output is scaled by
+                         ``value / max |x|`` over the mixtures and sources (wsj0-mix)
+``quantize``             ``int16``: every output is rounded to ``round(32768 x) / 32768``
+                         with clipping (MATLAB ``wavwrite``, pywsj0-mix, WHAM's utils);
+                         ``int16_floor``: ``floor(32768 x) / 32768``, what libsndfile 1.2.2
+                         does when soundfile writes floats as PCM_16 (so what LibriMix's
+                         own script produces with that library); rows without it are
+                         written as 32-bit float
+``mixture``              which output is the model input (default ``mix_both`` when a
+                         noise is present, else ``mix_clean``)
+``targets``              space-separated outputs used as targets (default ``s1 .. sN``)
+=======================  ==============================================================
 
-Each source is read from ``start`` for as many samples as fit, resampled to
-``sample_rate`` with ``resample_poly`` if the file's rate differs, scaled by its gain
-and placed at its offset in a zero signal of ``length`` samples. The mixture is the
-sum of the placed sources and noise.
+Per signal, in this order: read (whole file up to ``stop`` whenever the signal is
+resampled, convolved or extended, so results do not depend on edge effects of a
+partial read), extend, zero-pad, convolve, gain (``before_resample``), resample with
+``resample_poly``, gain (``after_resample``), optional int16 rounding then
+``post_gain``, drop the first ``floor(start * sample_rate / file_rate)`` samples, place at
+``offset`` in a zero signal of ``length`` samples (truncating what does not fit).
+
+Outputs of a row: ``s1 .. sN``, ``noise`` (if any), ``mix_clean`` (sum of the sources),
+``mix_both`` (sources plus noise), ``mix_single`` (s1 plus noise); with anechoic
+impulse responses also ``s{i}_anechoic`` and ``mix_{clean,both,single}_anechoic``.
+All arithmetic is float64 on integer sample positions.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from scipy.signal import fftconvolve
 
-from sepkit.audio import AudioError, read_audio, resample
+from sepkit.audio import AudioError, resample
+
+LIBRIMIX_CROSSFADE = 8001  # half of a 16001-sample Hann window (0.5 s at 16 kHz)
+INT16_SCALE = 32768.0
+QUANTIZERS = ("int16", "int16_floor")
 
 
 @dataclass
@@ -48,6 +81,14 @@ class SourceSpec:
     gain: float = 1.0
     start: int = 0
     offset: int = 0
+    stop: int | None = None
+    extend_to: int = 0
+    quantize: bool = False
+    post_gain: float = 1.0
+    channel: int = 0
+    pad_to: int = 0
+    rir: str = ""
+    anechoic_rir: str = ""
 
 
 @dataclass
@@ -59,14 +100,57 @@ class MixtureSpec:
     length: int
     sources: list[SourceSpec]
     noise: SourceSpec | None = None
+    gain_stage: str = "after_resample"
+    peak_normalize: float | None = None
+    quantize: str = ""
+    mixture: str = ""
+    targets: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_src(self) -> int:
         return len(self.sources)
 
+    @property
+    def mixture_name(self) -> str:
+        """The output used as model input."""
+        if self.mixture:
+            return self.mixture
+        return "mix_both" if self.noise is not None else "mix_clean"
 
-_SOURCE_FIELDS = ("path", "gain", "start", "offset")
+    @property
+    def target_names(self) -> list[str]:
+        """The outputs used as targets."""
+        return self.targets.split() if self.targets else [f"s{i + 1}" for i in range(self.n_src)]
+
+    @property
+    def has_anechoic(self) -> bool:
+        return any(src.anechoic_rir for src in self.sources)
+
+    def output_names(self) -> list[str]:
+        """Every output this row can render (what ``--write`` puts on disk)."""
+        names = [f"s{i + 1}" for i in range(self.n_src)]
+        if self.noise is not None:
+            names.append("noise")
+        names += ["mix_clean"] + (["mix_both", "mix_single"] if self.noise is not None else [])
+        if self.has_anechoic:
+            names += [f"s{i + 1}_anechoic" for i in range(self.n_src)]
+            names += ["mix_clean_anechoic"]
+            names += ["mix_both_anechoic", "mix_single_anechoic"] if self.noise is not None else []
+        return names
+
+
+_SOURCE_DEFAULTS = {f.name: f.default for f in fields(SourceSpec) if f.name != "path"}
+_ROW_DEFAULTS = {"gain_stage": "after_resample", "peak_normalize": None, "quantize": "", "mixture": "", "targets": ""}
+_BASE_COLUMNS = ("mixture_id", "sample_rate", "length", "n_src")
+
+
+def _format(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
 
 
 def _spec_to_row(spec: MixtureSpec) -> dict[str, str]:
@@ -80,32 +164,69 @@ def _spec_to_row(spec: MixtureSpec) -> dict[str, str]:
     if spec.noise is not None:
         signals.append(("noise", spec.noise))
     for prefix, src in signals:
-        for name in _SOURCE_FIELDS:
+        row[f"{prefix}_path"] = src.path
+        # the original four columns are always written; the rest only when they matter
+        row[f"{prefix}_gain"] = repr(float(src.gain))
+        row[f"{prefix}_start"] = str(src.start)
+        row[f"{prefix}_offset"] = str(src.offset)
+        for name, default in _SOURCE_DEFAULTS.items():
+            if name in ("gain", "start", "offset"):
+                continue
             value = getattr(src, name)
-            row[f"{prefix}_{name}"] = repr(float(value)) if name == "gain" else str(value)
+            if value != default:
+                row[f"{prefix}_{name}"] = _format(float(value) if name == "post_gain" else value)
+    for name, default in _ROW_DEFAULTS.items():
+        value = getattr(spec, name)
+        if value != default:
+            row[name] = _format(float(value) if name == "peak_normalize" else value)
     row.update(spec.extra)
     return row
 
 
 def _row_to_spec(row: dict[str, str]) -> MixtureSpec:
+    def value(key: str) -> str:
+        return row.get(key) or ""
+
     def signal(prefix: str) -> SourceSpec:
+        stop = value(f"{prefix}_stop")
         return SourceSpec(
             path=row[f"{prefix}_path"],
-            gain=float(row.get(f"{prefix}_gain") or 1.0),
-            start=int(row.get(f"{prefix}_start") or 0),
-            offset=int(row.get(f"{prefix}_offset") or 0),
+            gain=float(value(f"{prefix}_gain") or 1.0),
+            start=int(value(f"{prefix}_start") or 0),
+            offset=int(value(f"{prefix}_offset") or 0),
+            stop=int(stop) if stop else None,
+            extend_to=int(value(f"{prefix}_extend_to") or 0),
+            quantize=value(f"{prefix}_quantize") in ("1", "True", "true"),
+            post_gain=float(value(f"{prefix}_post_gain") or 1.0),
+            channel=int(value(f"{prefix}_channel") or 0),
+            pad_to=int(value(f"{prefix}_pad_to") or 0),
+            rir=value(f"{prefix}_rir"),
+            anechoic_rir=value(f"{prefix}_anechoic_rir"),
         )
 
     n_src = int(row["n_src"])
-    known = {"mixture_id", "sample_rate", "length", "n_src"}
-    known |= {f"{p}_{n}" for p in [f"s{i + 1}" for i in range(n_src)] + ["noise"] for n in _SOURCE_FIELDS}
+    prefixes = [f"s{i + 1}" for i in range(n_src)] + ["noise"]
+    known = set(_BASE_COLUMNS) | set(_ROW_DEFAULTS)
+    known |= {f"{p}_{n}" for p in prefixes for n in ["path", *_SOURCE_DEFAULTS]}
+    gain_stage = value("gain_stage") or "after_resample"
+    if gain_stage not in ("after_resample", "before_resample"):
+        raise ValueError(f"gain_stage must be after_resample or before_resample, got {gain_stage!r}")
+    quantize = value("quantize")
+    if quantize not in ("", *QUANTIZERS):
+        raise ValueError(f"quantize must be empty, int16 or int16_floor, got {quantize!r}")
+    peak = value("peak_normalize")
     return MixtureSpec(
         mixture_id=row["mixture_id"],
         sample_rate=int(row["sample_rate"]),
         length=int(row["length"]),
         sources=[signal(f"s{i + 1}") for i in range(n_src)],
-        noise=signal("noise") if row.get("noise_path") else None,
-        extra={k: v for k, v in row.items() if k not in known and v is not None},
+        noise=signal("noise") if value("noise_path") else None,
+        gain_stage=gain_stage,
+        peak_normalize=float(peak) if peak else None,
+        quantize=quantize,
+        mixture=value("mixture"),
+        targets=value("targets"),
+        extra={k: v for k, v in row.items() if k not in known and v not in (None, "")},
     )
 
 
@@ -115,12 +236,16 @@ def write_table(path: str | Path, specs: list[MixtureSpec]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [_spec_to_row(spec) for spec in specs]
     columns: list[str] = []
+    seen: set[str] = set()
     for row in rows:
-        columns.extend(c for c in row if c not in columns)
+        for column in row:
+            if column not in seen:
+                seen.add(column)
+                columns.append(column)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, path)
@@ -151,37 +276,206 @@ def _resolve(path: str, root: Path | None) -> Path:
     return candidate if candidate.is_absolute() or root is None else root / candidate
 
 
-def _frames_needed(spec: SourceSpec, file_rate: int, mixture: MixtureSpec) -> int:
-    room = mixture.length - spec.offset
-    return max(0, math.ceil(room * file_rate / mixture.sample_rate))
+def quantize_int16(x: np.ndarray, rule: str = "int16") -> np.ndarray:
+    """``x`` on the int16 grid, back on the float scale, with clipping.
+
+    ``rule="int16"``: ``round(32768 x)`` (MATLAB ``wavwrite``); ``"int16_floor"``:
+    ``floor(32768 x)`` (libsndfile 1.2.2's float to PCM_16 conversion).
+    """
+    scaled = np.floor(x * INT16_SCALE) if rule == "int16_floor" else np.round(x * INT16_SCALE)
+    return np.clip(scaled, -INT16_SCALE, INT16_SCALE - 1) / INT16_SCALE
 
 
-def render_signal(spec: SourceSpec, mixture: MixtureSpec, root: Path | None = None) -> np.ndarray:
-    """Place one source of ``mixture`` on its ``[length]`` float64 time line."""
-    path = _resolve(spec.path, root)
+def to_int16(x: np.ndarray) -> np.ndarray:
+    """The int16 samples of an already quantised float signal."""
+    return np.clip(np.round(x * INT16_SCALE), -INT16_SCALE, INT16_SCALE - 1).astype(np.int16)
+
+
+def hann_crossfade_extend(noise: np.ndarray, target: int, crossfade: int = LIBRIMIX_CROSSFADE) -> np.ndarray:
+    """Extend ``noise [time]`` to ``target`` samples by overlap-adding copies of itself.
+
+    Each copy fades in with the rising half of a Hann window of ``2 * crossfade - 1``
+    points while the tail of what is already there fades out with the falling half
+    (LibriMix's ``extend_noise``). Needs ``len(noise) > crossfade``.
+    """
+    if len(noise) >= target:
+        return noise[:target]
+    if len(noise) <= crossfade:
+        raise AudioError(f"noise of {len(noise)} samples is too short to extend with a {crossfade}-sample cross-fade")
+    window = np.hanning(2 * crossfade - 1)
+    fade_in = window[:crossfade]
+    fade_out = fade_in[::-1]  # the rising half reversed, not the window's own falling half
+    extended = noise
+    while len(extended) < target:
+        head = extended[: len(extended) - crossfade]
+        overlap = extended[len(extended) - crossfade :] * fade_out + noise[:crossfade] * fade_in
+        extended = np.concatenate([head, overlap, noise[crossfade:]])
+    return extended[:target]
+
+
+def _read(path: Path, start: int, stop: int | None, channel: int) -> tuple[np.ndarray, int]:
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
     try:
-        file_rate = sf.info(str(path)).samplerate
+        data, rate = sf.read(str(path), start=start, stop=stop, dtype="float64", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+        raise AudioError(f"{path}: cannot read audio ({err})") from err
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: no samples in the requested range [{start}, {stop})")
+    if channel >= data.shape[1]:
+        raise AudioError(f"{path}: has {data.shape[1]} channel(s), channel {channel} requested")
+    return np.ascontiguousarray(data[:, channel]), int(rate)
+
+
+def _file_rate(path: Path) -> int:
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    try:
+        return int(sf.info(str(path)).samplerate)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise AudioError(f"{path}: cannot read audio ({err})") from err
-    stop = spec.start + _frames_needed(spec, file_rate, mixture)
-    samples, _ = read_audio(path, start=spec.start, stop=stop, channel_policy="first")
-    samples = resample(samples.astype(np.float64), file_rate, mixture.sample_rate)
-    placed = np.zeros(mixture.length, dtype=np.float64)
-    n = min(len(samples), mixture.length - spec.offset)
-    placed[spec.offset : spec.offset + n] = spec.gain * samples[:n]
+
+
+def _load_rir(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise AudioError(f"{path}: impulse response file not found")
+    return np.load(path).astype(np.float64)
+
+
+def signal_samples(
+    spec: SourceSpec, mixture: MixtureSpec, root: Path | None = None, anechoic: bool = False
+) -> np.ndarray:
+    """One signal of ``mixture`` after every per-signal step except placement:
+    ``[n]`` float64 at ``mixture.sample_rate``, starting at the kept ``start`` sample."""
+    path = _resolve(spec.path, root)
+    file_rate = _file_rate(path)
+    rir_path = spec.anechoic_rir if anechoic else spec.rir
+    whole = file_rate != mixture.sample_rate or bool(rir_path) or spec.extend_to > 0 or spec.pad_to > 0
+    whole = whole or spec.stop is not None
+    if whole:
+        x, _ = _read(path, 0, spec.stop, spec.channel)
+        if spec.extend_to:
+            x = hann_crossfade_extend(x, spec.extend_to)
+        if spec.pad_to > len(x):
+            x = np.concatenate([x, np.zeros(spec.pad_to - len(x))])
+        if rir_path:
+            x = fftconvolve(x, _load_rir(_resolve(rir_path, root)))
+        crop = spec.start * mixture.sample_rate // file_rate
+    else:
+        # same rate, no convolution: read only what lands inside the mixture
+        x, _ = _read(path, spec.start, spec.start + max(1, mixture.length - spec.offset), spec.channel)
+        crop = 0
+    if mixture.gain_stage == "before_resample":
+        x = x * spec.gain
+    x = resample(x, file_rate, mixture.sample_rate)
+    if mixture.gain_stage == "after_resample":
+        x = x * spec.gain
+    if spec.quantize:
+        x = quantize_int16(x)
+    if spec.post_gain != 1.0:
+        x = x * spec.post_gain
+    return x[crop:]
+
+
+def _place(x: np.ndarray, offset: int, length: int) -> np.ndarray:
+    placed = np.zeros(length, dtype=np.float64)
+    n = max(0, min(len(x), length - offset))
+    placed[offset : offset + n] = x[:n]
     return placed
 
 
-def render(mixture: MixtureSpec, root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Render one table row.
+def render_signal(spec: SourceSpec, mixture: MixtureSpec, root: Path | None = None, anechoic: bool = False) -> np.ndarray:
+    """Place one signal of ``mixture`` on its ``[length]`` float64 time line."""
+    return _place(signal_samples(spec, mixture, root, anechoic), spec.offset, mixture.length)
 
-    Returns:
-        ``(mixture [length], sources [n_src, length])``, float32. Noise, if any, is in
-        the mixture but not among the sources.
+
+def _sum(signals: list[np.ndarray]) -> np.ndarray:
+    # left to right, as the recipes accumulate their mixtures
+    total = signals[0].copy()
+    for signal in signals[1:]:
+        total = total + signal
+    return total
+
+
+def render_outputs(
+    mixture: MixtureSpec, root: str | Path | None = None, names: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Render the outputs ``names`` of one row (default: every output), float64 ``[length]`` each.
+
+    Peak normalisation (if the row asks for it) always looks at every mixture and
+    source of the row, whatever subset is returned, so the values never depend on
+    ``names``; without it, the noise is only read when a requested output contains it.
     """
     root_path = Path(root) if root is not None else None
-    sources = np.stack([render_signal(src, mixture, root_path) for src in mixture.sources])
-    mix = sources.sum(axis=0)
-    if mixture.noise is not None:
-        mix = mix + render_signal(mixture.noise, mixture, root_path)
-    return mix.astype(np.float32), sources.astype(np.float32)
+    wanted = names if names is not None else mixture.output_names()
+    normalised = mixture.peak_normalize is not None
+    anechoic = mixture.has_anechoic and (normalised or any(name.endswith("_anechoic") for name in wanted))
+    # the noise is only read when an output needs it (e.g. not for sep_clean on WHAM!)
+    noisy_outputs = ("noise", "mix_both", "mix_single")
+    need_noise = normalised or any(name.startswith(noisy_outputs) for name in wanted)
+    out: dict[str, np.ndarray] = {}
+    sources = [render_signal(src, mixture, root_path) for src in mixture.sources]
+    noise = None
+    if mixture.noise is not None and need_noise:
+        noise = render_signal(mixture.noise, mixture, root_path)
+    variants = [("", sources)]
+    if anechoic:
+        dry = [render_signal(src, mixture, root_path, anechoic=True) for src in mixture.sources]
+        variants.append(("_anechoic", dry))
+    for suffix, signals in variants:
+        for i, signal in enumerate(signals):
+            out[f"s{i + 1}{suffix}"] = signal
+        out[f"mix_clean{suffix}"] = _sum(signals)
+        if noise is not None:
+            out[f"mix_both{suffix}"] = _sum([*signals, noise])
+            out[f"mix_single{suffix}"] = signals[0] + noise
+    if noise is not None:
+        out["noise"] = noise
+    if mixture.peak_normalize is not None:
+        peak = max(float(np.max(np.abs(x))) for x in out.values())
+        if peak > 0:
+            gain = mixture.peak_normalize / peak
+            out = {name: x * gain for name, x in out.items()}
+    missing = [name for name in wanted if name not in out]
+    if missing:
+        raise ValueError(f"mixture {mixture.mixture_id}: no output named {missing}; available: {sorted(out)}")
+    if mixture.quantize:
+        return {name: quantize_int16(out[name], mixture.quantize) for name in wanted}
+    return {name: out[name] for name in wanted}
+
+
+def render(mixture: MixtureSpec, root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Render one table row to the model's input and targets.
+
+    Returns:
+        ``(mixture [length], targets [n_targets, length])``, float32. By default the
+        input is every source plus the noise (if any) and the targets are the sources.
+    """
+    names = [mixture.mixture_name, *mixture.target_names]
+    out = render_outputs(mixture, root, names)
+    targets = np.stack([out[name] for name in mixture.target_names])
+    return out[mixture.mixture_name].astype(np.float32), targets.astype(np.float32)
+
+
+def write_outputs(
+    mixture: MixtureSpec, directory: str | Path, folders: dict[str, str], root: str | Path | None = None
+) -> list[Path]:
+    """Render ``mixture`` and write each output ``name`` to
+    ``directory/folders[name]/<mixture_id>.wav`` atomically.
+
+    Quantised rows are written as 16-bit PCM from the exact int16
+    values; others as 32-bit float. Reading a written file back therefore gives
+    exactly what :func:`render` returns on the fly.
+    """
+    from sepkit.audio import write_audio_atomic
+
+    out = render_outputs(mixture, root, list(folders))
+    written = []
+    for name, folder in folders.items():
+        path = Path(directory) / folder / f"{mixture.mixture_id}.wav"
+        if mixture.quantize:
+            write_audio_atomic(path, to_int16(out[name]), mixture.sample_rate, subtype="PCM_16")
+        else:
+            write_audio_atomic(path, out[name].astype(np.float32), mixture.sample_rate, subtype="FLOAT")
+        written.append(path)
+    return written

@@ -1,0 +1,131 @@
+"""Mixtures from any folder of single-speaker utterances (bring your own corpus).
+
+Input: ``--sources DIR`` with one sub-folder per speaker, audio files anywhere below it.
+
+Splits are speaker-disjoint: the sorted speaker list is shuffled with ``seed`` and cut
+by ``fractions`` (e.g. 0.8/0.1/0.1 for train/valid/test). Each mixture draws ``n_src``
+distinct speakers of its split and one utterance of each, uniformly.
+
+Gain law (wsj0-mix style, with RMS in place of the P.56 active level): source ``i``
+gets ``10 ** (snr_i / 20) / rms_i``, where ``rms_i`` is the RMS of the whole utterance
+at its own rate and ``snr_i ~ U[-2.5, 2.5]`` dB independently per source (so two
+sources differ by at most 5 dB, as in wsj0-2mix). Sources are resampled with
+``resample_poly``, cut (``min``) or zero-padded (``max``), summed, scaled by
+``0.9 / max |.|`` over mixture and sources, and quantised to int16.
+
+Layout: ``<out>/{N}speakers/wav{rate}/{mode}/{split}/{mix,s1,..}/<id>.wav`` and the
+tables ``.../{mode}/{split}.csv``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from data_prep.common import PrepareError, SplitPlan
+from data_prep.wsj0mix import resampled_length
+from sepkit.audio import AUDIO_SUFFIXES
+from sepkit.data.mixtures import MixtureSpec, SourceSpec
+
+LEVEL_SPREAD_DB = 2.5
+
+
+def list_speakers(root: Path) -> dict[str, list[Path]]:
+    """``{speaker folder name: sorted audio files below it}``; speakers without audio are ignored."""
+    speakers = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        if files:
+            speakers[folder.name] = files
+    if not speakers:
+        raise PrepareError(f"no speaker sub-folders with audio files under {root} (expected DIR/<speaker>/<files>)")
+    return speakers
+
+
+def split_speakers(speakers: list[str], names: list[str], fractions: list[float], seed: int) -> dict[str, list[str]]:
+    """Speaker-disjoint split: shuffle with ``seed``, cut by ``fractions`` (normalised)."""
+    order = list(speakers)
+    np.random.default_rng(seed).shuffle(order)
+    total = float(sum(fractions))
+    bounds = np.round(np.cumsum([0.0, *fractions]) / total * len(order)).astype(int)
+    return {name: sorted(order[bounds[k] : bounds[k + 1]]) for k, name in enumerate(names)}
+
+
+def _rms(path: Path) -> float:
+    data, _ = sf.read(str(path), dtype="float64", always_2d=True)
+    value = float(np.sqrt(np.mean(data[:, 0] ** 2))) if len(data) else 0.0
+    if value == 0.0:
+        raise PrepareError(f"{path}: silent or empty utterance (RMS 0) cannot be level-normalised")
+    return value
+
+
+def build_plans(
+    sources: Path,
+    out: Path,
+    n_src: int,
+    sample_rates: list[int],
+    modes: list[str],
+    split_names: list[str],
+    fractions: list[float],
+    n_mixtures: list[int],
+    seed: int = 0,
+) -> list[SplitPlan]:
+    if not (len(split_names) == len(fractions) == len(n_mixtures)):
+        raise PrepareError("--splits, --fractions and --n-mixtures need the same number of values")
+    speakers = list_speakers(sources)
+    assignment = split_speakers(list(speakers), split_names, fractions, seed)
+    rng = np.random.default_rng([seed, 1])
+    rms_cache: dict[Path, float] = {}
+    info_cache: dict[Path, tuple[int, int]] = {}
+    plans = []
+    for split, count in zip(split_names, n_mixtures):
+        pool = assignment[split]
+        if count > 0 and len(pool) < n_src:
+            raise PrepareError(
+                f"split {split} has {len(pool)} speaker(s) but mixtures need {n_src} distinct speakers; "
+                "add speakers or change --fractions"
+            )
+        draws = []
+        for index in range(count):
+            chosen = rng.choice(len(pool), size=n_src, replace=False)
+            files = [speakers[pool[k]][int(rng.integers(len(speakers[pool[k]])))] for k in chosen]
+            levels = rng.uniform(-LEVEL_SPREAD_DB, LEVEL_SPREAD_DB, size=n_src)
+            draws.append((index, [pool[k] for k in chosen], files, levels))
+        for path in {f for _, _, files, _ in draws for f in files}:
+            if path not in rms_cache:
+                rms_cache[path] = _rms(path)
+                info = sf.info(str(path))
+                info_cache[path] = (int(info.frames), int(info.samplerate))
+        for rate in sample_rates:
+            for mode in modes:
+                specs = []
+                for index, spk, files, levels in draws:
+                    lengths = [resampled_length(*info_cache[f], rate) for f in files]
+                    name = f"{split}{index:06d}_" + "_".join(f"{f.stem}_{lv:.4f}" for f, lv in zip(files, levels))
+                    specs.append(
+                        MixtureSpec(
+                            mixture_id=name,
+                            sample_rate=rate,
+                            length=min(lengths) if mode == "min" else max(lengths),
+                            sources=[
+                                SourceSpec(path=str(f.resolve()), gain=10 ** (lv / 20) / rms_cache[f])
+                                for f, lv in zip(files, levels)
+                            ],
+                            peak_normalize=0.9,
+                            quantize="int16",
+                            extra={f"s{i + 1}_speaker": s for i, s in enumerate(spk)},
+                        )
+                    )
+                base = out / f"{n_src}speakers" / f"wav{rate}" / mode
+                plans.append(
+                    SplitPlan(
+                        name=f"folder {n_src}spk {rate} {mode} {split}",
+                        directory=base / split,
+                        specs=specs,
+                        folders={"mix_clean": "mix", **{f"s{i + 1}": f"s{i + 1}" for i in range(n_src)}},
+                        tables={base / f"{split}.csv": specs},
+                    )
+                )
+    return plans

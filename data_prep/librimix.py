@@ -1,0 +1,239 @@
+"""Libri2Mix / Libri3Mix (JorisCos/LibriMix) from LibriSpeech, WHAM! noise and the
+LibriMix metadata CSVs.
+
+Inputs: ``metadata/Libri{N}Mix/libri{N}mix_{subset}.csv`` with columns
+``mixture_ID, source_1_path, source_1_gain, .., noise_path, noise_gain`` (paths relative
+to the LibriSpeech and wham_noise folders; gains are linear factors for the original
+16 kHz files), downloaded pinned or given with ``--metadata DIR``.
+
+Per row, sample rate and mode (``create_librimix_from_metadata.py``), as one table row:
+
+* the noise is read from its start up to the longest source's length, channel 0, and
+  if shorter extended by overlap-adding copies of itself with an 8001-sample Hann
+  cross-fade (``noise_extend_to``);
+* every gain is applied at 16 kHz, then ``resample_poly`` to the output rate
+  (``gain_stage=before_resample``);
+* ``min`` truncates everything (noise included) to the shortest, ``max`` zero-pads;
+* ``mix_clean`` = sum of sources, ``mix_both`` = + noise, ``mix_single`` = s1 + noise;
+  written as 16-bit PCM. The official script lets soundfile convert floats to PCM_16,
+  so its rounding is whatever the user's libsndfile does (1.2.2, measured here:
+  ``floor(32768 x)``). ``quantizer="round"`` (default) writes ``round(32768 x)`` like the
+  other recipes, independent of library versions; ``"libsndfile"`` reproduces libsndfile
+  1.2.2 (``quantize=int16_floor``). The two differ by at most 1 LSB.
+
+train-360 uses speed-perturbed WHAM! noise (``<name>sp08.wav``/``<name>sp12.wav``, made
+by LibriMix with SoX ``speed 0.8``/``1.2`` on channel 0). When those files are not in
+the user's wham_noise folder they are generated into ``<out>/wham_noise_augmented``
+with ``resample_poly`` (a speed change is a resampling played at the original rate).
+SoX's resampler differs from ``resample_poly``, so train-360 ``mix_both``/``mix_single``/
+``noise`` can never be bit-exact with the official files; ``mix_clean`` and the sources are
+unaffected.
+
+Layout: ``<out>/Libri{N}Mix/wav{8k,16k}/{min,max}/{train-360,train-100,dev,test}/
+{s1,..,noise,mix_clean,mix_both,mix_single}/<mixture_ID>.wav`` plus
+``.../{mode}/metadata/mixture_<subset>_<type>.csv`` (absolute paths, as the official
+recipe writes them). Mixture tables: ``.../{mode}/<subset>_<type>.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from data_prep.common import PinnedFile, PrepareError, SplitPlan, require_file
+from sepkit.audio import write_audio_atomic
+from sepkit.data.mixtures import MixtureSpec, SourceSpec
+
+LIBRI_RATE = 16000
+SUBSETS = {"train-clean-360": "train-360", "train-clean-100": "train-100", "dev-clean": "dev", "test-clean": "test"}
+TYPES = ("mix_clean", "mix_both", "mix_single")
+LIBRIMIX_COMMIT = "47825cbdc131cdedb2a90610978cb30866eae521"
+_RAW = f"https://raw.githubusercontent.com/JorisCos/LibriMix/{LIBRIMIX_COMMIT}/metadata"
+_SPEED_SUFFIX = re.compile(r"^(?P<stem>.+)sp(?P<code>08|12)$")
+
+
+def pinned_metadata(n_srcs: list[int]) -> list[PinnedFile]:
+    return [
+        PinnedFile(f"{_RAW}/Libri{n}Mix/libri{n}mix_{subset}.csv", f"Libri{n}Mix/libri{n}mix_{subset}.csv", None)
+        for n in n_srcs
+        for subset in SUBSETS
+    ]
+
+
+def read_metadata(path: Path, n_src: int) -> list[dict[str, str]]:
+    require_file(path, "LibriMix metadata CSV")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    needed = ["mixture_ID", "noise_path", "noise_gain"]
+    needed += [f"source_{i + 1}_{k}" for i in range(n_src) for k in ("path", "gain")]
+    if rows:
+        absent = [c for c in needed if c not in rows[0]]
+        if absent:
+            raise PrepareError(f"{path}: missing column(s) {absent}")
+    return rows
+
+
+def speed_perturb(x: np.ndarray, speed: float) -> np.ndarray:
+    """Play ``x`` ``speed`` times faster (pitch and tempo, like SoX ``speed``) by
+    polyphase resampling to ``len(x) / speed`` samples."""
+    ratio = Fraction(speed).limit_denominator(100)
+    return resample_poly(x, ratio.denominator, ratio.numerator)
+
+
+def augmented_noise(noise_root: Path, relative: str, aug_root: Path, dry_run: bool) -> Path:
+    """Path of a (possibly generated) speed-perturbed WHAM! noise for train-360."""
+    target = aug_root / relative
+    stem = Path(relative).stem
+    match = _SPEED_SUFFIX.match(stem)
+    if match is None:
+        raise PrepareError(f"WHAM! noise file not found: {noise_root / relative}")
+    base = noise_root / Path(relative).parent / f"{match['stem']}.wav"
+    if not base.is_file():
+        raise PrepareError(f"WHAM! noise file not found: {base} (needed to make {Path(relative).name})")
+    if not target.is_file() and not dry_run:
+        data, rate = sf.read(str(base), dtype="float64", always_2d=True)
+        speed = 0.8 if match["code"] == "08" else 1.2
+        write_audio_atomic(target, speed_perturb(data[:, 0], speed).astype(np.float32), rate, subtype="FLOAT")
+    return target
+
+
+def _frames(path: Path, cache: dict[Path, int], estimate: int | None = None) -> int:
+    if path not in cache:
+        if not path.is_file():
+            if estimate is not None:
+                return estimate
+            raise PrepareError(f"file not found: {path}")
+        cache[path] = int(sf.info(str(path)).frames)
+    return cache[path]
+
+
+def build_plans(
+    librispeech: Path,
+    wham_noise: Path | None,
+    metadata_dir: Path,
+    out: Path,
+    n_srcs: list[int],
+    sample_rates: list[int],
+    modes: list[str],
+    types: list[str],
+    subsets: list[str] | None = None,
+    dry_run: bool = False,
+    quantizer: str = "round",
+) -> list[SplitPlan]:
+    if quantizer not in ("round", "libsndfile"):
+        raise PrepareError(f"quantizer must be 'round' or 'libsndfile', got {quantizer!r}")
+    noisy = any(t != "mix_clean" for t in types)
+    if noisy and wham_noise is None:
+        raise PrepareError("mix_both/mix_single need the WHAM! noise: pass --wham-noise DIR")
+    frames_cache: dict[Path, int] = {}
+    plans = []
+    for n_src in n_srcs:
+        for subset, short in SUBSETS.items():
+            if subsets is not None and short not in subsets and subset not in subsets:
+                continue
+            csv_path = metadata_dir / f"Libri{n_src}Mix" / f"libri{n_src}mix_{subset}.csv"
+            if not csv_path.is_file():
+                if subsets is None:
+                    continue  # only the subsets the user has metadata for
+                require_file(csv_path, "LibriMix metadata CSV")
+            rows = read_metadata(csv_path, n_src)
+            # lengths at 16 kHz, read once per subset
+            prepared = []
+            for row in rows:
+                paths = [librispeech / row[f"source_{i + 1}_path"] for i in range(n_src)]
+                for path in paths:
+                    if not path.is_file():
+                        raise PrepareError(f"LibriSpeech file not found: {path} (--librispeech {librispeech})")
+                lengths16 = [_frames(p, frames_cache) for p in paths]
+                noise_path = None
+                if noisy:
+                    noise_path = wham_noise / row["noise_path"]
+                    if not noise_path.is_file():
+                        noise_path = augmented_noise(wham_noise, row["noise_path"], out / "wham_noise_augmented", dry_run)
+                prepared.append((row, paths, lengths16, noise_path))
+            for rate in sample_rates:
+                if not 0 < rate <= LIBRI_RATE:
+                    raise PrepareError(f"LibriMix sample rates must be at most 16000 Hz, got {rate}")
+                for mode in modes:
+                    specs = []
+                    for row, paths, lengths16, noise_path in prepared:
+                        longest = max(lengths16)
+                        resampled = [-(-n * rate // LIBRI_RATE) for n in lengths16]
+                        sources = [
+                            SourceSpec(path=str(p), gain=float(row[f"source_{i + 1}_gain"])) for i, p in enumerate(paths)
+                        ]
+                        noise = None
+                        if noise_path is not None:
+                            noise = SourceSpec(
+                                path=str(noise_path), gain=float(row["noise_gain"]), stop=longest, extend_to=longest
+                            )
+                        specs.append(
+                            MixtureSpec(
+                                mixture_id=row["mixture_ID"],
+                                sample_rate=rate,
+                                length=min(resampled) if mode == "min" else max(resampled),
+                                sources=sources,
+                                noise=noise,
+                                gain_stage="before_resample",
+                                quantize="int16" if quantizer == "round" else "int16_floor",
+                                extra={f"s{i + 1}_speaker": Path(row[f"source_{i + 1}_path"]).parts[-3] for i in range(n_src)},
+                            )
+                        )
+                    base = out / f"Libri{n_src}Mix" / f"wav{rate // 1000}k" / mode
+                    folders = {f"s{i + 1}": f"s{i + 1}" for i in range(n_src)}
+                    if noisy:
+                        folders["noise"] = "noise"
+                    folders.update({t: t for t in types})
+                    tables = {}
+                    for t in types:
+                        targets = "s1" if t == "mix_single" else ""
+                        tables[base / f"{short}_{t}.csv"] = [_with_task(s, t, targets) for s in specs]
+                    plans.append(
+                        SplitPlan(
+                            name=f"Libri{n_src}Mix {rate // 1000}k {mode} {short}",
+                            directory=base / short,
+                            specs=specs,
+                            folders=folders,
+                            tables=tables,
+                        )
+                    )
+    if not plans:
+        raise PrepareError(f"no LibriMix metadata CSVs found under {metadata_dir} (expected Libri{{N}}Mix/libri{{N}}mix_<subset>.csv)")
+    return plans
+
+
+def _with_task(spec: MixtureSpec, mixture: str, targets: str) -> MixtureSpec:
+    from dataclasses import replace
+
+    return replace(spec, mixture=mixture, targets=targets)
+
+
+def write_official_csvs(plans: list[SplitPlan], types: list[str]) -> None:
+    """``{mode}/metadata/mixture_<subset>_<type>.csv`` as the official recipe writes them."""
+    for plan in plans:
+        n_src = plan.specs[0].n_src if plan.specs else 0
+        meta = plan.directory.parent / "metadata"
+        meta.mkdir(parents=True, exist_ok=True)
+        for t in types:
+            sources = [1] if t == "mix_single" else list(range(1, n_src + 1))
+            columns = ["mixture_ID", "mixture_path"] + [f"source_{i}_path" for i in sources]
+            columns += ["noise_path"] if t != "mix_clean" else []
+            columns += ["length"]
+            path = meta / f"mixture_{plan.directory.name}_{t}.csv"
+            tmp = path.with_suffix(".csv.tmp")
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(columns)
+                for spec in plan.specs:
+                    name = f"{spec.mixture_id}.wav"
+                    line = [spec.mixture_id, str((plan.directory / t / name).resolve())]
+                    line += [str((plan.directory / f"s{i}" / name).resolve()) for i in sources]
+                    line += [str((plan.directory / "noise" / name).resolve())] if t != "mix_clean" else []
+                    writer.writerow(line + [spec.length])
+            tmp.replace(path)

@@ -1,0 +1,147 @@
+"""wsj0-2mix / wsj0-3mix (MERL) from WSJ0 and the MERL mix lists.
+
+Inputs: the MERL lists ``mix_{N}_spk_{tr,cv,tt}.txt`` (one mixture per line:
+``path1 snr1 path2 snr2 [path3 snr3]``) and MERL's precomputed active speech levels
+(``activlev_*.txt``: ``utterance_id level``), as published in pywsj0-mix's
+``metadata/`` folder, downloaded pinned or given with ``--lists DIR``.
+
+Per mixture, sample rate and length mode (MERL ``create_wav_2speakers.m`` as ported
+by pywsj0-mix), expressed as one table row:
+
+* source ``i`` = resample_poly(16 kHz file) x ``10**(snr_i / 20) / sqrt(lev_i)``; the
+  level was measured at 8 kHz and is reused at 16 kHz (``gain_stage=after_resample``);
+* ``min`` truncates every source to the shortest, ``max`` zero-pads at the end;
+* mixture = sum of sources; mixture and sources scaled by ``0.9 / max |.|`` over all of
+  them (``peak_normalize=0.9``); written as ``int16(round(32768 x))`` (``quantize=int16``).
+
+Layout: ``<out>/{N}speakers/wav{8k,16k}/{min,max}/{tr,cv,tt}/{mix,s1,..}/<name>.wav``
+with ``<name>`` = ``<utt1>_<snr1>_<utt2>_<snr2>...`` using the SNR text of the list
+verbatim; the mixture table of each folder is ``.../{min,max}/{tr,cv,tt}.csv``.
+Not written: MERL's ``scaling.mat`` and list files.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from data_prep.common import PinnedFile, PrepareError, SplitPlan, require_file
+from data_prep.wsj0 import resolve_utterances, utterance_key
+from sepkit.data.mixtures import MixtureSpec, SourceSpec
+
+SPLITS = ("tr", "cv", "tt")
+WSJ0_RATE = 16000
+# pywsj0-mix (MIT) at a fixed commit; checksums could not be computed without network.
+PYWSJ0MIX_COMMIT = "1261845ec47fc8d56ee4575dba163f0aa6ddddb6"
+_RAW = f"https://raw.githubusercontent.com/mpariente/pywsj0-mix/{PYWSJ0MIX_COMMIT}/metadata"
+
+
+def pinned_lists(n_srcs: list[int]) -> list[PinnedFile]:
+    files = [PinnedFile(f"{_RAW}/mix_{n}_spk_{s}.txt", f"mix_{n}_spk_{s}.txt", None) for n in n_srcs for s in SPLITS]
+    for name in ("tr", "cv", "tt", "si_tr_s", "si_dt_05", "si_et_05"):
+        files.append(PinnedFile(f"{_RAW}/activlev/activlev_{name}.txt", f"activlev/activlev_{name}.txt", None))
+    return files
+
+
+def read_mix_list(path: Path, n_src: int) -> list[list[tuple[str, str]]]:
+    """Parse a MERL list into rows of ``(wsj0 path, snr token)`` pairs."""
+    require_file(path, "MERL mix list")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        if len(tokens) != 2 * n_src:
+            raise PrepareError(f"{path}:{number}: expected {2 * n_src} fields (path snr per speaker), got {len(tokens)}")
+        pairs = [(tokens[2 * i], tokens[2 * i + 1]) for i in range(n_src)]
+        for _, snr in pairs:
+            try:
+                float(snr)
+            except ValueError as err:
+                raise PrepareError(f"{path}:{number}: SNR {snr!r} is not a number") from err
+        rows.append(pairs)
+    return rows
+
+
+def read_activlev(lists_dir: Path) -> dict[str, float]:
+    """Load every ``activlev_*.txt`` below ``lists_dir`` into ``{utterance_id: level}``."""
+    files = sorted(lists_dir.rglob("activlev_*.txt"))
+    if not files:
+        raise PrepareError(f"no activlev_*.txt files (MERL speech levels) found under {lists_dir}")
+    levels: dict[str, float] = {}
+    for path in files:
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            tokens = line.split()
+            if not tokens:
+                continue
+            if len(tokens) != 2:
+                raise PrepareError(f"{path}:{number}: expected 'utterance_id level'")
+            levels.setdefault(tokens[0].lower(), float(tokens[1]))
+    return levels
+
+
+def mixture_name(pairs: list[tuple[str, str]]) -> str:
+    return "_".join(f"{Path(path).stem}_{snr}" for path, snr in pairs)
+
+
+def resampled_length(frames: int, file_rate: int, rate: int) -> int:
+    """Length of ``resample_poly`` output: ``ceil(frames * rate / file_rate)``."""
+    return -(-frames * rate // file_rate)
+
+
+def build_plans(
+    wsj0: Path,
+    lists_dir: Path,
+    out: Path,
+    n_srcs: list[int],
+    sample_rates: list[int],
+    modes: list[str],
+    splits: list[str] = list(SPLITS),
+    jobs: int = 1,
+    dry_run: bool = False,
+) -> list[SplitPlan]:
+    levels = read_activlev(lists_dir)
+    lists = {(n, s): read_mix_list(lists_dir / f"mix_{n}_spk_{s}.txt", n) for n in n_srcs for s in splits}
+    keys = [utterance_key(path) for rows in lists.values() for pairs in rows for path, _ in pairs]
+    utterances = resolve_utterances(keys, wsj0, out / "wsj0_wav", jobs=jobs, dry_run=dry_run)
+    plans = []
+    for (n_src, split), rows in lists.items():
+        for rate in sample_rates:
+            for mode in modes:
+                specs = []
+                for pairs in rows:
+                    sources, lengths, extra = [], [], {}
+                    for i, (path, snr) in enumerate(pairs):
+                        key = utterance_key(path)
+                        wav, frames, file_rate = utterances[key]
+                        utt = Path(key).name
+                        if utt not in levels:
+                            raise PrepareError(f"no MERL speech level for utterance {utt} in {lists_dir}")
+                        gain = 10 ** (float(snr) / 20) / math.sqrt(levels[utt])
+                        sources.append(SourceSpec(path=str(wav), gain=gain))
+                        lengths.append(resampled_length(frames, file_rate, rate))
+                        extra[f"s{i + 1}_speaker"] = utt[:3]
+                        extra[f"s{i + 1}_utterance"] = key
+                    specs.append(
+                        MixtureSpec(
+                            mixture_id=mixture_name(pairs),
+                            sample_rate=rate,
+                            length=min(lengths) if mode == "min" else max(lengths),
+                            sources=sources,
+                            peak_normalize=0.9,
+                            quantize="int16",
+                            extra=extra,
+                        )
+                    )
+                base = out / f"{n_src}speakers" / f"wav{rate // 1000}k" / mode
+                folders = {"mix_clean": "mix", **{f"s{i + 1}": f"s{i + 1}" for i in range(n_src)}}
+                plans.append(
+                    SplitPlan(
+                        name=f"wsj0-{n_src}mix {rate // 1000}k {mode} {split}",
+                        directory=base / split,
+                        specs=specs,
+                        folders=folders,
+                        tables={base / f"{split}.csv": specs},
+                    )
+                )
+    return plans

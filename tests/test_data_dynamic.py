@@ -1,0 +1,129 @@
+"""Dynamic mixing: pool restricted to training utterances, gain laws, speed
+perturbation, seeding per index / epoch / rank independent of the worker count."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader
+
+from data_prep.folder import build_plans
+from data_prep.common import execute
+from fixtures.fake_corpora import make_speaker_folders
+from sepkit.data.dynamic import DynamicMixingDataset, DynamicMixingEpochCallback
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dm")
+    make_speaker_folders(root / "speakers", n_speakers=8, per_speaker=3)
+    plans = build_plans(root / "speakers", root / "out", 2, [8000], ["min"], ["train", "valid"], [0.75, 0.25], [8, 2])
+    execute(plans, write=False, progress=False)
+    base = root / "out" / "2speakers" / "wav8000" / "min"
+    return base / "train.csv", base / "valid.csv", root / "speakers"
+
+
+def test_pool_is_training_utterances_only(tables):
+    train, valid, speakers = tables
+    ds = DynamicMixingDataset(str(train), exclude=[str(valid)], segment_seconds=0.25, epoch_size=4)
+    from sepkit.data.mixtures import read_table
+
+    train_paths = {s.path for spec in read_table(train) for s in spec.sources}
+    valid_speakers = {spec.extra[f"s{i}_speaker"] for spec in read_table(valid) for i in (1, 2)}
+    assert {u.path for u in ds.pool} == train_paths
+    assert not {u.speaker for u in ds.pool} & valid_speakers
+    # a folder pool minus the validation table loses the validation speakers entirely
+    folder_ds = DynamicMixingDataset(str(speakers), exclude=[str(valid)], segment_seconds=0.25, epoch_size=4)
+    assert not {u.speaker for u in folder_ds.pool} & valid_speakers
+    assert len(folder_ds.pool) > len(ds.pool) - 1
+
+
+@pytest.mark.parametrize("law", ["speechbrain", "asteroid"])
+def test_gain_laws_and_shapes(tables, law):
+    train, _, speakers = tables
+    ds = DynamicMixingDataset(str(train), gain_law=law, segment_seconds=0.25, epoch_size=50, noise=None)
+    peaks = []
+    for index in range(50):
+        mix, src = ds[index]
+        assert mix.shape == (2000,) and src.shape == (2, 2000)
+        assert torch.equal(mix, src.sum(0)) or torch.allclose(mix, src.sum(0), atol=1e-6)
+        peaks.append(float(max(mix.abs().max(), src.abs().max())))
+    if law == "speechbrain":
+        assert np.allclose(peaks, 0.9, atol=1e-6)  # always rescaled to a 0.9 peak
+    else:
+        assert max(peaks) <= 1.0 + 1e-6 and min(peaks) < 0.9  # only rescaled when clipping
+
+
+def test_speechbrain_levels_follow_the_law(tables):
+    train, _, _ = tables
+    ds = DynamicMixingDataset(str(train), gain_law="speechbrain", segment_seconds=0.25, epoch_size=400)
+    ratios = []
+    for index in range(400):
+        _, src = ds[index]
+        s = src.double().numpy()
+        n = int(np.max(np.nonzero(np.abs(s).sum(0))[0])) + 1  # cropped length before zero-padding
+        mean_abs = np.abs(s[:, :n]).mean(axis=1)
+        ratios.append(20 * np.log10(mean_abs[1] / mean_abs[0]))
+    # second source relative to the first: N(-2.51, 2.66) dB (clipping at -45/0 dB is rare)
+    assert abs(np.mean(ratios) + 2.51) < 0.5
+    assert abs(np.std(ratios) - 2.66) < 0.5
+
+
+def test_speed_perturbation_changes_pitch_and_tempo(tables):
+    train, _, _ = tables
+    ds = DynamicMixingDataset(str(train), gain_law="asteroid", speed_perturb=(1.25, 1.25), segment_seconds=10.0, epoch_size=1)
+    utt = ds.pool[0]
+    piece = ds._segment(utt, np.random.default_rng(0), 10**9, 1.25)
+    assert len(piece) == int(utt.frames * 8000 / 16000 / 1.25)
+    x = sf.read(utt.path)[0]
+    assert abs(len(piece) - len(x) / 2 / 1.25) <= 1
+
+
+def test_seeding_is_per_index_epoch_rank_and_worker_independent(tables):
+    train, _, _ = tables
+    ds = DynamicMixingDataset(str(train), segment_seconds=0.25, epoch_size=8, seed=3)
+    serial = torch.cat([b[0] for b in DataLoader(ds, batch_size=4, num_workers=0)])
+    parallel = torch.cat([b[0] for b in DataLoader(ds, batch_size=4, num_workers=2)])
+    assert torch.equal(serial, parallel)
+    assert len({tuple(x[:50].tolist()) for x in serial}) == 8  # no two workers/items repeat
+    ds.set_epoch(1)
+    assert not torch.equal(torch.stack([ds[i][0] for i in range(8)]), serial)
+    ds.set_epoch(0)
+    ds.rank = 1
+    assert not torch.equal(torch.stack([ds[i][0] for i in range(8)]), serial)
+    ds.rank = 0
+    assert torch.equal(torch.stack([ds[i][0] for i in range(8)]), serial)
+
+
+class _Recorder(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.seen: dict[int, list[torch.Tensor]] = {}
+
+    def training_step(self, batch, batch_idx):
+        self.seen.setdefault(self.current_epoch, []).append(batch[0].clone())
+        return self.layer(batch[0][:, :1]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_epoch_callback_reaches_dataloader_workers(tables, tmp_path):
+    train, _, _ = tables
+    ds = DynamicMixingDataset(str(train), segment_seconds=0.125, epoch_size=4, seed=5)
+    model = _Recorder()
+    trainer = L.Trainer(
+        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[DynamicMixingEpochCallback()], default_root_dir=tmp_path,
+    )
+    trainer.fit(model, DataLoader(ds, batch_size=4, num_workers=1))
+    for epoch in (0, 1):
+        reference = DynamicMixingDataset(str(train), segment_seconds=0.125, epoch_size=4, seed=5)
+        reference.set_epoch(epoch)
+        expected = torch.stack([reference[i][0] for i in range(4)])
+        assert torch.equal(model.seen[epoch][0], expected)
+    assert not torch.equal(model.seen[0][0], model.seen[1][0])

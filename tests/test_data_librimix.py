@@ -1,0 +1,173 @@
+"""LibriMix recipe on fabricated LibriSpeech / WHAM! noise / metadata CSVs, against a
+float64 reimplementation of create_librimix_from_metadata.py (bit-exact after int16
+quantisation), including noise extension and train-360's speed-perturbed noise."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from fixtures.fake_corpora import make_librimix_metadata, make_librispeech
+from sepkit.data.mixtures import hann_crossfade_extend, read_table, render, render_outputs
+from sepkit.prepare import main
+
+
+def reference_extend(noise: np.ndarray, target: int) -> np.ndarray:
+    """LibriMix's extend_noise: 16001-point Hann window split into rising / falling halves."""
+    window = np.hanning(16001)
+    rising, falling = window[:8001], window[8000::-1]
+    out = noise
+    while len(out) < target:
+        out = np.concatenate([out[:-8001], out[-8001:] * falling + noise[:8001] * rising, noise[8001:]])
+    return out[:target]
+
+
+def reference_librimix_float(row: dict, n_src: int, libri: Path, noise_file: Path, rate: int, mode: str) -> dict:
+    """create_librimix_from_metadata.py in float64, before writing."""
+    sources = [sf.read(str(libri / row[f"source_{i + 1}_path"]), dtype="float64")[0] for i in range(n_src)]
+    longest = max(map(len, sources))
+    noise = sf.read(str(noise_file), dtype="float64", stop=longest, always_2d=True)[0][:, 0]
+    if len(noise) < longest:
+        noise = reference_extend(noise, longest)
+    gains = [float(row[f"source_{i + 1}_gain"]) for i in range(n_src)] + [float(row["noise_gain"])]
+    signals = [resample_poly(x * g, rate, 16000) for x, g in zip([*sources, noise], gains)]
+    n = min(map(len, signals)) if mode == "min" else max(map(len, signals))
+    signals = [s[:n] if mode == "min" else np.pad(s, (0, n - len(s))) for s in signals]
+    clean = signals[0]
+    for s in signals[1:n_src]:
+        clean = clean + s
+    out = {f"s{i + 1}": s for i, s in enumerate(signals[:n_src])}
+    out.update(noise=signals[-1], mix_clean=clean, mix_both=clean + signals[-1], mix_single=signals[0] + signals[-1])
+    return out
+
+
+def reference_librimix(row: dict, n_src: int, libri: Path, noise_file: Path, rate: int, mode: str) -> dict:
+    out = reference_librimix_float(row, n_src, libri, noise_file, rate, mode)
+    return {k: np.clip(np.round(v * 32768), -32768, 32767).astype(np.int16) for k, v in out.items()}
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    libri = tmp_path / "LibriSpeech"
+    files = make_librispeech(libri, ("train-clean-100", "dev-clean", "train-clean-360"))
+    wham = tmp_path / "wham_noise"
+    meta = tmp_path / "metadata"
+    for n in (2, 3):
+        make_librimix_metadata(meta, wham, files, n)
+    return libri, wham, meta
+
+
+def test_hann_extension_matches_librimix_definition():
+    noise = np.random.default_rng(0).standard_normal(9000)
+    extended = hann_crossfade_extend(noise, 30000)
+    np.testing.assert_array_equal(extended, reference_extend(noise, 30000))
+    np.testing.assert_array_equal(extended[: 9000 - 8001], noise[: 9000 - 8001])
+    with pytest.raises(ValueError, match="too short"):
+        hann_crossfade_extend(noise[:8000], 20000)
+
+
+def test_written_files_match_reference(corpus, tmp_path):
+    libri, wham, meta = corpus
+    out = tmp_path / "out"
+    argv = ["librimix", "--librispeech", str(libri), "--wham-noise", str(wham), "--metadata", str(meta)]
+    argv += ["--n-src", "2", "3", "--sample-rate", "8000", "16000", "--mode", "min", "max"]
+    argv += ["--types", "mix_clean", "mix_both", "mix_single", "--out", str(out), "--write", "--no-progress", "--jobs", "2"]
+    assert main(argv) == 0
+    checked = 0
+    for n in (2, 3):
+        for subset, short in (("train-clean-100", "train-100"), ("dev-clean", "dev"), ("train-clean-360", "train-360")):
+            with open(meta / f"Libri{n}Mix" / f"libri{n}mix_{subset}.csv", newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            for rate in (8000, 16000):
+                for mode in ("min", "max"):
+                    base = out / f"Libri{n}Mix" / f"wav{rate // 1000}k" / mode
+                    tables = {t: {s.mixture_id: s for s in read_table(base / f"{short}_{t}.csv")} for t in ("mix_clean", "mix_both", "mix_single")}
+                    for row in rows:
+                        noise_file = wham / row["noise_path"]
+                        if subset == "train-clean-360":
+                            noise_file = out / "wham_noise_augmented" / row["noise_path"]
+                        want = reference_librimix(row, n, libri, noise_file, rate, mode)
+                        for name, expected in want.items():
+                            got = sf.read(str(base / short / name / f"{row['mixture_ID']}.wav"), dtype="int16")[0]
+                            np.testing.assert_array_equal(got, expected, err_msg=f"{base}/{short}/{name}")
+                        for t, table in tables.items():
+                            mix, targets = render(table[row["mixture_ID"]])
+                            np.testing.assert_array_equal(mix, want[t].astype(np.float32) / 32768)
+                            names = ["s1"] if t == "mix_single" else [f"s{i + 1}" for i in range(n)]
+                            np.testing.assert_array_equal(targets, np.stack([want[k] for k in names]).astype(np.float32) / 32768)
+                        checked += 1
+                    official_csv = base / "metadata" / f"mixture_{short}_mix_both.csv"
+                    with open(official_csv, newline="") as handle:
+                        lines = list(csv.DictReader(handle))
+                    assert [line["mixture_ID"] for line in lines] == [r["mixture_ID"] for r in rows]
+                    assert all(Path(line["mixture_path"]).is_absolute() for line in lines)
+    assert checked == 2 * 3 * 2 * 2 * 3
+    assert main(["verify", str(out)]) == 0
+
+
+def test_speed_perturbed_noise_is_generated_outside_the_corpus(corpus, tmp_path):
+    libri, wham, meta = corpus
+    out = tmp_path / "out"
+    argv = ["librimix", "--librispeech", str(libri), "--wham-noise", str(wham), "--metadata", str(meta)]
+    argv += ["--subsets", "train-360", "--types", "mix_both", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    made = sorted((out / "wham_noise_augmented" / "tr").glob("*.wav"))
+    assert made and not list(wham.rglob("*sp08.wav")) and not list(wham.rglob("*sp12.wav"))
+    for path in made:
+        base = wham / "tr" / (path.stem[:-4] + ".wav")
+        original = sf.read(str(base), dtype="float64", always_2d=True)[0][:, 0]
+        up, down = (5, 4) if path.stem.endswith("sp08") else (5, 6)
+        expected = resample_poly(original, up, down).astype(np.float32)
+        np.testing.assert_array_equal(sf.read(str(path), dtype="float32")[0], expected)
+
+
+def test_missing_inputs_are_named(corpus, tmp_path, capsys):
+    libri, wham, meta = corpus
+    argv = ["librimix", "--librispeech", str(libri), "--metadata", str(meta), "--types", "mix_both", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "--wham-noise" in capsys.readouterr().err
+    with open(meta / "Libri2Mix" / "libri2mix_dev-clean.csv", newline="") as handle:
+        victim = libri / next(csv.DictReader(handle))["source_1_path"]
+    victim.unlink()
+    argv = ["librimix", "--librispeech", str(libri), "--metadata", str(meta), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main(argv) == 2
+    assert victim.name in capsys.readouterr().err
+
+
+def test_clean_only_ignores_noise(corpus, tmp_path):
+    libri, _, meta = corpus
+    out = tmp_path / "out"
+    argv = ["librimix", "--librispeech", str(libri), "--metadata", str(meta), "--subsets", "dev", "--out", str(out)]
+    assert main(argv + ["--write", "--no-progress"]) == 0
+    base = out / "Libri2Mix" / "wav8k" / "min" / "dev"
+    assert sorted(p.name for p in base.iterdir()) == ["mix_clean", "s1", "s2"]
+    spec = read_table(out / "Libri2Mix" / "wav8k" / "min" / "dev_mix_clean.csv")[0]
+    outputs = render_outputs(spec)
+    np.testing.assert_array_equal(outputs["mix_clean"], sf.read(str(base / "mix_clean" / f"{spec.mixture_id}.wav"))[0])
+
+
+def test_libsndfile_quantizer_matches_the_official_writer(corpus, tmp_path):
+    """--quantizer libsndfile gives the files LibriMix's own script (sf.write of floats)
+    writes with this machine's libsndfile."""
+    if not sf.__libsndfile_version__.startswith("1.2."):
+        pytest.skip(f"floor rule measured on libsndfile 1.2.x, this is {sf.__libsndfile_version__}")
+    libri, wham, meta = corpus
+    out = tmp_path / "out"
+    argv = ["librimix", "--librispeech", str(libri), "--wham-noise", str(wham), "--metadata", str(meta), "--subsets", "dev"]
+    argv += ["--types", "mix_both", "--quantizer", "libsndfile", "--out", str(out), "--write", "--no-progress"]
+    assert main(argv) == 0
+    with open(meta / "Libri2Mix" / "libri2mix_dev-clean.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    base = out / "Libri2Mix" / "wav8k" / "min" / "dev"
+    for row in rows:
+        want = reference_librimix_float(row, 2, libri, wham / row["noise_path"], 8000, "min")
+        for name in ("s1", "s2", "noise", "mix_both"):
+            official = tmp_path / "official.wav"
+            sf.write(official, want[name], 8000)  # what the official script does
+            got = sf.read(str(base / name / f"{row['mixture_ID']}.wav"), dtype="int16")[0]
+            np.testing.assert_array_equal(got, sf.read(str(official), dtype="int16")[0])
