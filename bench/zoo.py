@@ -4,26 +4,28 @@ Per model (each in a fresh subprocess, so memory peaks do not mix): parameters; 
 for one input of ``--seconds`` at the model's sample rate (matmul/conv/attention MACs
 from ``torch.utils.flop_counter.FlopCounterMode`` as FLOPs/2, plus the recurrent
 matmuls counted analytically, since the counter does not see ``aten::lstm``); peak
-memory of a forward pass and of a forward+backward pass (rise of the process's peak
-resident set size over the model-loaded baseline); forward time (no grad) and
+activation memory of a forward pass and of a forward+backward pass (most tensor bytes
+alive at once beyond weights and input, ``sepkit.profiling.PeakMemoryMode``); forward time (no grad) and
 forward+backward time (median of ``--repeats`` runs after one warm-up) on this
-machine's CPU with ``--threads`` threads.
+machine's CPU (the 1-minute load average is recorded: the machine may be shared) with ``--threads`` threads.
 
 With ``--train`` it also trains each ``recipes/synthetic/<model>.yaml`` for a fixed
-budget (``--train-minutes`` of wall time) and reports the test-set SI-SDRi.
+budget of ``--train-steps`` optimizer steps (not wall time, which depends on how loaded
+the machine is) and reports the test-set SI-SDRi of the final weights.
 
 Prints a Markdown table and writes ``bench/results/zoo.json`` and ``zoo.md`` atomically.
 
-    PYTHONPATH=. python bench/zoo.py --repeats 2
+    PYTHONPATH=. python bench/zoo.py                          # measurements
+    PYTHONPATH=. python bench/zoo.py --reuse --train         # + synthetic training
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,6 +46,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sudormrf_0.25x": ("sudormrf", {"n_blocks": 4}),
 }
 
+# Training passes measured on a shorter input: DPRNN's L=2 encoder gives 8000 frames/s
+# and CPU LSTM training keeps every time step's gates, about 3.6 GB per second of audio,
+# too much for a shared 2-core machine at 4 s. Its cost is linear in the length.
+TRAIN_SECONDS = {"dprnn": 1.0}
+
 RNN_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
 
 
@@ -52,11 +59,6 @@ def _write_atomic(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
         handle.write(text)
     os.replace(handle.name, path)
-
-
-def _peak_rss_mib() -> float:
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def count_macs(model: nn.Module, wav: torch.Tensor) -> int:
@@ -87,7 +89,6 @@ def count_macs(model: nn.Module, wav: torch.Tensor) -> int:
 
 
 def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up: allocator, oneDNN primitive caches
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -96,53 +97,56 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, config: dict[str, Any], seconds: float, repeats: int, threads: int) -> dict[str, Any]:
+def measure(
+    name: str, config: dict[str, Any], seconds: float, train_seconds: float, repeats: int, threads: int
+) -> dict[str, Any]:
     """All per-model figures; run in a fresh process (see ``main``)."""
     from sepkit.models import build_model
+    from sepkit.profiling import PeakMemoryMode
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_model(name, **config)
     wav = torch.randn(1, int(seconds * model.sample_rate))
-    baseline = _peak_rss_mib()
-
-    model.eval()
-    with torch.no_grad():
-        model(wav)
-    forward_peak = _peak_rss_mib() - baseline
-    model.train()
-    model(wav).square().mean().backward()
-    train_peak = _peak_rss_mib() - baseline
-    model.zero_grad(set_to_none=True)
-
-    model.eval()
-    macs = count_macs(model, wav)
+    train_wav = torch.randn(1, int(train_seconds * model.sample_rate))
 
     def forward() -> None:
+        model.eval()
         with torch.no_grad():
             model(wav)
 
     def forward_backward() -> None:
+        model.train()
         model.zero_grad(set_to_none=True)
-        model(wav).square().mean().backward()
+        model(train_wav).square().mean().backward()
 
+    # The memory passes double as warm-ups (allocator, oneDNN primitive caches) for the
+    # timed passes. Peak = most tensor bytes alive at once beyond weights and input, as
+    # `sepkit profile` measures it (independent of the allocator and of other processes).
+    with PeakMemoryMode() as forward_memory:
+        forward()
+    with PeakMemoryMode() as train_memory:
+        forward_backward()
     forward_s = _median_time(forward, repeats)
-    model.train()
     train_s = _median_time(forward_backward, repeats)
+    model.eval()
+    macs = count_macs(model, wav)
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "gmacs": macs / 1e9,
-        "forward_peak_mib": forward_peak,
-        "train_peak_mib": train_peak,
+        "forward_peak_mib": forward_memory.peak / 2**20,
+        "train_peak_mib": train_memory.peak / 2**20,
         "forward_s": forward_s,
         "forward_backward_s": train_s,
+        "train_seconds": train_seconds,
+        "load_average_1min": os.getloadavg()[0],
     }
 
 
 def _run_worker(name: str, config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     command = [
         sys.executable, __file__, "--worker", name, json.dumps(config),
-        "--seconds", str(args.seconds), "--repeats", str(args.repeats), "--threads", str(args.threads),
+        "--seconds", str(args.seconds), "--train-seconds", str(TRAIN_SECONDS.get(name, args.seconds)), "--repeats", str(args.repeats), "--threads", str(args.threads),
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -151,60 +155,80 @@ def _run_worker(name: str, config: dict[str, Any], args: argparse.Namespace) -> 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def train_recipe(recipe: Path, minutes: float, workdir: Path) -> dict[str, Any]:
-    """Train a synthetic recipe for ``minutes`` of wall time, then test; returns the
-    test SI-SDRi and how far training got."""
+def train_recipe(recipe: Path, steps: int, synthetic_root: Path, workdir: Path) -> dict[str, Any]:
+    """Train a synthetic recipe for a fixed number of optimizer steps (a budget that does
+    not depend on how loaded the machine is), then test the final weights.
+
+    Returns the test metrics ``sepkit train`` logged, the steps and the wall time."""
     run_dir = workdir / recipe.stem
+    run_dir.mkdir(parents=True)
     command = [
         sys.executable, "-m", "sepkit.cli", "train", "--config", str(recipe),
-        "--trainer.max_time", f"00:00:{int(minutes):02d}:{int(round(minutes % 1 * 60)):02d}",
-        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.max_steps", str(steps), "--trainer.max_time", "null", "--trainer.max_epochs", "-1",
+        "--data.synthetic_root", str(synthetic_root),
         "--checkpoint.dirpath", str(run_dir / "checkpoints"),
         "--test_after_fit", "true",
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    # Run inside run_dir: the CLI's loggers write under ./runs.
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=run_dir, check=False)
+    wall_s = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"bench/zoo.py: training {recipe} failed:\n{done.stderr[-3000:]}")
-    metrics = json.loads((run_dir / "test_metrics.json").read_text())
-    return {"recipe": str(recipe.relative_to(ROOT)), "train_minutes": minutes, "wall_s": time.perf_counter() - start, **metrics}
+    test_metrics: dict[str, float] = {}
+    for metrics_csv in sorted(run_dir.glob("runs/csv/**/metrics.csv")):
+        with metrics_csv.open() as handle:
+            for record in csv.DictReader(handle):
+                test_metrics.update({k: float(v) for k, v in record.items() if k.startswith("test/") and v})
+    if "test/si_sdri" not in test_metrics:
+        raise RuntimeError(f"bench/zoo.py: no test/si_sdri logged for {recipe}:\n{done.stderr[-2000:]}")
+    return {"recipe": str(recipe.relative_to(ROOT)), "steps": steps, "wall_s": wall_s, **test_metrics}
 
 
 def _table(rows: list[dict[str, Any]], seconds: float, threads: int) -> str:
     lines = [
         f"Input: {seconds:g} s at 8 kHz, batch 1; CPU, {threads} threads. "
         "MACs: matmul/conv/attention/RNN multiply-accumulates of one forward pass. "
-        "Peak: rise of peak resident memory over the loaded model.",
+        "Peak: most activation bytes alive at once (beyond weights and input).",
         "",
         "| model | params | GMACs | fwd peak (MiB) | fwd+bwd peak (MiB) | fwd (s) | fwd+bwd (s) | synthetic SI-SDRi (dB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    notes = []
     for row in rows:
         sisdri = row.get("synthetic_si_sdri")
+        mark = ""
+        if row["train_seconds"] != seconds:
+            mark = "*"
+            notes.append(f"\\* {row['label']}: training pass on {row['train_seconds']:g} s of input (see TRAIN_SECONDS in bench/zoo.py).")
         lines.append(
             f"| {row['label']} | {row['params']:,} | {row['gmacs']:.2f} | {row['forward_peak_mib']:.0f} | "
-            f"{row['train_peak_mib']:.0f} | {row['forward_s']:.3f} | {row['forward_backward_s']:.2f} | "
+            f"{row['train_peak_mib']:.0f}{mark} | {row['forward_s']:.2f} | {row['forward_backward_s']:.2f}{mark} | "
             f"{'' if sisdri is None else f'{sisdri:.2f}'} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + notes) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", help="registered names or variant labels (default: all)")
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train-seconds", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--train", action="store_true", help="also train the synthetic recipes")
-    parser.add_argument("--train-minutes", type=float, default=3.0)
+    parser.add_argument("--train-steps", type=int, default=150, help="optimizer steps per synthetic recipe")
+    parser.add_argument("--synthetic-root", type=Path, default=ROOT / "data" / "synthetic")
+    parser.add_argument("--reuse", action="store_true", help="keep the measurements already in --out")
     parser.add_argument("--out", type=Path, default=RESULTS / "zoo.json")
     parser.add_argument("--worker", nargs=2, metavar=("NAME", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
         name, config = args.worker
-        print(json.dumps(measure(name, json.loads(config), args.seconds, args.repeats, args.threads)))
+        train_seconds = args.train_seconds or args.seconds
+        print(json.dumps(measure(name, json.loads(config), args.seconds, train_seconds, args.repeats, args.threads)))
         return
 
     from sepkit.models import list_models
@@ -213,8 +237,14 @@ def main(argv: list[str] | None = None) -> None:
     entries += [(label, name, config) for label, (name, config) in VARIANTS.items()]
     if args.models:
         entries = [entry for entry in entries if entry[0] in args.models]
+    previous = {}
+    if args.reuse and args.out.exists():
+        previous = {row["label"]: row for row in json.loads(args.out.read_text())["rows"]}
     rows = []
     for label, name, config in entries:
+        if label in previous:
+            rows.append(previous[label])
+            continue
         print(f"measuring {label} ...", file=sys.stderr, flush=True)
         rows.append({"label": label, "model": name, "config": config, **_run_worker(name, config, args)})
 
@@ -224,9 +254,9 @@ def main(argv: list[str] | None = None) -> None:
                 recipe = ROOT / "recipes" / "synthetic" / f"{row['label'].replace('_', '')}.yaml"
                 if row["config"] or not recipe.exists():
                     continue
-                print(f"training {recipe.name} for {args.train_minutes} min ...", file=sys.stderr, flush=True)
-                result = train_recipe(recipe, args.train_minutes, Path(workdir))
-                row["synthetic_si_sdri"] = result.get("test/si_sdri")
+                print(f"training {recipe.name} for {args.train_steps} steps ...", file=sys.stderr, flush=True)
+                result = train_recipe(recipe, args.train_steps, args.synthetic_root.resolve(), Path(workdir))
+                row["synthetic_si_sdri"] = result["test/si_sdri"]
                 row["synthetic_training"] = result
 
     report = {

@@ -157,6 +157,11 @@ def test_sudormrf_input_normalisation_makes_it_gain_and_offset_equivariant() -> 
         base = model(wav)
         shifted = model(7.0 * wav + 0.5)
     torch.testing.assert_close(shifted, 7.0 * base + 0.25, rtol=1e-6, atol=1e-6)
+    # Statistics are per mixture and every input layout is accepted.
+    with torch.no_grad():
+        torch.testing.assert_close(model(wav[1]), base[1:])
+        torch.testing.assert_close(model(wav[1:].unsqueeze(1)), base[1:])
+        assert torch.isfinite(model(torch.ones(1, 1, dtype=torch.float64))).all()
 
 
 def test_sudormrf_decoder_modes() -> None:

@@ -262,29 +262,35 @@ class SuDoRMRF(EncoderMaskerDecoder):
         )
         self.normalize_input = normalize_input
         self.edge = kernel_size // 2
+        # SSC swap group of the 1x1 convolutions; the output layer differs by variant.
+        pointwise = ["masker.bottleneck", "masker.blocks.*.in_conv", "masker.blocks.*.out_conv"]
         if improved:
-            self.ssc_presets = {"pointwise": {"include": ["masker.bottleneck", "masker.blocks.*.in_conv", "masker.blocks.*.out_conv", "masker.mask_conv"]}}
-        else:
-            pointwise = ["masker.bottleneck", "masker.blocks.*.in_conv", "masker.blocks.*.out_conv"]
-            if bottleneck != n_filters:
-                pointwise.append("masker.reshape_conv")
-            self.ssc_presets = {"pointwise": {"include": pointwise}}
+            pointwise.append("masker.mask_conv")
+        elif bottleneck != n_filters:
+            pointwise.append("masker.reshape_conv")
+        self.ssc_presets = {"pointwise": {"include": pointwise}}
 
     def padded_length(self, length: int) -> int:
         """The reference pads the input with zeros up to a multiple of its block grid."""
         multiple = self.length_multiple
         return max(1, -(-length // multiple)) * multiple
 
+    def forward(self, wav: Tensor) -> Tensor:
+        """Separate ``[batch, time]`` (or ``[batch, 1, time]`` / ``[time]``) into
+        ``[batch, n_src, time]``, normalising the mixture first if configured."""
+        if not self.normalize_input:
+            return super().forward(wav)
+        # Statistics of the unpadded mixture, as the reference computes them on its data.
+        # Population std (not the reference's unbiased one, a 1/(2*time) relative
+        # difference) so that a one-sample input does not divide by zero.
+        mean = wav.mean(dim=-1, keepdim=True)
+        scale = wav.std(dim=-1, keepdim=True, correction=0) + 1e-8
+        est = super().forward((wav - mean) / scale)
+        return est * scale.reshape(-1, 1, 1) + mean.reshape(-1, 1, 1) / self.n_src
+
     def separate_padded(self, wav: Tensor) -> Tensor:
         """``[batch, time]`` with ``time`` on the block grid -> ``[batch, n_src, time]``."""
         length = wav.shape[-1]
-        if self.normalize_input:
-            mean = wav.mean(dim=-1, keepdim=True)
-            scale = wav.std(dim=-1, keepdim=True) + 1e-8
-            wav = (wav - mean) / scale
         rep = self.encoder(F.pad(wav, (self.edge, self.edge)))
         masks = self.masker(rep)
-        est = self.decoder(masks * rep.unsqueeze(1))[..., self.edge : self.edge + length]
-        if self.normalize_input:
-            est = est * scale.unsqueeze(1) + mean.unsqueeze(1) / self.n_src
-        return est
+        return self.decoder(masks * rep.unsqueeze(1))[..., self.edge : self.edge + length]
