@@ -360,7 +360,9 @@ class GC3(EncoderMaskerDecoder):
     The paper's other configurations: K=32, ``n_layers=14`` (56,298 parameters);
     ``group_comm="blstm"`` (124,120); ``backbone="tcn"`` (191,168). Its GC3-SuDoRM-RF
     prints 60.0K, which no reading reproduces; ``backbone="sudormrf"`` gives 62,852, the
-    count of the authors' code with 8 blocks (56,474 with their default 6).
+    count of the authors' code with 8 blocks (56,474 with their default 6). Not
+    implemented: the DPTNet backbone and the self-attention group communication (an
+    ablation whose sizes the paper does not pin down).
     """
 
     ssc_presets = {
