@@ -11,6 +11,7 @@ from sepkit.nn.dual_path import CHUNK_PADDINGS, ChunkPadding, chunk, overlap_add
 from sepkit.nn.norms import make_norm
 
 MASK_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
+OUTPUT_HEADS = ("gated", "direct")
 RNN_TYPES = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}
 
 
@@ -79,6 +80,8 @@ class DPRNNMasker(nn.Module):
 
     The gated output head is the FaSNet-style head of the widely used implementation
     (Asteroid); with it the paper configuration has the paper's 2.6M parameters.
+    ``output_head="direct"`` is the head of the TAC/GC3 authors' DPRNN-TasNet: the
+    Conv2d maps straight to ``n_src * n_filters`` masks after the PReLU (no gating).
 
     Input ``[batch, n_filters, frames]``; output masks ``[batch, n_src, n_filters, frames]``.
     """
@@ -98,8 +101,12 @@ class DPRNNMasker(nn.Module):
         dropout: float = 0.0,
         mask_activation: str = "sigmoid",
         chunk_padding: ChunkPadding = "overlap",
+        output_head: str = "gated",
+        bottleneck_bias: bool = True,
     ) -> None:
         super().__init__()
+        if output_head not in OUTPUT_HEADS:
+            raise ValueError(f"DPRNN: output_head must be one of {OUTPUT_HEADS}, got {output_head!r}")
         if mask_activation not in MASK_ACTIVATIONS:
             raise ValueError(f"DPRNN: mask_activation must be one of {sorted(MASK_ACTIVATIONS)}")
         if chunk_padding not in CHUNK_PADDINGS:
@@ -112,16 +119,20 @@ class DPRNNMasker(nn.Module):
         self.chunk_size = chunk_size
         self.hop = hop
         self.chunk_padding = chunk_padding
+        self.output_head = output_head
         self.input_norm = make_norm(norm, n_filters)
-        self.bottleneck = nn.Conv1d(n_filters, bottleneck, 1)
+        self.bottleneck = nn.Conv1d(n_filters, bottleneck, 1, bias=bottleneck_bias)
         self.blocks = nn.ModuleList(
             DPRNNBlock(bottleneck, hidden_size, norm, bidirectional, rnn_type, dropout) for _ in range(n_blocks)
         )
         self.output_act = nn.PReLU()
-        self.output_conv = nn.Conv2d(bottleneck, n_src * bottleneck, 1)
-        self.output_tanh = nn.Conv1d(bottleneck, bottleneck, 1)
-        self.output_gate = nn.Conv1d(bottleneck, bottleneck, 1)
-        self.mask_conv = nn.Conv1d(bottleneck, n_filters, 1, bias=False)
+        if output_head == "direct":
+            self.output_conv = nn.Conv2d(bottleneck, n_src * n_filters, 1)
+        else:
+            self.output_conv = nn.Conv2d(bottleneck, n_src * bottleneck, 1)
+            self.output_tanh = nn.Conv1d(bottleneck, bottleneck, 1)
+            self.output_gate = nn.Conv1d(bottleneck, bottleneck, 1)
+            self.mask_conv = nn.Conv1d(bottleneck, n_filters, 1, bias=False)
         self.mask_act = MASK_ACTIVATIONS[mask_activation]()
 
     def forward(self, rep: Tensor) -> Tensor:
@@ -130,6 +141,9 @@ class DPRNNMasker(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.output_conv(self.output_act(x))
+        if self.output_head == "direct":
+            masks = self.mask_act(overlap_add(x, self.hop, frames, self.chunk_padding))
+            return masks.reshape(batch, self.n_src, self.n_filters, frames)
         _, _, chunk_size, n_chunks = x.shape
         x = x.reshape(batch * self.n_src, self.bottleneck_channels, chunk_size, n_chunks)
         x = overlap_add(x, self.hop, frames, self.chunk_padding)
@@ -162,6 +176,11 @@ class DPRNN(EncoderMaskerDecoder):
         dropout: dropout on the RNN outputs.
         mask_activation: "sigmoid" or "relu".
         chunk_padding: "overlap" (paper) or "chunk" (Asteroid); see ``sepkit.nn.dual_path``.
+        output_head: "gated" (default, FaSNet/Asteroid head) or "direct" (PReLU -> Conv2d
+            to the masks, the TAC/GC3 authors' head; their 16 kHz baseline, N=128, L=32,
+            stride 16, chunk 100, relu masks, ``bottleneck_bias=False``, has 2,616,065
+            parameters).
+        bottleneck_bias: bias on the 1x1 bottleneck conv (absent in the TAC/GC3 code).
         sample_rate: sample rate the model is trained at.
     """
 
@@ -191,6 +210,8 @@ class DPRNN(EncoderMaskerDecoder):
         dropout: float = 0.0,
         mask_activation: str = "sigmoid",
         chunk_padding: ChunkPadding = "overlap",
+        output_head: str = "gated",
+        bottleneck_bias: bool = True,
         sample_rate: int = 8000,
     ) -> None:
         super().__init__(
@@ -209,6 +230,8 @@ class DPRNN(EncoderMaskerDecoder):
                 dropout=dropout,
                 mask_activation=mask_activation,
                 chunk_padding=chunk_padding,
+                output_head=output_head,
+                bottleneck_bias=bottleneck_bias,
             ),
             decoder=ConvDecoder(n_filters, kernel_size, stride),
             n_src=n_src,
