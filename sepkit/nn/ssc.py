@@ -5,7 +5,7 @@ of a pointwise layer.
 Every layer holds ``weight [out, in]`` (and ``bias [out]``) whatever its kernel size; the
 kernel size only decides how many channel groups the relative context uses
 (:func:`sepkit.ops.relative_context`). The math and the backend dispatch live in
-:func:`sepkit.ops.ssc.ssc`.
+:func:`sepkit.ops.ssc.ssc_layer`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from sepkit.ops.ssc import IntOrTuple, as_tuple, ssc
+from sepkit.ops.ssc import IntOrTuple, as_tuple, ssc_layer
 
 
 class _SSCBase(nn.Module):
@@ -103,7 +103,7 @@ class SSCConv1d(_SSCBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x, 1, 3, "[batch, channels, time]")
-        return ssc(x, self.weight, self.bias, self.kernel_size, self.dilation, self.stride,
+        return ssc_layer(x, self.weight, self.bias, self.kernel_size, self.dilation, self.stride,
                    self.linear_first, channels_last=False)
 
 
@@ -117,7 +117,7 @@ class SSCConv2d(_SSCBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x, 1, 4, "[batch, channels, height, width]")
-        return ssc(x, self.weight, self.bias, self.kernel_size, self.dilation, self.stride,
+        return ssc_layer(x, self.weight, self.bias, self.kernel_size, self.dilation, self.stride,
                    self.linear_first, channels_last=False)
 
 
@@ -176,7 +176,7 @@ class SSCLinear(_SSCBase):
         moved = x.movedim(seq_dim, -2)
         lead = moved.shape[:-2]
         flat = moved.reshape(-1, moved.shape[-2], moved.shape[-1])
-        y = ssc(flat, self.weight, self.bias, self.kernel_size, self.dilation, self.stride,
+        y = ssc_layer(flat, self.weight, self.bias, self.kernel_size, self.dilation, self.stride,
                 self.linear_first, channels_last=True)
         return y.reshape(*lead, y.shape[-2], y.shape[-1]).movedim(-2, seq_dim)
 

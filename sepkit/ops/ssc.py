@@ -1,5 +1,5 @@
 """SSC (shift split channels) ops: the relative-context reference, the SSC layer math and
-the dispatch between the plain-PyTorch reference and the fused Triton kernels.
+the dispatch (:func:`ssc_layer`) between the plain-PyTorch reference and the fused Triton kernels.
 
 Relative context (paper §3, Figure 3). The channel axis is split into ``K`` contiguous
 groups with ``torch.tensor_split`` sizes (the first ``C % K`` groups take one extra
@@ -289,6 +289,57 @@ def ssc_reference(
     return _apply_weight(_downsample(r, spatial_dims, tuple(stride)), weight, bias, channels_last)
 
 
+def _contract(a: Tensor, b: Tensor, channel_dim: int) -> Tensor:
+    """``sum over every axis but channel_dim of a[.., i, ..] * b[.., j, ..]`` -> ``[i, j]``."""
+    a2 = a.movedim(channel_dim, -1).reshape(-1, a.shape[channel_dim])
+    b2 = b.movedim(channel_dim, -1).reshape(-1, b.shape[channel_dim])
+    return a2.t() @ b2
+
+
+def ssc_reference_backward(
+    grad_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    has_bias: bool,
+    kernel_size: Sequence[int],
+    dilation: Sequence[int],
+    stride: Sequence[int],
+    linear_first: bool = False,
+    channels_last: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Explicit gradients ``(dx, dweight, dbias)`` of :func:`ssc_reference` (no autograd, so
+    it also runs inside the custom op, below the autograd dispatch key).
+
+    With ``dYu`` the output gradient scattered back onto the input grid (zero between the
+    kept positions) and ``rc^T`` the relative context with negated offsets:
+    plain ``dX = rc^T(W^T dYu)``, ``dW = dY . downsample(rc(X))^T``;
+    ``linear_first``: ``dX = W^T rc^T(dYu)``, ``dW = rc^T(dYu) . X^T``; ``db = sum dY``.
+    """
+    channel_dim, spatial_dims = _layer_axes(x.dim(), len(kernel_size), channels_last)
+    adjoint = tuple(
+        tuple(-s for s in offset)
+        for offset in group_offsets(tuple(kernel_size), tuple(dilation))
+    )
+    upsampled_shape = list(x.shape)
+    upsampled_shape[channel_dim] = weight.shape[0]
+    grad_up = grad_out.new_zeros(upsampled_shape)
+    _downsample(grad_up, spatial_dims, tuple(stride)).copy_(grad_out)
+    if linear_first:
+        grad_z = _apply_relative_context(grad_up, channel_dim, spatial_dims, adjoint)
+        dx = _apply_weight(grad_z, weight.t(), None, channels_last)
+        dw = _contract(grad_z, x, channel_dim)
+    else:
+        grad_r = _apply_weight(grad_up, weight.t(), None, channels_last)
+        dx = _apply_relative_context(grad_r, channel_dim, spatial_dims, adjoint)
+        r = _apply_relative_context(
+            x, channel_dim, spatial_dims, group_offsets(tuple(kernel_size), tuple(dilation))
+        )
+        dw = _contract(grad_out, _downsample(r, spatial_dims, tuple(stride)), channel_dim)
+    if not has_bias:
+        return dx, dw, None
+    return dx, dw, grad_out.sum(dim=[d for d in range(grad_out.dim()) if d != channel_dim])
+
+
 # ---------------------------------------------------------------------------------------
 # Backend choice
 # ---------------------------------------------------------------------------------------
@@ -369,7 +420,8 @@ def ssc_op(
             x, weight, bias, kernel_size, dilation, stride, linear_first, channels_last
         )
     with torch.no_grad():
-        return ssc_reference(x, weight, bias, kernel_size, dilation, stride, linear_first, channels_last)
+        y = ssc_reference(x, weight, bias, kernel_size, dilation, stride, linear_first, channels_last)
+    return y.contiguous()
 
 
 @ssc_op.register_fake
@@ -409,18 +461,15 @@ def ssc_backward_op(
             grad_out, x, weight, has_bias, kernel_size, dilation, stride,
             linear_first, channels_last, need_input_grad, need_weight_grad,
         )
-    with torch.enable_grad():
-        x_ = x.detach().requires_grad_(need_input_grad)
-        w_ = weight.detach().requires_grad_(need_weight_grad)
-        b_ = weight.new_zeros(weight.shape[0], requires_grad=True) if has_bias else None
-        y = ssc_reference(x_, w_, b_, kernel_size, dilation, stride, linear_first, channels_last)
-        wanted = [t for t in (x_, w_, b_) if t is not None and t.requires_grad]
-        grads = list(torch.autograd.grad(y, wanted, grad_out)) if wanted else []
+    dx, dw, db = ssc_reference_backward(
+        grad_out, x, weight, has_bias, kernel_size, dilation, stride, linear_first, channels_last
+    )
     empty = grad_out.new_empty(0)
-    dx = grads.pop(0) if need_input_grad else empty
-    dw = grads.pop(0) if need_weight_grad else empty
-    db = grads.pop(0) if has_bias else empty
-    return dx, dw, db
+    return (
+        dx.contiguous() if need_input_grad else empty,
+        dw.contiguous() if need_weight_grad else empty,
+        db if db is not None else empty,
+    )
 
 
 @ssc_backward_op.register_fake
@@ -439,8 +488,8 @@ def _ssc_backward_fake(
 ) -> tuple[Tensor, Tensor, Tensor]:
     empty = grad_out.new_empty(0)
     return (
-        torch.empty_like(x) if need_input_grad else empty,
-        torch.empty_like(weight) if need_weight_grad else empty,
+        x.new_empty(x.shape) if need_input_grad else empty,
+        weight.new_empty(weight.shape) if need_weight_grad else empty,
         weight.new_empty(weight.shape[0]) if has_bias else empty,
     )
 
@@ -479,7 +528,7 @@ ssc_op.register_autograd(_ssc_autograd_backward, setup_context=_ssc_setup_contex
 # ---------------------------------------------------------------------------------------
 
 
-def ssc(
+def ssc_layer(
     x: Tensor,
     weight: Tensor,
     bias: Tensor | None,
