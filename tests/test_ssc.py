@@ -114,6 +114,24 @@ def test_gradcheck_relative_context_and_layer():
         )
 
 
+@pytest.mark.parametrize("channels_last,stride", [(False, 1), (False, 2), (True, 3)])
+def test_eager_layer_gradients_match_the_autograd_composition(channels_last, stride):
+    # ssc_layer's eager CPU path (rc(X)'s buffer reused for dX) against autograd through
+    # the differentiable composition.
+    torch.manual_seed(0)
+    shape = (2, 10, 7) if channels_last else (2, 7, 10)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    config = ((3,), (2,), (stride,), False, channels_last)
+    y = ssc_module.ssc_layer(x, w, b, *config)
+    grad = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, w, b), grad)
+    expected = torch.autograd.grad(ssc_reference(x, w, b, *config), (x, w, b), grad)
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, atol=1e-12)
+
+
 @pytest.mark.parametrize("linear_first", [False, True])
 @pytest.mark.parametrize("stride", [1, 2, 3])
 def test_ssc_conv1d_matches_oracle(linear_first, stride):

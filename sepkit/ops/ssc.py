@@ -104,11 +104,17 @@ def _interior(length: int, shift: int) -> tuple[int, int]:
 
 
 def _apply_relative_context(
-    x: Tensor, channel_dim: int, spatial_dims: tuple[int, ...], offsets: Offsets
+    x: Tensor,
+    channel_dim: int,
+    spatial_dims: tuple[int, ...],
+    offsets: Offsets,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Relative context with explicit per-group offsets; every output element is written
-    exactly once (one subtraction over the interior, copies over the boundary slabs)."""
-    out = torch.empty_like(x)
+    exactly once (one subtraction over the interior, copies over the boundary slabs).
+    ``out`` (same shape as ``x``, not overlapping it) receives the result if given."""
+    if out is None:
+        out = torch.empty_like(x)
     lengths = [x.shape[d] for d in spatial_dims]
     for (c0, c1), offset in zip(group_bounds(x.shape[channel_dim], len(offsets)), offsets):
         if c1 == c0:
@@ -291,8 +297,13 @@ def ssc_reference(
 
 def _contract(a: Tensor, b: Tensor, channel_dim: int) -> Tensor:
     """``sum over every axis but channel_dim of a[.., i, ..] * b[.., j, ..]`` -> ``[i, j]``."""
-    a2 = a.movedim(channel_dim, -1).reshape(-1, a.shape[channel_dim])
-    b2 = b.movedim(channel_dim, -1).reshape(-1, b.shape[channel_dim])
+    if channel_dim == 1:
+        # Channels first: one GEMM per batch item, no transposed copy of the inputs.
+        a3 = a.reshape(a.shape[0], a.shape[1], -1)
+        b3 = b.reshape(b.shape[0], b.shape[1], -1)
+        return torch.bmm(a3, b3.transpose(1, 2)).sum(0)
+    a2 = a.reshape(-1, a.shape[channel_dim])
+    b2 = b.reshape(-1, b.shape[channel_dim])
     return a2.t() @ b2
 
 
@@ -338,6 +349,54 @@ def ssc_reference_backward(
     if not has_bias:
         return dx, dw, None
     return dx, dw, grad_out.sum(dim=[d for d in range(grad_out.dim()) if d != channel_dim])
+
+
+class _SSCEagerFunction(torch.autograd.Function):
+    """Eager reference of the plain SSC layer (relative context first) that needs one
+    activation-sized buffer fewer than the autograd composition: ``rc(X)`` is saved for
+    ``dW`` and, once ``dW`` is formed, its buffer receives ``dX``. A second backward
+    through the same graph (``retain_graph=True``) therefore fails with autograd's
+    in-place modification error; :func:`ssc_reference` has no such restriction."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        kernel_size: tuple[int, ...],
+        dilation: tuple[int, ...],
+        stride: tuple[int, ...],
+        channels_last: bool,
+    ) -> Tensor:
+        channel_dim, spatial_dims = _layer_axes(x.dim(), len(kernel_size), channels_last)
+        offsets = group_offsets(kernel_size, dilation)
+        r = _apply_relative_context(x, channel_dim, spatial_dims, offsets)
+        ctx.save_for_backward(r, weight)
+        ctx.layout = (channel_dim, spatial_dims, offsets, stride, channels_last)  # type: ignore[attr-defined]
+        return _apply_weight(_downsample(r, spatial_dims, stride), weight, bias, channels_last)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        r, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        channel_dim, spatial_dims, offsets, stride, channels_last = ctx.layout  # type: ignore[attr-defined]
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
+        dw = _contract(grad_out, _downsample(r, spatial_dims, stride), channel_dim) if need_w else None
+        db = (grad_out.sum(dim=[d for d in range(grad_out.dim()) if d != channel_dim])
+              if need_b else None)
+        dx = None
+        if need_x:
+            grad_r = _apply_weight(grad_out, weight.t(), None, channels_last)
+            if any(s > 1 for s in stride):
+                scattered = grad_r.new_zeros(r.shape)
+                _downsample(scattered, spatial_dims, stride).copy_(grad_r)
+                grad_r = scattered
+            adjoint = tuple(tuple(-s for s in offset) for offset in offsets)
+            dx = _apply_relative_context(grad_r, channel_dim, spatial_dims, adjoint, out=r)
+        return dx, dw, db, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------
@@ -564,5 +623,10 @@ def ssc_layer(
             f"ssc: weight shape {tuple(weight.shape)} does not match {in_channels} input channels"
         )
     if resolve_backend(x) == "reference":
-        return ssc_reference(x, weight, bias, kernel, dil, strides, linear_first, channels_last)
+        if linear_first or torch.compiler.is_compiling():
+            # The composition is what torch.compile should trace (and fuse).
+            return ssc_reference(x, weight, bias, kernel, dil, strides, linear_first, channels_last)
+        return _SSCEagerFunction.apply(
+            x, weight, bias, tuple(kernel), tuple(dil), tuple(strides), channels_last
+        )
     return ssc_op(x, weight, bias, kernel, dil, strides, linear_first, channels_last)
