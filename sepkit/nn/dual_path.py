@@ -2,44 +2,77 @@
 
 ``chunk`` cuts a ``[batch, channels, frames]`` sequence into overlapping chunks
 ``[batch, channels, chunk_size, n_chunks]``; ``overlap_add`` is its adjoint and returns
-the original frame count. The sequence is zero-padded by ``chunk_size - hop`` on both
-sides (so every frame is covered by the same number of chunks, as in the DPRNN
-paper) and at the end up to the next whole hop.
+the original frame count. Two padding conventions exist in the reference code:
+
+- ``"overlap"`` (default; DPRNN and SepFormer papers): zero-pad ``chunk_size - hop`` on
+  both sides, so every frame is covered by the same number of chunks, plus at the end
+  the fewest zeros that put the last chunk on the hop grid.
+- ``"chunk"`` (Asteroid's ``unfold``/``fold`` with ``padding=chunk_size``): zero-pad
+  ``chunk_size`` on both sides and drop the trailing part shorter than a hop, which only
+  ever holds padding. Needed to reproduce models trained with Asteroid exactly.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
-
-def _padding(frames: int, chunk_size: int, hop: int) -> tuple[int, int]:
-    edge = chunk_size - hop
-    body = frames + 2 * edge
-    tail = (-(body - chunk_size)) % hop if body > chunk_size else chunk_size - body
-    return edge, edge + tail
+ChunkPadding = Literal["overlap", "chunk"]
+CHUNK_PADDINGS = ("overlap", "chunk")
 
 
-def chunk(x: torch.Tensor, chunk_size: int, hop: int) -> torch.Tensor:
-    """``[batch, channels, frames]`` -> ``[batch, channels, chunk_size, n_chunks]``."""
+def _padding(frames: int, chunk_size: int, hop: int, padding: str) -> tuple[int, int]:
+    """Zeros to add ``(left, right)`` so that ``left + frames + right - chunk_size`` is a
+    whole number of hops and every real frame lies inside some chunk."""
     if not 0 < hop <= chunk_size:
-        raise ValueError(f"need 0 < hop <= chunk_size, got hop={hop}, chunk_size={chunk_size}")
-    left, right = _padding(x.shape[-1], chunk_size, hop)
+        raise ValueError(f"dual_path: need 0 < hop <= chunk_size, got hop={hop}, chunk_size={chunk_size}")
+    if padding == "overlap":
+        edge = chunk_size - hop
+        body = frames + 2 * edge
+        tail = (-(body - chunk_size)) % hop if body > chunk_size else chunk_size - body
+        return edge, edge + tail
+    if padding == "chunk":
+        # Unfold with padding=chunk_size keeps floor((frames + chunk_size) / hop) + 1
+        # chunks; the dropped remainder (< hop <= chunk_size) is all right-padding.
+        return chunk_size, chunk_size - (frames + chunk_size) % hop
+    raise ValueError(f"dual_path: unknown padding {padding!r}; expected one of {CHUNK_PADDINGS}")
+
+
+def n_chunks(frames: int, chunk_size: int, hop: int, padding: ChunkPadding = "overlap") -> int:
+    """Number of chunks ``chunk`` produces for a sequence of ``frames`` frames."""
+    left, right = _padding(frames, chunk_size, hop, padding)
+    return (left + frames + right - chunk_size) // hop + 1
+
+
+def chunk(x: torch.Tensor, chunk_size: int, hop: int, padding: ChunkPadding = "overlap") -> torch.Tensor:
+    """``[batch, channels, frames]`` -> ``[batch, channels, chunk_size, n_chunks]``."""
+    left, right = _padding(x.shape[-1], chunk_size, hop, padding)
     padded = F.pad(x, (left, right))
     # unfold gives [batch, channels, n_chunks, chunk_size]
     return padded.unfold(-1, chunk_size, hop).transpose(-1, -2)
 
 
-def overlap_add(chunks: torch.Tensor, hop: int, frames: int) -> torch.Tensor:
+def overlap_add(
+    chunks: torch.Tensor, hop: int, frames: int, padding: ChunkPadding = "overlap"
+) -> torch.Tensor:
     """``[batch, channels, chunk_size, n_chunks]`` -> ``[batch, channels, frames]``.
 
-    Sums overlapping chunks (no window), then removes the padding ``chunk`` added.
+    Sums overlapping chunks (no window), then removes the padding ``chunk`` added;
+    ``padding`` must be the convention the chunks were cut with.
     """
-    batch, channels, chunk_size, n_chunks = chunks.shape
-    left, right = _padding(frames, chunk_size, hop)
+    batch, channels, chunk_size, count = chunks.shape
+    left, right = _padding(frames, chunk_size, hop, padding)
     total = left + frames + right
+    expected = (total - chunk_size) // hop + 1
+    if count != expected:
+        raise ValueError(
+            f"dual_path.overlap_add: {count} chunks do not match {frames} frames "
+            f"(chunk_size={chunk_size}, hop={hop}, padding={padding!r} gives {expected})"
+        )
     folded = F.fold(
-        chunks.reshape(batch, channels * chunk_size, n_chunks),
+        chunks.reshape(batch, channels * chunk_size, count),
         output_size=(1, total),
         kernel_size=(1, chunk_size),
         stride=(1, hop),

@@ -1,0 +1,142 @@
+"""LightningDataModule for separation: tables (on the fly), written folders, or the
+built-in synthetic corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from sepkit.data.datasets import MixtureTableDataset, SegmentedDataset, WrittenMixtureDataset
+from sepkit.data.synthetic import SyntheticConfig, generate_corpus, table_path
+
+
+class SeparationDataModule(L.LightningDataModule):
+    """Train / valid / test data for a separation model.
+
+    Each split is a mixture-table CSV (mixtures rendered on the fly, nothing dumped to
+    disk) or a written folder (``<split>/<mixture_folder>/*.wav`` + ``s1..sN``). With
+    ``synthetic`` set and no paths given, the built-in synthetic corpus is generated
+    under ``synthetic_root`` (once; later runs reuse it) and its tables are used.
+
+    Args:
+        train, valid, test: table CSV or folder for each split.
+        table_root: folder relative source paths in tables start from (default: the
+            table's own folder).
+        synthetic: synthetic corpus configuration, used when no split paths are given.
+        synthetic_root: where the synthetic corpus is written.
+        sample_rate: data sample rate; must match the model's.
+        n_src: sources per mixture.
+        segment_seconds: training crop length (``None``: whole mixtures).
+        valid_segment_seconds: validation crop length (``None``: whole mixtures).
+        batch_size: training batch size.
+        eval_batch_size: validation / test batch size (whole mixtures differ in length,
+            so 1 unless a valid segment length is set).
+        num_workers: dataloader workers.
+        mixture_folder: folder name of mixtures in written layouts.
+        seed: crop seed (shuffling follows ``seed_everything``).
+        train_dataset: any ``Dataset`` (e.g. dynamic mixing) replacing ``train``.
+    """
+
+    def __init__(
+        self,
+        train: str | None = None,
+        valid: str | None = None,
+        test: str | None = None,
+        table_root: str | None = None,
+        synthetic: SyntheticConfig | None = None,
+        synthetic_root: str = "data/synthetic",
+        sample_rate: int = 8000,
+        n_src: int = 2,
+        segment_seconds: float | None = 4.0,
+        valid_segment_seconds: float | None = None,
+        batch_size: int = 4,
+        eval_batch_size: int = 1,
+        num_workers: int = 0,
+        mixture_folder: str = "mix",
+        seed: int = 0,
+        train_dataset: Dataset | None = None,
+    ) -> None:
+        super().__init__()
+        self.paths = {"train": train, "valid": valid, "test": test}
+        self.table_root = table_root
+        self.synthetic = synthetic
+        self.synthetic_root = synthetic_root
+        self.sample_rate = sample_rate
+        self.n_src = n_src
+        self.segment_seconds = segment_seconds
+        self.valid_segment_seconds = valid_segment_seconds
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.mixture_folder = mixture_folder
+        self.seed = seed
+        self.train_dataset_override = train_dataset
+        self.datasets: dict[str, Dataset] = {}
+        if synthetic is not None:
+            if synthetic.sample_rate != sample_rate or synthetic.n_src != n_src:
+                raise ValueError(
+                    f"synthetic corpus is {synthetic.sample_rate} Hz / {synthetic.n_src} sources but the "
+                    f"datamodule expects {sample_rate} Hz / {n_src} sources"
+                )
+            for split in self.paths:
+                if self.paths[split] is None:
+                    self.paths[split] = str(table_path(synthetic_root, split))
+
+    def prepare_data(self) -> None:
+        # Runs once per node before setup(): the only place that writes data.
+        if self.synthetic is not None:
+            generate_corpus(self.synthetic_root, self.synthetic)
+
+    def _segment(self, seconds: float | None) -> int | None:
+        return None if seconds is None else int(round(seconds * self.sample_rate))
+
+    def build_dataset(self, split: str) -> Dataset:
+        """The dataset of ``split`` ("train", "valid" or "test")."""
+        if split == "train" and self.train_dataset_override is not None:
+            return self.train_dataset_override
+        path = self.paths[split]
+        if path is None:
+            raise ValueError(f"no {split} data configured (set data.{split})")
+        segment = self._segment(self.segment_seconds if split == "train" else self.valid_segment_seconds)
+        segment_args = dict(segment_samples=segment, random_crop=split == "train", seed=self.seed)
+        if Path(path).is_dir():
+            return WrittenMixtureDataset(
+                path, self.n_src, self.mixture_folder, sample_rate=self.sample_rate, **segment_args
+            )
+        return MixtureTableDataset(
+            path, root=self.table_root, sample_rate=self.sample_rate, n_src=self.n_src, **segment_args
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ["train", "valid"], "validate": ["valid"], "test": ["test"], "predict": ["test"]}
+        for split in wanted.get(stage, ["train", "valid", "test"]):
+            if split not in self.datasets and self.paths[split] is not None or (
+                split == "train" and self.train_dataset_override is not None
+            ):
+                self.datasets.setdefault(split, self.build_dataset(split))
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.datasets[split] = self.build_dataset(split)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            drop_last=shuffle,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+
+__all__ = ["SeparationDataModule", "SegmentedDataset"]

@@ -1,0 +1,159 @@
+"""Datasets yielding ``(mixture [time], sources [n_src, time])`` float32 tensors.
+
+Two sources of the same data, interchangeable in the datamodule:
+
+- :class:`MixtureTableDataset` renders each row of a mixture table on the fly (no
+  dataset dump on disk);
+- :class:`WrittenMixtureDataset` reads a written folder layout
+  (``<root>/<mixture_folder>/<id>.wav`` and ``<root>/s1 .. sN/<id>.wav``).
+
+Both crop training segments the same way: the window start is a pure function of
+``(seed, epoch, index)``, so on-the-fly and written data give identical batches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sepkit.audio import read_audio
+from sepkit.data.mixtures import MixtureSpec, read_table, render
+
+
+class SegmentedDataset(Dataset):
+    """Base class: subclasses implement ``load(index) -> (mixture, sources)`` arrays;
+    this class crops or pads them to ``segment_samples`` (``None`` keeps full length).
+
+    Args:
+        segment_samples: training window length; shorter items are zero-padded.
+        random_crop: draw the window start at random (training); otherwise start at 0.
+        seed: crop seed.
+    """
+
+    def __init__(self, segment_samples: int | None = None, random_crop: bool = True, seed: int = 0) -> None:
+        self.segment_samples = segment_samples
+        self.random_crop = random_crop
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """New crop positions each epoch (called by the training module)."""
+        self.epoch = epoch
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def item_id(self, index: int) -> str:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mixture, sources = self.load(index)
+        if self.segment_samples is not None:
+            mixture, sources = self._crop(index, mixture, sources)
+        return torch.from_numpy(np.ascontiguousarray(mixture)), torch.from_numpy(np.ascontiguousarray(sources))
+
+    def _crop(self, index: int, mixture: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        size = self.segment_samples
+        length = mixture.shape[-1]
+        if length <= size:
+            pad = size - length
+            return np.pad(mixture, (0, pad)), np.pad(sources, ((0, 0), (0, pad)))
+        start = 0
+        if self.random_crop:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            start = int(rng.integers(0, length - size + 1))
+        return mixture[start : start + size], sources[:, start : start + size]
+
+
+class MixtureTableDataset(SegmentedDataset):
+    """Mixtures rendered on the fly from a mixture table (see :mod:`sepkit.data.mixtures`).
+
+    Args:
+        table: mixture-table CSV.
+        root: folder that relative source paths start from (default: the table's folder).
+        sample_rate: expected rate; a row with another rate is an error.
+        n_src: expected number of sources.
+    """
+
+    def __init__(
+        self,
+        table: str | Path,
+        root: str | Path | None = None,
+        sample_rate: int | None = None,
+        n_src: int | None = None,
+        **segment_args,
+    ) -> None:
+        super().__init__(**segment_args)
+        self.table = Path(table)
+        self.root = Path(root) if root is not None else self.table.parent
+        self.rows: list[MixtureSpec] = read_table(self.table)
+        for row in self.rows:
+            if sample_rate is not None and row.sample_rate != sample_rate:
+                raise ValueError(f"{self.table}: mixture {row.mixture_id} is at {row.sample_rate} Hz, expected {sample_rate}")
+            if n_src is not None and row.n_src != n_src:
+                raise ValueError(f"{self.table}: mixture {row.mixture_id} has {row.n_src} sources, expected {n_src}")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def item_id(self, index: int) -> str:
+        return self.rows[index].mixture_id
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return render(self.rows[index], self.root)
+
+
+class WrittenMixtureDataset(SegmentedDataset):
+    """Mixtures read from a written folder: ``<root>/<mixture_folder>/*.wav`` with the
+    matching ``<root>/s1 .. s<n_src>/<same name>``.
+
+    Args:
+        root: the split's folder (e.g. ``wav8k/min/tt``).
+        n_src: number of source folders.
+        mixture_folder: ``mix`` (wsj0-mix), ``mix_clean`` / ``mix_both`` (LibriMix), ...
+        sample_rate: expected rate; a file with another rate is an error.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        n_src: int,
+        mixture_folder: str = "mix",
+        sample_rate: int | None = None,
+        **segment_args,
+    ) -> None:
+        super().__init__(**segment_args)
+        self.root = Path(root)
+        self.n_src = n_src
+        self.sample_rate = sample_rate
+        self.mixture_dir = self.root / mixture_folder
+        if not self.mixture_dir.is_dir():
+            raise FileNotFoundError(f"{self.mixture_dir}: mixture folder not found")
+        self.names = sorted(p.name for p in self.mixture_dir.glob("*.wav"))
+        if not self.names:
+            raise FileNotFoundError(f"{self.mixture_dir}: no .wav mixtures")
+        for i in range(1, n_src + 1):
+            missing = [n for n in self.names if not (self.root / f"s{i}" / n).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{self.root / f's{i}'}: {len(missing)} source files missing, e.g. {missing[0]}")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def item_id(self, index: int) -> str:
+        return Path(self.names[index]).stem
+
+    def _read(self, path: Path) -> np.ndarray:
+        samples, rate = read_audio(path, channel_policy="first")
+        if self.sample_rate is not None and rate != self.sample_rate:
+            raise ValueError(f"{path}: sample rate {rate} Hz, expected {self.sample_rate}")
+        return samples
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        name = self.names[index]
+        mixture = self._read(self.mixture_dir / name)
+        sources = np.stack([self._read(self.root / f"s{i}" / name) for i in range(1, self.n_src + 1)])
+        return mixture, sources

@@ -1,0 +1,284 @@
+"""A built-in, deterministic, speech-like corpus that needs no download.
+
+Each synthetic "speaker" has a pitch range and a timbre (formant scaling, spectral
+tilt, breathiness). Pitch ranges of different speakers overlap, so pitch alone does
+not tell them apart. An utterance is a sequence of
+
+- voiced segments: a harmonic series on a moving pitch contour, shaped by a
+  formant-like spectral envelope that glides between vowel targets,
+- unvoiced segments: noise bursts with a fricative-like (high-pass or band) spectrum,
+- pauses.
+
+Mixtures take two (or more) utterances of different speakers at a random relative
+level in [-5, 5] dB, placed so that their active spans overlap for at least half of
+the mixture. Train, valid and test speakers are disjoint. Everything is derived from
+one seed, so a corpus is reproducible bit for bit.
+
+The corpus is written as wav files plus mixture tables (:mod:`sepkit.data.mixtures`),
+the same format data_prep/ produces for real corpora, or rendered on the fly with
+:class:`SyntheticMixtures`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sepkit.audio import write_audio_atomic
+from sepkit.data.mixtures import MixtureSpec, SourceSpec, read_table, write_table
+
+# Vowel-like formant targets (F1, F2, F3 in Hz) of an adult voice; speakers scale them.
+VOWEL_FORMANTS = np.array(
+    [
+        [730, 1090, 2440],
+        [530, 1840, 2480],
+        [270, 2290, 3010],
+        [570, 840, 2410],
+        [300, 870, 2240],
+        [660, 1720, 2410],
+        [490, 1350, 1690],
+        [440, 1020, 2240],
+    ],
+    dtype=np.float64,
+)
+FORMANT_BANDWIDTHS = np.array([90.0, 110.0, 170.0])
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class SyntheticConfig:
+    """Sizes and seed of a synthetic corpus.
+
+    Attributes:
+        seed: master seed; every speaker, utterance and mixture derives from it.
+        sample_rate: output rate in Hz.
+        n_src: speakers per mixture.
+        mixture_seconds: mixture length.
+        speakers: number of speakers per split (train, valid, test), disjoint.
+        utterances_per_speaker: utterances synthesised per speaker.
+        mixtures: number of mixtures per split (train, valid, test).
+        min_overlap: minimum fraction of the mixture in which all sources are active.
+        max_level_db: relative levels are uniform in [-max_level_db, max_level_db].
+    """
+
+    seed: int = 0
+    sample_rate: int = 8000
+    n_src: int = 2
+    mixture_seconds: float = 2.0
+    speakers: tuple[int, int, int] = (40, 8, 8)
+    utterances_per_speaker: int = 12
+    mixtures: tuple[int, int, int] = (4000, 200, 200)
+    min_overlap: float = 0.5
+    max_level_db: float = 5.0
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass
+class Speaker:
+    """Voice parameters of one synthetic speaker."""
+
+    name: str
+    f0_low: float
+    f0_high: float
+    formant_scale: float
+    tilt_db_per_octave: float
+    breathiness: float
+
+
+def make_speakers(split: str, count: int, seed: int) -> list[Speaker]:
+    """Draw ``count`` speakers for ``split``. Pitch ranges are wide and overlap
+    between speakers (a low voice spans roughly 80-200 Hz, a high one 160-380 Hz)."""
+    rng = np.random.default_rng([seed, SPLITS.index(split), 1])
+    speakers = []
+    for index in range(count):
+        centre = rng.uniform(105.0, 260.0)
+        width = rng.uniform(1.5, 2.2)  # ratio between top and bottom of the range
+        speakers.append(
+            Speaker(
+                name=f"{split}{index:03d}",
+                f0_low=centre / np.sqrt(width),
+                f0_high=centre * np.sqrt(width),
+                formant_scale=rng.uniform(0.85, 1.2),
+                tilt_db_per_octave=rng.uniform(-9.0, -4.0),
+                breathiness=rng.uniform(0.0, 0.08),
+            )
+        )
+    return speakers
+
+
+def _smooth_contour(rng: np.random.Generator, n: int, low: float, high: float, points: int) -> np.ndarray:
+    knots = rng.uniform(low, high, size=max(points, 2))
+    return np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(knots)), knots)
+
+
+def _voiced(rng: np.random.Generator, spk: Speaker, n: int, sr: int) -> np.ndarray:
+    # Moving pitch: a smooth random contour inside the speaker's range plus vibrato.
+    f0 = _smooth_contour(rng, n, spk.f0_low, spk.f0_high, points=rng.integers(2, 5))
+    t = np.arange(n) / sr
+    f0 = f0 * (1 + 0.01 * np.sin(2 * np.pi * rng.uniform(4, 7) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    # Formants glide between two vowel targets across the segment.
+    start, end = VOWEL_FORMANTS[rng.integers(len(VOWEL_FORMANTS), size=2)] * spk.formant_scale
+    glide = np.linspace(0, 1, n)[:, None]
+    formants = (1 - glide) * start + glide * end  # [n, 3]
+    n_harm = int(sr / 2 / spk.f0_low)
+    k = np.arange(1, n_harm + 1)[:, None]  # [H, 1]
+    freqs = k * f0[None, :]  # [H, n]
+    env = np.zeros_like(freqs)
+    for i in range(3):
+        env += (1.0 / (i + 1)) / (1 + ((freqs - formants[:, i][None, :]) / FORMANT_BANDWIDTHS[i]) ** 2)
+    env *= 10 ** (spk.tilt_db_per_octave * np.log2(np.maximum(freqs, 50) / 100) / 20)
+    env[freqs >= sr / 2] = 0.0
+    signal = (env * np.sin(k * phase[None, :] + rng.uniform(0, 2 * np.pi, size=(n_harm, 1)))).sum(0)
+    signal += spk.breathiness * np.abs(signal).mean() * rng.standard_normal(n)
+    return signal * np.hanning(n) ** 0.5
+
+
+def _unvoiced(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1 / sr)
+    centre = rng.uniform(0.25, 0.45) * sr
+    spectrum *= 1 / (1 + ((freqs - centre) / (0.12 * sr)) ** 2)
+    burst = np.fft.irfft(spectrum, n)
+    return burst * np.hanning(n)
+
+
+def synthesize_utterance(spk: Speaker, seconds: float, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """One utterance of ``spk``: voiced / unvoiced / pause segments, unit RMS."""
+    total = int(round(seconds * sr))
+    out = np.zeros(total)
+    pos = int(rng.uniform(0.0, 0.05) * sr)
+    while pos < total:
+        kind = rng.choice(["voiced", "unvoiced", "pause"], p=[0.6, 0.2, 0.2])
+        if kind == "voiced":
+            n = int(rng.uniform(0.08, 0.35) * sr)
+            segment = _voiced(rng, spk, n, sr)
+        elif kind == "unvoiced":
+            n = int(rng.uniform(0.03, 0.12) * sr)
+            segment = 0.4 * _unvoiced(rng, n, sr) * np.std(out[:pos] if pos else [1.0]) / 0.5
+        else:
+            pos += int(rng.uniform(0.04, 0.2) * sr)
+            continue
+        n = min(n, total - pos)
+        out[pos : pos + n] += segment[:n] / (np.std(segment) + 1e-12) * rng.uniform(0.6, 1.0)
+        pos += n
+    return out / (np.sqrt(np.mean(out**2)) + 1e-12)
+
+
+def _overlapping_spans(rng: np.random.Generator, cfg: SyntheticConfig, total: int) -> list[tuple[int, int]]:
+    # Each source is active over a span of 70-100% of the mixture; redraw offsets until
+    # all spans share at least ``min_overlap`` of the mixture.
+    while True:
+        lengths = rng.integers(int(0.7 * total), total + 1, size=cfg.n_src)
+        offsets = [int(rng.integers(0, total - length + 1)) for length in lengths]
+        common = min(o + length for o, length in zip(offsets, lengths)) - max(offsets)
+        if common >= cfg.min_overlap * total:
+            return [(int(o), int(length)) for o, length in zip(offsets, lengths)]
+
+
+def _relative_gains(rng: np.random.Generator, cfg: SyntheticConfig) -> np.ndarray:
+    # Levels in dB relative to the first source, uniform in [-max, max]; 0.05 keeps the
+    # peaks of a sum of unit-RMS sources well inside [-1, 1] for int16 files.
+    levels = np.concatenate([[0.0], rng.uniform(-cfg.max_level_db, cfg.max_level_db, cfg.n_src - 1)])
+    return 0.05 * 10 ** (levels / 20)
+
+
+def build_split(cfg: SyntheticConfig, split: str, out_dir: Path) -> list[MixtureSpec]:
+    """Synthesise one split's utterances to ``out_dir/<split>/utterances`` (int16 wav)
+    and return its mixture table rows (paths relative to ``out_dir``)."""
+    index = SPLITS.index(split)
+    speakers = make_speakers(split, cfg.speakers[index], cfg.seed)
+    sr = cfg.sample_rate
+    total = int(round(cfg.mixture_seconds * sr))
+    # name -> [(relative path, length, storage scale)]
+    utterances: dict[str, list[tuple[str, int, float]]] = {}
+    for s, spk in enumerate(speakers):
+        rng = np.random.default_rng([cfg.seed, index, 2, s])
+        utterances[spk.name] = []
+        for u in range(cfg.utterances_per_speaker):
+            seconds = rng.uniform(1.0, 1.6) * cfg.mixture_seconds
+            wav = synthesize_utterance(spk, seconds, sr, rng)
+            # Stored peak-normalised (int16 needs it); the mixing gain divides the
+            # storage scale back out so levels refer to the unit-RMS utterance.
+            scale = 0.9 / np.abs(wav).max()
+            rel = Path(split) / "utterances" / spk.name / f"{spk.name}_{u:03d}.wav"
+            write_audio_atomic(out_dir / rel, (scale * wav).astype(np.float32), sr, subtype="PCM_16")
+            utterances[spk.name].append((rel.as_posix(), len(wav), float(scale)))
+    rng = np.random.default_rng([cfg.seed, index, 3])
+    names = sorted(utterances)
+    specs = []
+    for m in range(cfg.mixtures[index]):
+        chosen = rng.choice(len(names), size=cfg.n_src, replace=False)
+        gains = _relative_gains(rng, cfg)
+        sources = []
+        spans = _overlapping_spans(rng, cfg, total)
+        for (offset, span), c, gain in zip(spans, chosen, gains):
+            path, length, scale = utterances[names[c]][int(rng.integers(len(utterances[names[c]])))]
+            # Reading from ``length - span`` to the end of the file yields exactly
+            # ``span`` active samples, which the renderer places at ``offset``.
+            sources.append(SourceSpec(path=path, gain=float(gain / scale), start=length - span, offset=offset))
+        specs.append(MixtureSpec(mixture_id=f"{split}_{m:05d}", sample_rate=sr, length=total, sources=sources))
+    return specs
+
+
+def table_path(root: str | Path, split: str) -> Path:
+    """Where :func:`generate_corpus` writes the mixture table of ``split``."""
+    return Path(root) / f"{split}.csv"
+
+
+def generate_corpus(root: str | Path, cfg: SyntheticConfig | None = None) -> dict[str, Path]:
+    """Write the corpus under ``root`` (utterance wavs + ``train/valid/test.csv`` mixture
+    tables) unless a finished corpus with the same configuration is already there.
+
+    Returns:
+        ``{split: table path}``.
+    """
+    cfg = cfg or SyntheticConfig()
+    root = Path(root)
+    stamp = root / "corpus.json"
+    tables = {split: table_path(root, split) for split in SPLITS}
+    if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == cfg.fingerprint():
+        if all(path.is_file() for path in tables.values()):
+            return tables
+    for split in SPLITS:
+        write_table(tables[split], build_split(cfg, split, root))
+    # The stamp is written last: its presence means every file above is complete.
+    stamp.write_text(json.dumps({"fingerprint": cfg.fingerprint(), "config": asdict(cfg)}, indent=2))
+    return tables
+
+
+class SyntheticMixtures(Dataset):
+    """Synthetic mixtures rendered in memory, nothing written to disk.
+
+    Item ``i`` is ``(mixture [time], sources [n_src, time])`` float32, a pure function
+    of ``(cfg.seed, split, i)``.
+    """
+
+    def __init__(self, cfg: SyntheticConfig | None = None, split: str = "train") -> None:
+        self.cfg = cfg or SyntheticConfig()
+        self.split = split
+        self.speakers = make_speakers(split, self.cfg.speakers[SPLITS.index(split)], self.cfg.seed)
+
+    def __len__(self) -> int:
+        return self.cfg.mixtures[SPLITS.index(self.split)]
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, sr = self.cfg, self.cfg.sample_rate
+        rng = np.random.default_rng([cfg.seed, SPLITS.index(self.split), 4, item])
+        total = int(round(cfg.mixture_seconds * sr))
+        chosen = rng.choice(len(self.speakers), size=cfg.n_src, replace=False)
+        gains = _relative_gains(rng, cfg)
+        sources = np.zeros((cfg.n_src, total))
+        for i, ((offset, span), c, gain) in enumerate(zip(_overlapping_spans(rng, cfg, total), chosen, gains)):
+            wav = synthesize_utterance(self.speakers[c], span / sr, sr, rng)
+            sources[i, offset : offset + span] = gain * wav[:span]
+        return torch.from_numpy(sources.sum(0)).float(), torch.from_numpy(sources).float()

@@ -1,0 +1,130 @@
+"""``sepkit profile``: parameters, MACs and peak memory of a model for a given input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
+
+from sepkit.models import build_model, list_models
+
+
+class PeakMemoryMode(TorchDispatchMode):
+    """Tracks bytes of tensor storage allocated by operators inside the mode and their
+    peak. Storages are released when freed (PyTorch keeps one Python object per
+    storage, so a finalizer fires at the real deallocation). Works on any device;
+    tensors that existed before entering the mode (weights, inputs) are not counted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if not isinstance(tensor, torch.Tensor) or tensor.is_meta:
+                continue
+            storage = tensor.untyped_storage()
+            key = id(storage)
+            if key in self.live or storage.nbytes() == 0:
+                continue
+            self.live[key] = storage.nbytes()
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
+            weakref.finalize(storage, self._release, key)
+        return out
+
+
+def profile_model(model: torch.nn.Module, seconds: float = 4.0, batch: int = 1) -> dict[str, Any]:
+    """Parameters, MACs (multiply-accumulates = FLOPs / 2 as counted by
+    ``torch.utils.flop_counter``) and peak activation memory (bytes beyond weights and
+    input) for inference (no grad) and for a training step (forward + backward)."""
+    length = int(round(seconds * model.sample_rate))
+    mixture = torch.randn(batch, length, device=next(model.parameters()).device)
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(mixture)
+    with torch.no_grad(), PeakMemoryMode() as inference:
+        model(mixture)
+    model.train()
+    with PeakMemoryMode() as training:
+        model(mixture).square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "macs": counter.get_total_flops() // 2,
+        "peak_inference_bytes": inference.peak,
+        "peak_training_bytes": training.peak,
+        "seconds": seconds,
+        "batch": batch,
+        "sample_rate": int(model.sample_rate),
+    }
+
+
+def load_model_config(path: str | Path, model_name: str) -> dict[str, Any]:
+    """Model config from a YAML file: either the model's constructor arguments or a
+    ``sepkit train`` recipe (``model.model_name`` / ``model.model_config``)."""
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    if "model" in config and isinstance(config["model"], dict) and "model_config" in config["model"]:
+        recipe_name = config["model"].get("model_name", model_name)
+        if recipe_name != model_name:
+            raise ValueError(f"{path}: recipe is for model {recipe_name!r}, not {model_name!r}")
+        config = config["model"]["model_config"] or {}
+    return dict(config)
+
+
+def _mebibytes(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def profile_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sepkit profile", description="Parameters, MACs and peak memory of a model.")
+    parser.add_argument("model", help=f"registered model name or 'all' ({', '.join(list_models())})")
+    parser.add_argument("--config", default=None, help="YAML with the model's config, or a sepkit train recipe")
+    parser.add_argument("--seconds", type=float, default=4.0, help="input length in seconds (default 4)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    names = list_models() if args.model == "all" else [args.model]
+    if args.model != "all" and args.model not in list_models():
+        print(f"sepkit profile: unknown model {args.model!r}; available: {', '.join(list_models())}", file=sys.stderr)
+        return 2
+    table = Table(title=f"{args.seconds:g} s input, batch {args.batch}")
+    for column in ("model", "parameters", "MACs", "peak memory (inference)", "peak memory (train step)"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    results = {}
+    for name in names:
+        config = load_model_config(args.config, name) if args.config else {}
+        stats = profile_model(build_model(name, **config), args.seconds, args.batch)
+        results[name] = stats
+        table.add_row(
+            name,
+            f"{stats['parameters']:,}",
+            f"{stats['macs'] / 1e9:,.2f} G",
+            _mebibytes(stats["peak_inference_bytes"]),
+            _mebibytes(stats["peak_training_bytes"]),
+        )
+    Console().print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
