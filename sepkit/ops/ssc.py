@@ -110,12 +110,25 @@ def _apply_relative_context(
     offsets: Offsets,
     out: Tensor | None = None,
 ) -> Tensor:
-    """Relative context with explicit per-group offsets; every output element is written
-    exactly once (one subtraction over the interior, copies over the boundary slabs).
-    ``out`` (same shape as ``x``, not overlapping it) receives the result if given."""
+    """Relative context with explicit per-group offsets. ``out`` (same shape as ``x``, not
+    overlapping it) receives the result if given.
+
+    Few large ops rather than many small ones: first the boundary band of every spatial
+    axis (as wide as the largest shift on it) is copied for all channels at once, then each
+    group's interior box is overwritten by one subtraction. A position outside its group's
+    interior lies in that band, so it keeps the copied input, as the definition says.
+    """
     if out is None:
         out = torch.empty_like(x)
     lengths = [x.shape[d] for d in spatial_dims]
+    reach = [max(abs(offset[j]) for offset in offsets) for j in range(len(spatial_dims))]
+    for dim, length, band in zip(spatial_dims, lengths, reach):
+        if 2 * band >= length:
+            out.copy_(x)
+            break
+        if band > 0:
+            out.narrow(dim, 0, band).copy_(x.narrow(dim, 0, band))
+            out.narrow(dim, length - band, band).copy_(x.narrow(dim, length - band, band))
     for (c0, c1), offset in zip(group_bounds(x.shape[channel_dim], len(offsets)), offsets):
         if c1 == c0:
             continue
@@ -124,26 +137,15 @@ def _apply_relative_context(
         if not any(offset):
             dst.copy_(src)
             continue
-        ranges = [_interior(n, s) for n, s in zip(lengths, offset)]
-        if all(hi > lo for lo, hi in ranges):
-            centre, partner, target = src, src, dst
-            for dim, shift, (lo, hi) in zip(spatial_dims, offset, ranges):
-                centre = centre.narrow(dim, lo, hi - lo)
-                partner = partner.narrow(dim, lo + shift, hi - lo)
-                target = target.narrow(dim, lo, hi - lo)
-            torch.sub(centre, partner, out=target)
-        # The boundary (complement of the interior box) as disjoint slabs: slab j is outside
-        # the interior on axis j, inside it on the axes before j, unrestricted after j.
-        for j, dim in enumerate(spatial_dims):
-            lo, hi = ranges[j]
-            for start, length in ((0, lo), (hi, lengths[j] - hi)):
-                if length == 0:
-                    continue
-                slab_src, slab_dst = src, dst
-                for prev_dim, (plo, phi) in zip(spatial_dims[:j], ranges[:j]):
-                    slab_src = slab_src.narrow(prev_dim, plo, phi - plo)
-                    slab_dst = slab_dst.narrow(prev_dim, plo, phi - plo)
-                slab_dst.narrow(dim, start, length).copy_(slab_src.narrow(dim, start, length))
+        ranges = [_interior(n, shift) for n, shift in zip(lengths, offset)]
+        if any(hi == lo for lo, hi in ranges):
+            continue  # no interior: the whole group lies in the copied band
+        centre, partner, target = src, src, dst
+        for dim, shift, (lo, hi) in zip(spatial_dims, offset, ranges):
+            centre = centre.narrow(dim, lo, hi - lo)
+            partner = partner.narrow(dim, lo + shift, hi - lo)
+            target = target.narrow(dim, lo, hi - lo)
+        torch.sub(centre, partner, out=target)
     return out
 
 
