@@ -16,6 +16,7 @@ every parameter, as a layer inside a network does.
 Usage:
   python bench/ssc.py                 # CPU, then CUDA if available; full repeats
   python bench/ssc.py --quick         # fewer repeats, K=3 only for conv/compiled baselines
+  python bench/ssc.py --threads 1     # one CPU thread (steadier on a shared machine)
   python bench/ssc.py --device cuda --dtypes bf16 --ks 3
 """
 
@@ -71,28 +72,42 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device, min_time: float,
-              max_repeats: int) -> float:
-    """Median seconds per call: one warm-up call, then repeats until ``min_time`` has
-    passed (at least one, at most ``max_repeats``)."""
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call (CUDA: measured with events around it)."""
+    if device.type == "cuda":
+        start_event = torch.cuda.Event(enable_timing=True)
+        end_event = torch.cuda.Event(enable_timing=True)
+        start_event.record()
+        fn()
+        end_event.record()
+        end_event.synchronize()
+        return start_event.elapsed_time(end_event) / 1e3
+    t0 = time.perf_counter()
     fn()
-    _synchronize(device)
-    times: list[float] = []
+    return time.perf_counter() - t0
+
+
+def time_paired(baseline: Callable[[], object], method: Callable[[], object],
+                device: torch.device, min_time: float, max_repeats: int,
+                slow_warmup_s: float | None) -> tuple[float, float, int]:
+    """(median baseline s, median method s, pairs): after one warm-up call of each, the two
+    are called alternately until ``min_time`` has passed (at least one pair, at most
+    ``max_repeats``), so a change of machine load hits both alike. A method whose warm-up
+    took longer than ``slow_warmup_s`` is steady-state compute already: its warm-up is the
+    single sample, paired with one baseline call right after it."""
+    _timed(baseline, device)
+    method_warmup = _timed(method, device)
+    if slow_warmup_s is not None and method_warmup > slow_warmup_s:
+        return _timed(baseline, device), method_warmup, 1
+    baseline_times: list[float] = []
+    method_times: list[float] = []
     started = time.perf_counter()
-    while len(times) < max_repeats and (not times or time.perf_counter() - started < min_time):
-        if device.type == "cuda":
-            start_event = torch.cuda.Event(enable_timing=True)
-            end_event = torch.cuda.Event(enable_timing=True)
-            start_event.record()
-            fn()
-            end_event.record()
-            end_event.synchronize()
-            times.append(start_event.elapsed_time(end_event) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    while len(method_times) < max_repeats and (
+        not method_times or time.perf_counter() - started < min_time
+    ):
+        baseline_times.append(_timed(baseline, device))
+        method_times.append(_timed(method, device))
+    return statistics.median(baseline_times), statistics.median(method_times), len(method_times)
 
 
 def build_methods(shape_name: str, k: int, device: torch.device, dtype: torch.dtype,
@@ -120,8 +135,19 @@ def build_methods(shape_name: str, k: int, device: torch.device, dtype: torch.dt
     return {name: m.to(device=device, dtype=dtype) for name, m in methods.items()}
 
 
+def _forward(layer: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        layer(x)
+
+
+def _forward_backward(layer: nn.Module, x: torch.Tensor) -> None:
+    y = layer(x)
+    y.backward(torch.ones_like(y))
+
+
 def run(device: torch.device, dtypes: list[str], ks: list[int], shapes: list[str],
-        quick: bool, conv_ks: list[int], compiled_ks: list[int]) -> list[dict]:
+        quick: bool, conv_ks: list[int], compiled_ks: list[int],
+        cpu_bf16_conv: bool, compile_dtypes: list[str]) -> list[dict]:
     min_time = 0.2 if quick else 1.0
     max_repeats = 3 if quick else 20
     rows = []
@@ -133,43 +159,53 @@ def run(device: torch.device, dtypes: list[str], ks: list[int], shapes: list[str
             generator = torch.Generator().manual_seed(0)
             x_cl = torch.randn(*lead, c_in, generator=generator).to(device=device, dtype=dtype)
             x_native = x_cl if channels_last else x_cl.transpose(1, 2).contiguous()
-            linear_times: dict[str, float] | None = None
+            linear_done = False
             for k in ks:
-                methods = build_methods(shape_name, k, device, dtype, k in conv_ks, k in compiled_ks)
+                # CPUs without bf16 matrix units emulate bf16 convolutions: one call of
+                # Conv1d(k=3) at the SepFormer shape takes minutes there.
+                with_conv = k in conv_ks and (device.type != "cpu" or dtype != torch.bfloat16
+                                              or cpu_bf16_conv)
+                with_compiled = k in compiled_ks and dtype_name in compile_dtypes
+                methods = build_methods(shape_name, k, device, dtype, with_conv, with_compiled)
+                linear = methods["linear"]
+                x_lin_grad = x_cl.detach().requires_grad_()
+                baselines = {
+                    "fwd": lambda linear=linear: _forward(linear, x_cl),
+                    "fwd_bwd": lambda linear=linear, x=x_lin_grad: _forward_backward(linear, x),
+                }
                 for name, layer in methods.items():
-                    if name == "linear" and linear_times is not None:
+                    if name == "linear" and linear_done:
                         continue
                     x = x_cl if name == "linear" else x_native
-                    backend = "triton" if name == "ssc_fused" else "reference"
                     x_grad = x.detach().requires_grad_()
-
-                    def forward(layer=layer, x=x):
-                        with torch.no_grad():
-                            return layer(x)
-
-                    def forward_backward(layer=layer, x_grad=x_grad):
-                        y = layer(x_grad)
-                        y.backward(torch.ones_like(y))
-
-                    with use_backend(backend):
-                        t_fwd = time_call(forward, device, min_time, max_repeats)
-                        t_fb = time_call(forward_backward, device, min_time, max_repeats)
-                    if name == "linear":
-                        linear_times = {"fwd": t_fwd, "fwd_bwd": t_fb}
-                    assert linear_times is not None
+                    candidates = {
+                        "fwd": lambda layer=layer, x=x: _forward(layer, x),
+                        "fwd_bwd": lambda layer=layer, x_grad=x_grad: _forward_backward(layer, x_grad),
+                    }
+                    backend = "triton" if name == "ssc_fused" else "reference"
+                    # Compiled methods compile during their warm-up: never a sample.
+                    slow = None if name == "ssc_ref_compiled" else 3.0
                     row = {
                         "device": device.type, "dtype": dtype_name, "shape": shape_name,
                         "tokens": lead[0] * lead[1], "in": c_in, "out": c_out, "layout": layout,
                         "k": None if name == "linear" else k, "method": name,
-                        "fwd_s": t_fwd, "fwd_bwd_s": t_fb,
-                        "fwd_ratio": t_fwd / linear_times["fwd"],
-                        "fwd_bwd_ratio": t_fb / linear_times["fwd_bwd"],
                     }
+                    with use_backend(backend):
+                        for phase in ("fwd", "fwd_bwd"):
+                            t_base, t_method, pairs = time_paired(
+                                baselines[phase], candidates[phase], device, min_time,
+                                max_repeats, slow,
+                            )
+                            row[f"{phase}_s"] = t_method
+                            row[f"{phase}_linear_s"] = t_base
+                            row[f"{phase}_pairs"] = pairs
+                            row[f"{phase}_ratio"] = t_method / t_base
+                    linear_done = linear_done or name == "linear"
                     rows.append(row)
                     print(f"{device.type:4s} {dtype_name:4s} {shape_name:21s} "
                           f"K={'-' if row['k'] is None else row['k']:>2} {name:17s} "
-                          f"fwd {t_fwd * 1e3:9.2f} ms ({row['fwd_ratio']:5.2f}x)   "
-                          f"fwd+bwd {t_fb * 1e3:9.2f} ms ({row['fwd_bwd_ratio']:5.2f}x)",
+                          f"fwd {row['fwd_s'] * 1e3:9.2f} ms ({row['fwd_ratio']:5.2f}x)   "
+                          f"fwd+bwd {row['fwd_bwd_s'] * 1e3:9.2f} ms ({row['fwd_bwd_ratio']:5.2f}x)",
                           flush=True)
                 del methods
     return rows
@@ -212,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="fewer repeats; conv/dwsep/compiled baselines at K=3 only")
     parser.add_argument("--no-compile", action="store_true", help="skip ssc_ref_compiled")
+    parser.add_argument("--compile-dtypes", default="fp32,bf16",
+                        help="dtypes for which ssc_ref_compiled is timed")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (torch.set_num_threads); default: torch's choice")
+    parser.add_argument("--cpu-bf16-conv", action="store_true",
+                        help="also time bf16 conv/dwsep on the CPU (minutes per call without bf16 units)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default bench/results/ssc_<device>[_quick].json)")
     args = parser.parse_args(argv)
@@ -221,11 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     devices = [torch.device("cpu")] if args.device in ("auto", "cpu") else []
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
         devices.append(torch.device("cuda"))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     for device in devices:
         conv_ks = ks[:1] if args.quick else ks
         compiled_ks = [] if args.no_compile else conv_ks
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        rows = run(device, dtypes, ks, shapes, args.quick, conv_ks, compiled_ks)
+        rows = run(device, dtypes, ks, shapes, args.quick, conv_ks, compiled_ks, args.cpu_bf16_conv,
+                   args.compile_dtypes.split(","))
         payload = {
             "benchmark": "ssc",
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
@@ -233,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "load_average_1min_at_start": load,
             "quick": args.quick,
+            "command": " ".join(["python", "bench/ssc.py", *(argv if argv is not None else sys.argv[1:])]),
+            "notes": ("CPU bf16 conv/dwsep baselines skipped (emulated bf16 convolutions take "
+                      "minutes per call); rerun with --cpu-bf16-conv to include them"
+                      if device.type == "cpu" and "bf16" in dtypes and not args.cpu_bf16_conv else ""),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "summary": summarize(rows),
             "rows": rows,

@@ -23,7 +23,9 @@ The SSC layer is ``Y = W . rc(X) + b`` followed by keeping every ``stride``-th p
 ``Y = rc(W . X) + b`` (the relative context then splits the *output* channels; the bias is
 added after it so that the subtraction does not cancel it).
 
-Backends: the plain-PyTorch reference runs everywhere; CUDA tensors go through the custom
+Backends: the plain-PyTorch reference runs everywhere (in eager mode the plain SSC layer
+uses a memory-lean autograd function, :class:`_SSCEagerFunction`, and the autograd
+composition :func:`ssc_reference` otherwise); CUDA tensors go through the custom
 op ``torch.ops.sepkit.ssc`` backed by Triton kernels (:mod:`sepkit.ops.ssc_triton`). The
 choice is made per call from the tensor's device and can be forced with
 :func:`set_backend` or the environment variable ``SEPKIT_SSC_BACKEND`` (``auto``,
