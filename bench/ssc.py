@@ -88,11 +88,11 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def time_paired(baseline: Callable[[], object], method: Callable[[], object],
-                device: torch.device, min_time: float, max_repeats: int,
+                device: torch.device, min_time: float, min_repeats: int, max_repeats: int,
                 slow_warmup_s: float | None) -> tuple[float, float, int]:
     """(median baseline s, median method s, pairs): after one warm-up call of each, the two
-    are called alternately until ``min_time`` has passed (at least one pair, at most
-    ``max_repeats``), so a change of machine load hits both alike. A method whose warm-up
+    are called alternately until ``min_time`` has passed and ``min_repeats`` pairs are
+    done (at most ``max_repeats``), so a change of machine load hits both alike. A method whose warm-up
     took longer than ``slow_warmup_s`` is steady-state compute already: its warm-up is the
     single sample, paired with one baseline call right after it."""
     _timed(baseline, device)
@@ -103,7 +103,7 @@ def time_paired(baseline: Callable[[], object], method: Callable[[], object],
     method_times: list[float] = []
     started = time.perf_counter()
     while len(method_times) < max_repeats and (
-        not method_times or time.perf_counter() - started < min_time
+        len(method_times) < min_repeats or time.perf_counter() - started < min_time
     ):
         baseline_times.append(_timed(baseline, device))
         method_times.append(_timed(method, device))
@@ -149,6 +149,7 @@ def run(device: torch.device, dtypes: list[str], ks: list[int], shapes: list[str
         quick: bool, conv_ks: list[int], compiled_ks: list[int],
         cpu_bf16_conv: bool, compile_dtypes: list[str]) -> list[dict]:
     min_time = 0.2 if quick else 1.0
+    min_repeats = 1 if quick else 3
     max_repeats = 3 if quick else 20
     rows = []
     for dtype_name in dtypes:
@@ -194,7 +195,7 @@ def run(device: torch.device, dtypes: list[str], ks: list[int], shapes: list[str
                         for phase in ("fwd", "fwd_bwd"):
                             t_base, t_method, pairs = time_paired(
                                 baselines[phase], candidates[phase], device, min_time,
-                                max_repeats, slow,
+                                min_repeats, max_repeats, slow,
                             )
                             row[f"{phase}_s"] = t_method
                             row[f"{phase}_linear_s"] = t_base
