@@ -39,8 +39,15 @@ def train_main(argv: list[str]) -> int:
                 }
             )
             parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+            # Checked after validation only: a run stopped by max_steps mid-epoch has no
+            # fresh val/loss at the end of its last (partial) epoch.
             parser.set_defaults(
-                {"early_stopping.monitor": "val/loss", "early_stopping.mode": "min", "early_stopping.patience": 30}
+                {
+                    "early_stopping.monitor": "val/loss",
+                    "early_stopping.mode": "min",
+                    "early_stopping.patience": 30,
+                    "early_stopping.check_on_train_epoch_end": False,
+                }
             )
             parser.add_argument("--ckpt_path", type=Optional[str], default=None, help="resume from this checkpoint")
             parser.add_argument(
@@ -48,22 +55,28 @@ def train_main(argv: list[str]) -> int:
             )
 
     # LightningCLI reads sys.argv; give it ours so `--help` reads "sepkit train".
-    sys.argv = [f"{sys.argv[0]} train", *argv]
-    cli = SepkitCLI(
-        SeparationModule,
-        SeparationDataModule,
-        run=False,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "callbacks": [RichProgressBar()],
-            "gradient_clip_val": 5.0,
-            "logger": [
-                # Separate roots: two loggers in one folder would each claim a version_N.
-                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/csv"}},
-                {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs/tensorboard"}},
-            ],
-        },
-    )
+    saved_argv, sys.argv = sys.argv, [f"{sys.argv[0]} train", *argv]
+    try:
+        cli = SepkitCLI(
+            SeparationModule,
+            SeparationDataModule,
+            run=False,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "callbacks": [RichProgressBar()],
+                "gradient_clip_val": 5.0,
+                "logger": [
+                    # Separate roots: two loggers in one folder would each claim a version_N.
+                    {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/csv"}},
+                    {
+                        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                        "init_args": {"save_dir": "runs/tensorboard"},
+                    },
+                ],
+            },
+        )
+    finally:
+        sys.argv = saved_argv
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     if cli.config.test_after_fit and cli.datamodule.paths["test"] is not None and not cli.trainer.interrupted:
         checkpoint = cli.trainer.checkpoint_callback

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 
 from sepkit import __version__
 from sepkit.losses import pit_si_sdr, si_sdr
@@ -60,6 +61,16 @@ class SeparationModule(L.LightningModule):
         data_src = getattr(datamodule, "n_src", None)
         if data_src is not None and data_src != self.model.n_src:
             raise ValueError(f"data has {data_src} sources but the model separates {self.model.n_src}")
+        # Some published architectures own parameters that never reach the loss (e.g.
+        # Conv-TasNet's last residual 1x1, counted in its 5,050,545). Plain DDP refuses
+        # those; our graphs are the same every step, so DDP's static-graph mode handles
+        # them without the per-step search of find_unused_parameters. This runs before
+        # the strategy wraps the model; explicit user settings win.
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, DDPStrategy):
+            kwargs = strategy._ddp_kwargs
+            if "static_graph" not in kwargs and "find_unused_parameters" not in kwargs:
+                kwargs["static_graph"] = True
 
     def on_train_epoch_start(self) -> None:
         # Fresh crop positions every epoch; the dataloader iterator (and its workers)

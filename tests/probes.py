@@ -1,0 +1,50 @@
+"""Test-only Lightning callbacks, importable by `sepkit train` subprocesses through
+PYTHONPATH, that record what the tests then check."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+class StateProbe(L.Callback):
+    """Saves global step, optimizer and scheduler state when training starts and ends."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def _dump(self, trainer: L.Trainer, name: str) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "global_step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "optimizer": trainer.optimizers[0].state_dict(),
+            "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+        }
+        torch.save(state, self.out_dir / f"{name}.pt")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._dump(trainer, "start")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._dump(trainer, "end")
+
+
+class RankProbe(L.Callback):
+    """Each rank writes rank<N>.json with its world size, step and last training loss."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        loss = trainer.callback_metrics.get("train/loss")
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "global_step": trainer.global_step,
+            "loss": None if loss is None else float(loss),
+            "train_batches": len(trainer.train_dataloader),
+        }
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
