@@ -95,10 +95,10 @@ def time_paired(baseline: Callable[[], object], method: Callable[[], object],
     done (at most ``max_repeats``), so a change of machine load hits both alike. A method whose warm-up
     took longer than ``slow_warmup_s`` is steady-state compute already: its warm-up is the
     single sample, paired with one baseline call right after it."""
-    _timed(baseline, device)
     method_warmup = _timed(method, device)
     if slow_warmup_s is not None and method_warmup > slow_warmup_s:
         return _timed(baseline, device), method_warmup, 1
+    _timed(baseline, device)
     baseline_times: list[float] = []
     method_times: list[float] = []
     started = time.perf_counter()
@@ -147,7 +147,9 @@ def _forward_backward(layer: nn.Module, x: torch.Tensor) -> None:
 
 def run(device: torch.device, dtypes: list[str], ks: list[int], shapes: list[str],
         quick: bool, conv_ks: list[int], compiled_ks: list[int],
-        cpu_bf16_conv: bool, compile_dtypes: list[str]) -> list[dict]:
+        cpu_bf16_conv: bool, compile_dtypes: list[str],
+        on_row: Callable[[list[dict]], None]) -> list[dict]:
+    """Time every method; ``on_row(rows)`` is called after each new row (partial saves)."""
     min_time = 0.2 if quick else 1.0
     min_repeats = 1 if quick else 3
     max_repeats = 3 if quick else 20
@@ -203,6 +205,7 @@ def run(device: torch.device, dtypes: list[str], ks: list[int], shapes: list[str
                             row[f"{phase}_ratio"] = t_method / t_base
                     linear_done = linear_done or name == "linear"
                     rows.append(row)
+                    on_row(rows)
                     print(f"{device.type:4s} {dtype_name:4s} {shape_name:21s} "
                           f"K={'-' if row['k'] is None else row['k']:>2} {name:17s} "
                           f"fwd {row['fwd_s'] * 1e3:9.2f} ms ({row['fwd_ratio']:5.2f}x)   "
@@ -249,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="fewer repeats; conv/dwsep/compiled baselines at K=3 only")
     parser.add_argument("--no-compile", action="store_true", help="skip ssc_ref_compiled")
+    parser.add_argument("--compile-ks", default=None,
+                        help="K values for which ssc_ref_compiled is timed (default: as conv)")
     parser.add_argument("--compile-dtypes", default="fp32,bf16",
                         help="dtypes for which ssc_ref_compiled is timed")
     parser.add_argument("--threads", type=int, default=None,
@@ -268,27 +273,40 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     for device in devices:
         conv_ks = ks[:1] if args.quick else ks
-        compiled_ks = [] if args.no_compile else conv_ks
+        if args.no_compile:
+            compiled_ks: list[int] = []
+        elif args.compile_ks:
+            compiled_ks = [int(k) for k in args.compile_ks.split(",")]
+        else:
+            compiled_ks = conv_ks
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        rows = run(device, dtypes, ks, shapes, args.quick, conv_ks, compiled_ks, args.cpu_bf16_conv,
-                   args.compile_dtypes.split(","))
-        payload = {
-            "benchmark": "ssc",
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "load_average_1min_at_start": load,
-            "quick": args.quick,
-            "command": " ".join(["python", "bench/ssc.py", *(argv if argv is not None else sys.argv[1:])]),
-            "notes": ("CPU bf16 conv/dwsep baselines skipped (emulated bf16 convolutions take "
-                      "minutes per call); rerun with --cpu-bf16-conv to include them"
-                      if device.type == "cpu" and "bf16" in dtypes and not args.cpu_bf16_conv else ""),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "summary": summarize(rows),
-            "rows": rows,
-        }
         suffix = "_quick" if args.quick else ""
         out = args.out or RESULTS_DIR / f"ssc_{device.type}{suffix}.json"
+
+        def payload_for(rows: list[dict], complete: bool, device: torch.device = device) -> dict:
+            return {
+                "benchmark": "ssc",
+                "complete": complete,
+                "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                           else platform.processor() or platform.machine()),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "load_average_1min_at_start": load,
+                "load_average_1min_now": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                "quick": args.quick,
+                "command": " ".join(["python", "bench/ssc.py", *(argv if argv is not None else sys.argv[1:])]),
+                "notes": ("CPU bf16 conv/dwsep baselines skipped (emulated bf16 convolutions take "
+                          "minutes per call); rerun with --cpu-bf16-conv to include them"
+                          if device.type == "cpu" and "bf16" in dtypes and not args.cpu_bf16_conv else ""),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "summary": summarize(rows),
+                "rows": rows,
+            }
+
+        rows = run(device, dtypes, ks, shapes, args.quick, conv_ks, compiled_ks, args.cpu_bf16_conv,
+                   args.compile_dtypes.split(","),
+                   on_row=lambda partial: write_json(out, payload_for(partial, complete=False)))
+        payload = payload_for(rows, complete=True)
         write_json(out, payload)
         print(json.dumps(payload["summary"], indent=1))
         print(f"wrote {out}")
