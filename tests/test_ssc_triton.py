@@ -3,8 +3,9 @@ the float64 reference in forward and backward on small awkward shapes.
 
 Triton decides between compiling and interpreting when it is imported (its own
 ``tl.zeros`` etc. are decorated then), so the interpreter can only be switched on before
-the first ``import triton`` of the process. This module does that when it is the first to
-import Triton and there is no GPU whose compiled kernels the switch would break; otherwise
+the first ``import triton`` of the process, and must stay on afterwards (Triton re-checks
+it when launching). This module does that when it is the first to import Triton and there
+is no GPU whose compiled kernels the switch would break; otherwise
 (e.g. an earlier test module imported ``torch._dynamo``, which imports Triton) the same
 tests run in a child process started with ``TRITON_INTERPRET=1``.
 """
