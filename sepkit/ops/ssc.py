@@ -248,7 +248,9 @@ def _apply_weight(x: Tensor, weight: Tensor, bias: Tensor | None, channels_last:
     batch, channels = x.shape[:2]
     flat = x.reshape(batch, channels, -1)
     if bias is None:
-        y = torch.matmul(weight, flat)
+        # bmm on the expanded weight: torch.matmul would fold the batch into the rows of a
+        # transposed copy of the activations.
+        y = torch.bmm(weight.expand(batch, -1, -1), flat)
     else:
         # baddbmm fuses the bias into the GEMM instead of a second pass over Y.
         y = torch.baddbmm(
