@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="fewer repeats; conv/dwsep/compiled baselines at K=3 only")
     parser.add_argument("--no-compile", action="store_true", help="skip ssc_ref_compiled")
+    parser.add_argument("--no-conv", action="store_true", help="skip the conv and dwsep baselines")
     parser.add_argument("--compile-ks", default=None,
                         help="K values for which ssc_ref_compiled is timed (default: as conv)")
     parser.add_argument("--compile-dtypes", default="fp32,bf16",
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     for device in devices:
-        conv_ks = ks[:1] if args.quick else ks
+        conv_ks = [] if args.no_conv else ks[:1] if args.quick else ks
         if args.no_compile:
             compiled_ks: list[int] = []
         elif args.compile_ks:
