@@ -73,6 +73,8 @@ def test_figure3_example():
         (6, (10,), (3,), (2,)),        # dilation
         (5, (6,), (5,), (3,)),         # K = C
         (4, (5,), (1,), (1,)),         # K = 1 is the identity
+        (40, (70,), (31,), (1,)),      # many groups of unequal size (1-D strided-run path)
+        (20, (30,), (6,), (2,)),       # even K with dilation on the strided-run path
         (11, (4, 6), (3, 3), (1, 1)),  # 2-D, 9 groups
         (7, (5, 4), (2, 3), (2, 1)),   # 2-D, even kernel, dilation on one axis
     ],
@@ -90,6 +92,9 @@ def test_reference_channels_last_and_int_arguments():
     assert torch.allclose(got, expected, atol=1e-12)
     image = torch.randn(1, 9, 4, 5, dtype=torch.float64)
     assert torch.allclose(relative_context(image, 3), oracle_relative_context(image, (3, 3), (1, 1)))
+    # A non-contiguous channels-first view with many groups.
+    wide = torch.randn(2, 40, 33, dtype=torch.float64).transpose(1, 2).contiguous().transpose(1, 2)
+    assert torch.allclose(relative_context(wide, 7), oracle_relative_context(wide, (7,), (1,)))
 
 
 def test_reference_refuses_more_groups_than_channels():

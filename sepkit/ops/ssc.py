@@ -105,6 +105,74 @@ def _interior(length: int, shift: int) -> tuple[int, int]:
     return lo, hi
 
 
+def _relative_context_1d_runs(
+    x: Tensor, channel_dim: int, spatial_dims: tuple[int, ...], offsets: Offsets, out: Tensor
+) -> bool:
+    """One-axis fast path with a constant number of large ops, whatever K is; returns False
+    (nothing written) when it does not apply.
+
+    The offsets ``s_g = s_0 + g * step`` are linear in the group index, so over the band-free
+    interior ``[R, L - R)`` (``R`` the largest shift) the partners of a run of equally sized
+    groups form one strided view: moving one group on moves ``m`` channels and ``step``
+    positions. Each run (at most two: ``C % K`` groups of ``m + 1`` channels, the rest of
+    ``m``) is one subtraction; the zero-offset group is then copied over its interior, the
+    band is copied and each group's band positions that do have a partner are subtracted
+    (small ops, below PyTorch's parallel grain, so they never pay a thread-pool start-up).
+    """
+    n_groups = len(offsets)
+    if len(spatial_dims) != 1 or n_groups < 2:
+        return False
+    shifts = [offset[0] for offset in offsets]
+    step = shifts[1] - shifts[0]
+    if any(shift != shifts[0] + g * step for g, shift in enumerate(shifts)):
+        return False
+    (time_dim,) = spatial_dims
+    length = x.shape[time_dim]
+    reach = max(abs(shift) for shift in shifts)
+    if 2 * reach >= length:
+        return False
+    channels = x.shape[channel_dim]
+    base, extra = divmod(channels, n_groups)
+    time_stride = x.stride(time_dim)
+    smallest_group = base if base > 0 else base + 1
+    if smallest_group * x.stride(channel_dim) + step * time_stride < 0:
+        return False  # the run view would need a negative stride (as_strided refuses)
+    for g0, g1, size in ((0, extra, base + 1), (extra, n_groups, base)):
+        if g1 <= g0 or size == 0:
+            continue
+        c_start = g0 * (base + 1)
+        centre = (x.narrow(time_dim, reach, length - 2 * reach)
+                  .narrow(channel_dim, c_start, (g1 - g0) * size)
+                  .unflatten(channel_dim, (g1 - g0, size)))
+        target = (out.narrow(time_dim, reach, length - 2 * reach)
+                  .narrow(channel_dim, c_start, (g1 - g0) * size)
+                  .unflatten(channel_dim, (g1 - g0, size)))
+        strides = list(centre.stride())
+        strides[channel_dim] += step * time_stride
+        partner = centre.as_strided(
+            centre.shape, strides, centre.storage_offset() + shifts[g0] * time_stride
+        )
+        torch.sub(centre, partner, out=target)
+    out.narrow(time_dim, 0, reach).copy_(x.narrow(time_dim, 0, reach))
+    out.narrow(time_dim, length - reach, reach).copy_(x.narrow(time_dim, length - reach, reach))
+    for (c0, c1), shift in zip(group_bounds(channels, n_groups), shifts):
+        if c1 == c0:
+            continue
+        src = x.narrow(channel_dim, c0, c1 - c0)
+        dst = out.narrow(channel_dim, c0, c1 - c0)
+        if shift == 0:
+            dst.narrow(time_dim, reach, length - 2 * reach).copy_(
+                src.narrow(time_dim, reach, length - 2 * reach))
+            continue
+        lo, hi = _interior(length, shift)
+        for start, stop in ((lo, reach), (length - reach, hi)):
+            if stop > start:
+                torch.sub(src.narrow(time_dim, start, stop - start),
+                          src.narrow(time_dim, start + shift, stop - start),
+                          out=dst.narrow(time_dim, start, stop - start))
+    return True
+
+
 def _apply_relative_context(
     x: Tensor,
     channel_dim: int,
@@ -122,6 +190,8 @@ def _apply_relative_context(
     """
     if out is None:
         out = torch.empty_like(x)
+    if _relative_context_1d_runs(x, channel_dim, spatial_dims, offsets, out):
+        return out
     lengths = [x.shape[d] for d in spatial_dims]
     reach = [max(abs(offset[j]) for offset in offsets) for j in range(len(spatial_dims))]
     for dim, length, band in zip(spatial_dims, lengths, reach):
