@@ -2,5 +2,19 @@
 
 from sepkit.nn.dual_path import chunk, overlap_add
 from sepkit.nn.norms import ChannelwiseLayerNorm, GlobalLayerNorm, make_norm
+from sepkit.nn.ssc import SSCConv1d, SSCConv2d, SSCLinear, from_module
+from sepkit.nn.swap import SSCSwapReport, swap_to_ssc
 
-__all__ = ["ChannelwiseLayerNorm", "GlobalLayerNorm", "chunk", "make_norm", "overlap_add"]
+__all__ = [
+    "ChannelwiseLayerNorm",
+    "GlobalLayerNorm",
+    "SSCConv1d",
+    "SSCConv2d",
+    "SSCLinear",
+    "SSCSwapReport",
+    "chunk",
+    "from_module",
+    "make_norm",
+    "overlap_add",
+    "swap_to_ssc",
+]

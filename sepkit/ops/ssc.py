@@ -1,0 +1,708 @@
+"""SSC (shift split channels) ops: the relative-context reference, the SSC layer math and
+the dispatch (:func:`ssc_layer`) between the plain-PyTorch reference and the fused Triton kernels.
+
+Relative context (paper §3, Figure 3). The channel axis is split into ``K`` contiguous
+groups with ``torch.tensor_split`` sizes (the first ``C % K`` groups take one extra
+channel). Group ``i`` gets one offset per spatial axis; for one spatial axis
+``s_i = (i - K // 2) * dilation``, and::
+
+    out[c, t] = x[c, t] - x[c, t + s_i]    if s_i != 0 and 0 <= t + s_i < L
+    out[c, t] = x[c, t]                    otherwise (zero offset, or shifted out of bounds)
+
+so the group with offset -1 sees the previous element. Offsets run from ``-(K // 2)`` to
+``K - 1 - K // 2``: for odd ``K`` they are symmetric, for even ``K`` there is one more
+negative offset than positive (``K = 4`` gives -2, -1, 0, +1), i.e. even kernels look one
+step further into the past, matching the paper's "from -K/2" wording.
+
+For ``N`` spatial axes ``K`` is the product of the per-axis kernel sizes and the groups take
+the offsets of the kernel grid in row-major order (3x3: (-1,-1), (-1,0), ..., (1,1)); a
+position is copied unchanged when the shifted position falls outside the grid on any axis.
+
+The SSC layer is ``Y = W . rc(X) + b`` followed by keeping every ``stride``-th position
+(output length ``ceil(L / stride)`` per axis); with ``linear_first`` it is
+``Y = rc(W . X) + b`` (the relative context then splits the *output* channels; the bias is
+added after it so that the subtraction does not cancel it).
+
+Backends: the plain-PyTorch reference runs everywhere (in eager mode the plain SSC layer
+uses a memory-lean autograd function, :class:`_SSCEagerFunction`, and the autograd
+composition :func:`ssc_reference` otherwise); CUDA tensors go through the custom
+op ``torch.ops.sepkit.ssc`` backed by Triton kernels (:mod:`sepkit.ops.ssc_triton`). The
+choice is made per call from the tensor's device and can be forced with
+:func:`set_backend` or the environment variable ``SEPKIT_SSC_BACKEND`` (``auto``,
+``reference`` or ``triton``; ``triton`` on CPU tensors needs ``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IntOrTuple = int | Sequence[int]
+Offsets = tuple[tuple[int, ...], ...]
+
+BACKEND_ENV = "SEPKIT_SSC_BACKEND"
+BACKENDS = ("auto", "reference", "triton")
+_backend_override: str | None = None
+
+
+# ---------------------------------------------------------------------------------------
+# Group layout
+# ---------------------------------------------------------------------------------------
+
+
+def as_tuple(value: IntOrTuple, n_axes: int, name: str) -> tuple[int, ...]:
+    """Broadcast an int to ``n_axes`` entries, or check a sequence has ``n_axes`` entries."""
+    if isinstance(value, int):
+        out = (value,) * n_axes
+    else:
+        out = tuple(int(v) for v in value)
+        if len(out) != n_axes:
+            raise ValueError(f"{name} needs {n_axes} entries (one per spatial axis), got {value!r}")
+    if any(v < 1 for v in out):
+        raise ValueError(f"{name} entries must be >= 1, got {value!r}")
+    return out
+
+
+def group_offsets(kernel_size: Sequence[int], dilation: Sequence[int]) -> Offsets:
+    """Offsets of the ``prod(kernel_size)`` channel groups, row-major over the kernel grid.
+
+    Axis ``j`` of group ``(i_0, ..., i_n)`` is shifted by ``(i_j - k_j // 2) * d_j``.
+    """
+    return tuple(
+        tuple((i - k // 2) * d for i, k, d in zip(index, kernel_size, dilation))
+        for index in itertools.product(*(range(k) for k in kernel_size))
+    )
+
+
+def group_bounds(channels: int, n_groups: int) -> list[tuple[int, int]]:
+    """``[start, end)`` channel ranges of ``torch.tensor_split(range(channels), n_groups)``."""
+    base, extra = divmod(channels, n_groups)
+    bounds = []
+    start = 0
+    for i in range(n_groups):
+        size = base + (1 if i < extra else 0)
+        bounds.append((start, start + size))
+        start += size
+    return bounds
+
+
+# ---------------------------------------------------------------------------------------
+# Reference relative context
+# ---------------------------------------------------------------------------------------
+
+
+def _interior(length: int, shift: int) -> tuple[int, int]:
+    """Positions ``[lo, hi)`` whose shifted partner ``t + shift`` lies inside ``[0, length)``."""
+    lo = min(max(0, -shift), length)
+    hi = max(min(length, length - shift), lo)
+    return lo, hi
+
+
+def _relative_context_1d_runs(
+    x: Tensor, channel_dim: int, spatial_dims: tuple[int, ...], offsets: Offsets, out: Tensor
+) -> bool:
+    """One-axis fast path with a constant number of large ops, whatever K is; returns False
+    (nothing written) when it does not apply.
+
+    The offsets ``s_g = s_0 + g * step`` are linear in the group index, so over the band-free
+    interior ``[R, L - R)`` (``R`` the largest shift) the partners of a run of equally sized
+    groups form one strided view: moving one group on moves ``m`` channels and ``step``
+    positions. Each run (at most two: ``C % K`` groups of ``m + 1`` channels, the rest of
+    ``m``) is one subtraction; the zero-offset group is then copied over its interior, the
+    band is copied and each group's band positions that do have a partner are subtracted
+    (small ops, below PyTorch's parallel grain, so they never pay a thread-pool start-up).
+    """
+    n_groups = len(offsets)
+    if len(spatial_dims) != 1 or n_groups < 2:
+        return False
+    shifts = [offset[0] for offset in offsets]
+    step = shifts[1] - shifts[0]
+    if any(shift != shifts[0] + g * step for g, shift in enumerate(shifts)):
+        return False
+    (time_dim,) = spatial_dims
+    length = x.shape[time_dim]
+    reach = max(abs(shift) for shift in shifts)
+    if 2 * reach >= length:
+        return False
+    channels = x.shape[channel_dim]
+    base, extra = divmod(channels, n_groups)
+    time_stride = x.stride(time_dim)
+    smallest_group = base if base > 0 else base + 1
+    if smallest_group * x.stride(channel_dim) + step * time_stride < 0:
+        return False  # the run view would need a negative stride (as_strided refuses)
+    for g0, g1, size in ((0, extra, base + 1), (extra, n_groups, base)):
+        if g1 <= g0 or size == 0:
+            continue
+        c_start = g0 * (base + 1)
+        centre = (x.narrow(time_dim, reach, length - 2 * reach)
+                  .narrow(channel_dim, c_start, (g1 - g0) * size)
+                  .unflatten(channel_dim, (g1 - g0, size)))
+        target = (out.narrow(time_dim, reach, length - 2 * reach)
+                  .narrow(channel_dim, c_start, (g1 - g0) * size)
+                  .unflatten(channel_dim, (g1 - g0, size)))
+        strides = list(centre.stride())
+        strides[channel_dim] += step * time_stride
+        partner = centre.as_strided(
+            centre.shape, strides, centre.storage_offset() + shifts[g0] * time_stride
+        )
+        torch.sub(centre, partner, out=target)
+    out.narrow(time_dim, 0, reach).copy_(x.narrow(time_dim, 0, reach))
+    out.narrow(time_dim, length - reach, reach).copy_(x.narrow(time_dim, length - reach, reach))
+    for (c0, c1), shift in zip(group_bounds(channels, n_groups), shifts):
+        if c1 == c0:
+            continue
+        src = x.narrow(channel_dim, c0, c1 - c0)
+        dst = out.narrow(channel_dim, c0, c1 - c0)
+        if shift == 0:
+            dst.narrow(time_dim, reach, length - 2 * reach).copy_(
+                src.narrow(time_dim, reach, length - 2 * reach))
+            continue
+        lo, hi = _interior(length, shift)
+        for start, stop in ((lo, reach), (length - reach, hi)):
+            if stop > start:
+                torch.sub(src.narrow(time_dim, start, stop - start),
+                          src.narrow(time_dim, start + shift, stop - start),
+                          out=dst.narrow(time_dim, start, stop - start))
+    return True
+
+
+def _apply_relative_context(
+    x: Tensor,
+    channel_dim: int,
+    spatial_dims: tuple[int, ...],
+    offsets: Offsets,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Relative context with explicit per-group offsets. ``out`` (same shape as ``x``, not
+    overlapping it) receives the result if given.
+
+    Few large ops rather than many small ones: first the boundary band of every spatial
+    axis (as wide as the largest shift on it) is copied for all channels at once, then each
+    group's interior box is overwritten by one subtraction. A position outside its group's
+    interior lies in that band, so it keeps the copied input, as the definition says.
+    """
+    if out is None:
+        out = torch.empty_like(x)
+    if _relative_context_1d_runs(x, channel_dim, spatial_dims, offsets, out):
+        return out
+    lengths = [x.shape[d] for d in spatial_dims]
+    reach = [max(abs(offset[j]) for offset in offsets) for j in range(len(spatial_dims))]
+    for dim, length, band in zip(spatial_dims, lengths, reach):
+        if 2 * band >= length:
+            out.copy_(x)
+            break
+        if band > 0:
+            out.narrow(dim, 0, band).copy_(x.narrow(dim, 0, band))
+            out.narrow(dim, length - band, band).copy_(x.narrow(dim, length - band, band))
+    for (c0, c1), offset in zip(group_bounds(x.shape[channel_dim], len(offsets)), offsets):
+        if c1 == c0:
+            continue
+        src = x.narrow(channel_dim, c0, c1 - c0)
+        dst = out.narrow(channel_dim, c0, c1 - c0)
+        if not any(offset):
+            dst.copy_(src)
+            continue
+        ranges = [_interior(n, shift) for n, shift in zip(lengths, offset)]
+        if any(hi == lo for lo, hi in ranges):
+            continue  # no interior: the whole group lies in the copied band
+        centre, partner, target = src, src, dst
+        for dim, shift, (lo, hi) in zip(spatial_dims, offset, ranges):
+            centre = centre.narrow(dim, lo, hi - lo)
+            partner = partner.narrow(dim, lo + shift, hi - lo)
+            target = target.narrow(dim, lo, hi - lo)
+        torch.sub(centre, partner, out=target)
+    return out
+
+
+class _RelativeContextFunction(torch.autograd.Function):
+    """Autograd wrapper: the adjoint of the relative context with offsets ``s`` is the
+    relative context with offsets ``-s`` (same group split), so backward reuses forward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        channel_dim: int,
+        spatial_dims: tuple[int, ...],
+        offsets: Offsets,
+    ) -> Tensor:
+        ctx.layout = (channel_dim, spatial_dims, offsets)  # type: ignore[attr-defined]
+        return _apply_relative_context(x, channel_dim, spatial_dims, offsets)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor, None, None, None]:
+        channel_dim, spatial_dims, offsets = ctx.layout  # type: ignore[attr-defined]
+        adjoint = tuple(tuple(-s for s in offset) for offset in offsets)
+        return _RelativeContextFunction.apply(grad, channel_dim, spatial_dims, adjoint), None, None, None
+
+
+def relative_context(
+    x: Tensor,
+    kernel_size: IntOrTuple,
+    dilation: IntOrTuple = 1,
+    *,
+    channel_dim: int = 1,
+    spatial_dims: Sequence[int] | None = None,
+) -> Tensor:
+    """Relative context of paper §3 (plain PyTorch reference, differentiable).
+
+    Args:
+        x: ``[batch, channels, *spatial]`` by default; any layout with ``channel_dim`` and
+            ``spatial_dims`` given (channels-last sequences: ``channel_dim=-1,
+            spatial_dims=(-2,)``).
+        kernel_size: K per spatial axis (an int applies to every axis); the channels are
+            split into ``prod(kernel_size)`` groups.
+        dilation: spacing of the offsets per spatial axis.
+        channel_dim: the axis that is split into groups.
+        spatial_dims: the axes that are shifted; default every axis after ``channel_dim``.
+
+    Returns:
+        Tensor of the shape of ``x``.
+    """
+    ndim = x.dim()
+    channel_dim = channel_dim % ndim
+    if spatial_dims is None:
+        spatial_dims = tuple(range(channel_dim + 1, ndim))
+    dims = tuple(d % ndim for d in spatial_dims)
+    if not dims or channel_dim in dims or len(set(dims)) != len(dims):
+        raise ValueError(
+            f"relative_context: bad axes (channel_dim={channel_dim}, spatial_dims={spatial_dims}) "
+            f"for an input of shape {tuple(x.shape)}"
+        )
+    kernel = as_tuple(kernel_size, len(dims), "kernel_size")
+    dil = as_tuple(dilation, len(dims), "dilation")
+    n_groups = math.prod(kernel)
+    if n_groups > x.shape[channel_dim]:
+        raise ValueError(
+            f"relative_context: K = {n_groups} groups need at least {n_groups} channels, "
+            f"got {x.shape[channel_dim]}"
+        )
+    return _RelativeContextFunction.apply(x, channel_dim, dims, group_offsets(kernel, dil))
+
+
+# ---------------------------------------------------------------------------------------
+# Reference SSC layer
+# ---------------------------------------------------------------------------------------
+
+
+def _layer_axes(ndim: int, n_spatial: int, channels_last: bool) -> tuple[int, tuple[int, ...]]:
+    """(channel axis, spatial axes) of a ``[batch, C, *S]`` or ``[batch, *S, C]`` tensor."""
+    if channels_last:
+        return ndim - 1, tuple(range(ndim - 1 - n_spatial, ndim - 1))
+    return 1, tuple(range(2, 2 + n_spatial))
+
+
+def _downsample(x: Tensor, spatial_dims: tuple[int, ...], stride: tuple[int, ...]) -> Tensor:
+    """Keep positions 0, S, 2S, ... on every spatial axis."""
+    if all(s == 1 for s in stride):
+        return x
+    index: list[slice] = [slice(None)] * x.dim()
+    for dim, s in zip(spatial_dims, stride):
+        index[dim] = slice(None, None, s)
+    return x[tuple(index)]
+
+
+def _apply_weight(x: Tensor, weight: Tensor, bias: Tensor | None, channels_last: bool) -> Tensor:
+    """The pointwise linear map over the channel axis: ``[.., C, ..] -> [.., O, ..]``."""
+    if channels_last:
+        return F.linear(x, weight, bias)
+    batch, channels = x.shape[:2]
+    flat = x.reshape(batch, channels, -1)
+    if bias is None:
+        # bmm on the expanded weight: torch.matmul would fold the batch into the rows of a
+        # transposed copy of the activations.
+        y = torch.bmm(weight.expand(batch, -1, -1), flat)
+    else:
+        # baddbmm fuses the bias into the GEMM instead of a second pass over Y.
+        y = torch.baddbmm(
+            bias.view(1, -1, 1).expand(batch, -1, flat.shape[2]),
+            weight.expand(batch, -1, -1),
+            flat,
+        )
+    return y.view(batch, weight.shape[0], *x.shape[2:])
+
+
+def ssc_reference(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    kernel_size: Sequence[int],
+    dilation: Sequence[int],
+    stride: Sequence[int],
+    linear_first: bool = False,
+    channels_last: bool = False,
+) -> Tensor:
+    """SSC layer in plain PyTorch (differentiable).
+
+    Args:
+        x: ``[batch, in_channels, *spatial]`` or, with ``channels_last``,
+            ``[batch, *spatial, in_channels]``; ``len(spatial) == len(kernel_size)``.
+        weight: ``[out_channels, in_channels]``. bias: ``[out_channels]`` or None.
+        kernel_size, dilation, stride: one entry per spatial axis.
+
+    Returns:
+        ``[batch, out_channels, *ceil(spatial / stride)]`` (channels last likewise).
+    """
+    channel_dim, spatial_dims = _layer_axes(x.dim(), len(kernel_size), channels_last)
+    if linear_first:
+        z = _apply_weight(x, weight, None, channels_last)
+        y = _downsample(
+            relative_context(
+                z, kernel_size, dilation, channel_dim=channel_dim, spatial_dims=spatial_dims
+            ),
+            spatial_dims,
+            tuple(stride),
+        )
+        if bias is None:
+            return y
+        shape = [1] * y.dim()
+        shape[channel_dim] = -1
+        return y + bias.view(shape)
+    r = relative_context(x, kernel_size, dilation, channel_dim=channel_dim, spatial_dims=spatial_dims)
+    return _apply_weight(_downsample(r, spatial_dims, tuple(stride)), weight, bias, channels_last)
+
+
+def _contract(a: Tensor, b: Tensor, channel_dim: int) -> Tensor:
+    """``sum over every axis but channel_dim of a[.., i, ..] * b[.., j, ..]`` -> ``[i, j]``."""
+    if channel_dim == 1:
+        # Channels first: one GEMM per batch item, no transposed copy of the inputs.
+        a3 = a.reshape(a.shape[0], a.shape[1], -1)
+        b3 = b.reshape(b.shape[0], b.shape[1], -1)
+        return torch.bmm(a3, b3.transpose(1, 2)).sum(0)
+    a2 = a.reshape(-1, a.shape[channel_dim])
+    b2 = b.reshape(-1, b.shape[channel_dim])
+    return a2.t() @ b2
+
+
+def ssc_reference_backward(
+    grad_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    has_bias: bool,
+    kernel_size: Sequence[int],
+    dilation: Sequence[int],
+    stride: Sequence[int],
+    linear_first: bool = False,
+    channels_last: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Explicit gradients ``(dx, dweight, dbias)`` of :func:`ssc_reference` (no autograd, so
+    it also runs inside the custom op, below the autograd dispatch key).
+
+    With ``dYu`` the output gradient scattered back onto the input grid (zero between the
+    kept positions) and ``rc^T`` the relative context with negated offsets:
+    plain ``dX = rc^T(W^T dYu)``, ``dW = dY . downsample(rc(X))^T``;
+    ``linear_first``: ``dX = W^T rc^T(dYu)``, ``dW = rc^T(dYu) . X^T``; ``db = sum dY``.
+    """
+    channel_dim, spatial_dims = _layer_axes(x.dim(), len(kernel_size), channels_last)
+    adjoint = tuple(
+        tuple(-s for s in offset)
+        for offset in group_offsets(tuple(kernel_size), tuple(dilation))
+    )
+    upsampled_shape = list(x.shape)
+    upsampled_shape[channel_dim] = weight.shape[0]
+    grad_up = grad_out.new_zeros(upsampled_shape)
+    _downsample(grad_up, spatial_dims, tuple(stride)).copy_(grad_out)
+    if linear_first:
+        grad_z = _apply_relative_context(grad_up, channel_dim, spatial_dims, adjoint)
+        dx = _apply_weight(grad_z, weight.t(), None, channels_last)
+        dw = _contract(grad_z, x, channel_dim)
+    else:
+        grad_r = _apply_weight(grad_up, weight.t(), None, channels_last)
+        dx = _apply_relative_context(grad_r, channel_dim, spatial_dims, adjoint)
+        r = _apply_relative_context(
+            x, channel_dim, spatial_dims, group_offsets(tuple(kernel_size), tuple(dilation))
+        )
+        dw = _contract(grad_out, _downsample(r, spatial_dims, tuple(stride)), channel_dim)
+    if not has_bias:
+        return dx, dw, None
+    return dx, dw, grad_out.sum(dim=[d for d in range(grad_out.dim()) if d != channel_dim])
+
+
+class _SSCEagerFunction(torch.autograd.Function):
+    """Eager reference of the plain SSC layer (relative context first) that needs one
+    activation-sized buffer fewer than the autograd composition: ``rc(X)`` is saved for
+    ``dW`` and, once ``dW`` is formed, its buffer receives ``dX``. A second backward
+    through the same graph (``retain_graph=True``) therefore fails with autograd's
+    in-place modification error; :func:`ssc_reference` has no such restriction."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        kernel_size: tuple[int, ...],
+        dilation: tuple[int, ...],
+        stride: tuple[int, ...],
+        channels_last: bool,
+    ) -> Tensor:
+        channel_dim, spatial_dims = _layer_axes(x.dim(), len(kernel_size), channels_last)
+        offsets = group_offsets(kernel_size, dilation)
+        r = _apply_relative_context(x, channel_dim, spatial_dims, offsets)
+        ctx.save_for_backward(r, weight)
+        ctx.layout = (channel_dim, spatial_dims, offsets, stride, channels_last)  # type: ignore[attr-defined]
+        return _apply_weight(_downsample(r, spatial_dims, stride), weight, bias, channels_last)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        r, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        channel_dim, spatial_dims, offsets, stride, channels_last = ctx.layout  # type: ignore[attr-defined]
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
+        dw = _contract(grad_out, _downsample(r, spatial_dims, stride), channel_dim) if need_w else None
+        db = (grad_out.sum(dim=[d for d in range(grad_out.dim()) if d != channel_dim])
+              if need_b else None)
+        dx = None
+        if need_x:
+            grad_r = _apply_weight(grad_out, weight.t(), None, channels_last)
+            if any(s > 1 for s in stride):
+                scattered = grad_r.new_zeros(r.shape)
+                _downsample(scattered, spatial_dims, stride).copy_(grad_r)
+                grad_r = scattered
+            adjoint = tuple(tuple(-s for s in offset) for offset in offsets)
+            dx = _apply_relative_context(grad_r, channel_dim, spatial_dims, adjoint, out=r)
+        return dx, dw, db, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------
+# Backend choice
+# ---------------------------------------------------------------------------------------
+
+
+def set_backend(name: str | None) -> None:
+    """Force the SSC backend for this process: ``"reference"``, ``"triton"`` or
+    ``"auto"``/None (CUDA tensors use Triton, everything else the reference). Overrides
+    the ``SEPKIT_SSC_BACKEND`` environment variable."""
+    global _backend_override
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown SSC backend {name!r}; choose one of {BACKENDS}")
+    _backend_override = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Context manager form of :func:`set_backend` (restores the previous choice)."""
+    previous = _backend_override
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def resolve_backend(x: Tensor) -> str:
+    """``"triton"`` or ``"reference"`` for a call on tensor ``x``."""
+    choice = _backend_override or os.environ.get(BACKEND_ENV, "auto") or "auto"
+    if choice not in BACKENDS:
+        raise ValueError(f"{BACKEND_ENV}={choice!r} is not one of {BACKENDS}")
+    if choice == "auto":
+        return "triton" if x.is_cuda and _triton_available() else "reference"
+    return choice
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# Custom op (Triton on CUDA; the reference math elsewhere so the op runs on any device)
+# ---------------------------------------------------------------------------------------
+
+
+def output_shape(
+    x_shape: Sequence[int], out_channels: int, stride: Sequence[int], channels_last: bool
+) -> list[int]:
+    """Shape of the SSC output for input shape ``x_shape``."""
+    n_spatial = len(stride)
+    if channels_last:
+        spatial = x_shape[1 : 1 + n_spatial]
+        return [x_shape[0], *[-(-n // s) for n, s in zip(spatial, stride)], out_channels]
+    spatial = x_shape[2 : 2 + n_spatial]
+    return [x_shape[0], out_channels, *[-(-n // s) for n, s in zip(spatial, stride)]]
+
+
+@torch.library.custom_op("sepkit::ssc", mutates_args=())
+def ssc_op(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    kernel_size: list[int],
+    dilation: list[int],
+    stride: list[int],
+    linear_first: bool,
+    channels_last: bool,
+) -> Tensor:
+    """Fused SSC forward (see :func:`ssc_reference` for shapes)."""
+    if resolve_backend(x) == "triton":
+        from sepkit.ops import ssc_triton
+
+        return ssc_triton.ssc_forward(
+            x, weight, bias, kernel_size, dilation, stride, linear_first, channels_last
+        )
+    with torch.no_grad():
+        y = ssc_reference(x, weight, bias, kernel_size, dilation, stride, linear_first, channels_last)
+    return y.contiguous()
+
+
+@ssc_op.register_fake
+def _ssc_op_fake(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    kernel_size: list[int],
+    dilation: list[int],
+    stride: list[int],
+    linear_first: bool,
+    channels_last: bool,
+) -> Tensor:
+    return x.new_empty(output_shape(x.shape, weight.shape[0], stride, channels_last))
+
+
+@torch.library.custom_op("sepkit::ssc_backward", mutates_args=())
+def ssc_backward_op(
+    grad_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    has_bias: bool,
+    kernel_size: list[int],
+    dilation: list[int],
+    stride: list[int],
+    linear_first: bool,
+    channels_last: bool,
+    need_input_grad: bool,
+    need_weight_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`ssc_op`; a gradient that is not needed
+    (or ``dbias`` without bias) comes back as an empty tensor."""
+    if resolve_backend(x) == "triton":
+        from sepkit.ops import ssc_triton
+
+        return ssc_triton.ssc_backward(
+            grad_out, x, weight, has_bias, kernel_size, dilation, stride,
+            linear_first, channels_last, need_input_grad, need_weight_grad,
+        )
+    dx, dw, db = ssc_reference_backward(
+        grad_out, x, weight, has_bias, kernel_size, dilation, stride, linear_first, channels_last
+    )
+    empty = grad_out.new_empty(0)
+    return (
+        dx.contiguous() if need_input_grad else empty,
+        dw.contiguous() if need_weight_grad else empty,
+        db if db is not None else empty,
+    )
+
+
+@ssc_backward_op.register_fake
+def _ssc_backward_fake(
+    grad_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    has_bias: bool,
+    kernel_size: list[int],
+    dilation: list[int],
+    stride: list[int],
+    linear_first: bool,
+    channels_last: bool,
+    need_input_grad: bool,
+    need_weight_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    empty = grad_out.new_empty(0)
+    return (
+        x.new_empty(x.shape) if need_input_grad else empty,
+        weight.new_empty(weight.shape) if need_weight_grad else empty,
+        weight.new_empty(weight.shape[0]) if has_bias else empty,
+    )
+
+
+def _ssc_setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+    x, weight, bias, kernel_size, dilation, stride, linear_first, channels_last = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.config = (  # type: ignore[attr-defined]
+        bias is not None, kernel_size, dilation, stride, linear_first, channels_last
+    )
+
+
+def _ssc_autograd_backward(
+    ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor
+) -> tuple[Tensor | None, ...]:
+    x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+    has_bias, kernel_size, dilation, stride, linear_first, channels_last = ctx.config  # type: ignore[attr-defined]
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
+    dx, dw, db = ssc_backward_op(
+        grad_out.contiguous(), x, weight, has_bias, kernel_size, dilation, stride,
+        linear_first, channels_last, need_x, need_w,
+    )
+    return (
+        dx if need_x else None,
+        dw if need_w else None,
+        db if (has_bias and need_b) else None,
+        None, None, None, None, None,
+    )
+
+
+ssc_op.register_autograd(_ssc_autograd_backward, setup_context=_ssc_setup_context)
+
+
+# ---------------------------------------------------------------------------------------
+# Public entry point
+# ---------------------------------------------------------------------------------------
+
+
+def ssc_layer(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    kernel_size: IntOrTuple,
+    dilation: IntOrTuple = 1,
+    stride: IntOrTuple = 1,
+    linear_first: bool = False,
+    channels_last: bool = False,
+) -> Tensor:
+    """SSC layer ``Y = W . rc(X) + b`` (or ``rc(W . X) + b``), then stride; dispatched to
+    the Triton custom op or the reference by :func:`resolve_backend`.
+
+    Args:
+        x: ``[batch, in_channels, *spatial]`` (``channels_last``:
+            ``[batch, *spatial, in_channels]``), one spatial axis per kernel_size entry.
+        weight: ``[out_channels, in_channels]``; bias ``[out_channels]`` or None.
+
+    Returns:
+        ``[batch, out_channels, *ceil(spatial / stride)]`` (channels last likewise).
+    """
+    n_spatial = 1 if isinstance(kernel_size, int) else len(kernel_size)
+    if x.dim() != 2 + n_spatial:
+        raise ValueError(
+            f"ssc: expected a {2 + n_spatial}-d input ([batch, channels, {n_spatial} spatial axes]), "
+            f"got shape {tuple(x.shape)}"
+        )
+    kernel = list(as_tuple(kernel_size, n_spatial, "kernel_size"))
+    dil = list(as_tuple(dilation, n_spatial, "dilation"))
+    strides = list(as_tuple(stride, n_spatial, "stride"))
+    in_channels = x.shape[-1] if channels_last else x.shape[1]
+    if weight.dim() != 2 or weight.shape[1] != in_channels:
+        raise ValueError(
+            f"ssc: weight shape {tuple(weight.shape)} does not match {in_channels} input channels"
+        )
+    if resolve_backend(x) == "reference":
+        if linear_first or torch.compiler.is_compiling():
+            # The composition is what torch.compile should trace (and fuse).
+            return ssc_reference(x, weight, bias, kernel, dil, strides, linear_first, channels_last)
+        return _SSCEagerFunction.apply(
+            x, weight, bias, tuple(kernel), tuple(dil), tuple(strides), channels_last
+        )
+    return ssc_op(x, weight, bias, kernel, dil, strides, linear_first, channels_last)
