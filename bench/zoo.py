@@ -48,8 +48,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 # Training passes measured on a shorter input: DPRNN's L=2 encoder gives 8000 frames/s
 # and CPU LSTM training keeps every time step's gates, about 3.6 GB per second of audio,
-# too much for a shared 2-core machine at 4 s. Its cost is linear in the length.
-TRAIN_SECONDS = {"dprnn": 1.0}
+# too much for a shared 2-core machine at 4 s; A-FRCNN's 16 unfolded blocks and
+# DP-RCNet's 18 LSTM blocks keep similar amounts. Their cost is linear in the length.
+TRAIN_SECONDS = {"dprnn": 1.0, "afrcnn": 1.0, "dprcnet": 1.0}
 
 
 
