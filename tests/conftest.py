@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from torch import nn
+
+from sepkit.models import build_model
 
 TESTS_DIR = Path(__file__).parent
 
@@ -47,6 +50,25 @@ def tiny_recipe(root: Path, train_mixtures: int = 16, **trainer) -> Path:
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+def check_recipe(
+    path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> nn.Module:
+    """``sepkit train --config <path> --print_config`` succeeds in-process (every key is a
+    real SeparationModule / SeparationDataModule / Trainer argument); the printed model
+    builds and agrees with the data block on sample rate and sources."""
+    from sepkit.cli import main
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the CLI rewrites sys.argv
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(path), "--print_config"])
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    config = yaml.safe_load(capsys.readouterr().out)
+    model = build_model(config["model"]["model_name"], **config["model"]["model_config"])
+    assert model.sample_rate == config["data"]["sample_rate"], path
+    assert model.n_src == config["data"]["n_src"], path
+    return model
 
 
 def sepkit_command(*args: str) -> list[str]:

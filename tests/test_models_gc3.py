@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from sepkit.models import build_model
 from sepkit.models.gc3 import TAC, GroupBLSTM, GroupCommBLSTMLayer
+from conftest import check_recipe
 
 TINY = dict(
     n_filters=16, kernel_size=8, stride=4, n_groups=4, context_size=4, codec_layers=1,
@@ -240,25 +239,6 @@ def test_ssc_preset_swap_runs(backbone: str, preset: str) -> None:
 
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
-def check_recipe(
-    path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> nn.Module:
-    """``sepkit train --config <path> --print_config`` succeeds in-process (every key is a
-    real SeparationModule / SeparationDataModule / Trainer argument); the printed model
-    builds and agrees with the data block on sample rate and sources."""
-    from sepkit.cli import main
-
-    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the CLI rewrites sys.argv
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--config", str(path), "--print_config"])
-    assert exit_info.value.code in (0, None), capsys.readouterr().err
-    config = yaml.safe_load(capsys.readouterr().out)
-    model = build_model(config["model"]["model_name"], **config["model"]["model_config"])
-    assert model.sample_rate == config["data"]["sample_rate"], path
-    assert model.n_src == config["data"]["n_src"], path
-    return model
 
 
 @pytest.mark.parametrize(
