@@ -113,10 +113,11 @@ class SeparationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ["train", "valid"], "validate": ["valid"], "test": ["test"], "predict": ["test"]}
         for split in wanted.get(stage, ["train", "valid", "test"]):
-            if split not in self.datasets and self.paths[split] is not None or (
+            configured = self.paths[split] is not None or (
                 split == "train" and self.train_dataset_override is not None
-            ):
-                self.datasets.setdefault(split, self.build_dataset(split))
+            )
+            if configured and split not in self.datasets:
+                self.datasets[split] = self.build_dataset(split)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
