@@ -54,13 +54,6 @@ TRAIN_SECONDS = {"dprnn": 1.0, "afrcnn": 1.0, "dprcnet": 1.0}
 
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
 def _median_cpu_time(fn, repeats: int) -> float:
     # CPU seconds of this process, not wall time: on a shared machine wall time mostly
     # measures the other jobs; with one intra-op thread the CPU time is the time the
@@ -222,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(name, json.loads(config), args.seconds, train_seconds, args.repeats, args.threads)))
         return
 
+    from sepkit.fileio import write_text_atomic
     from sepkit.models import list_models
 
     entries = [(name, name, {}) for name in list_models()]
@@ -257,8 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
     }
     table = _table(rows, args.seconds, args.threads)
-    _write_atomic(args.out, json.dumps(report, indent=2) + "\n")
-    _write_atomic(args.out.with_suffix(".md"), table)
+    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(args.out.with_suffix(".md"), table)
     print(table)
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
+
+from sepkit.fileio import atomic_output
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
@@ -66,20 +66,10 @@ def resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
 def write_audio_atomic(path: str | Path, samples: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:
     """Write ``[time]`` or ``[time, channels]`` audio to ``path`` via a temp file and
     rename, so an interrupted write never leaves a truncated file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = sf.available_formats()
-    suffix = path.suffix.lower().lstrip(".")
-    file_format = suffix.upper() if suffix.upper() in fmt else "WAV"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    suffix = Path(path).suffix.lower().lstrip(".")
+    file_format = suffix.upper() if suffix.upper() in sf.available_formats() else "WAV"
+    with atomic_output(path) as tmp:
         sf.write(tmp, samples, sample_rate, subtype=subtype, format=file_format)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def list_audio_files(inputs: list[str | Path]) -> list[Path]:

@@ -10,8 +10,6 @@ Two layouts are accepted by :func:`load_model`:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 
 from sepkit import __version__
 from sepkit.models import build_model
+from sepkit.fileio import atomic_output
 
 _PREFIX = "model."
 
@@ -36,18 +35,9 @@ def model_metadata(model: torch.nn.Module) -> dict[str, Any]:
 
 def save_model(model: torch.nn.Module, path: str | Path) -> None:
     """Write a lean model file atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"sepkit": model_metadata(model), "state_dict": model.state_dict()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:

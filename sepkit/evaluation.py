@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
+from sepkit.fileio import write_text_atomic
 from sepkit.data.datasets import MixtureTableDataset, SegmentedDataset, WrittenMixtureDataset
 from sepkit.inference import separate
 from sepkit.losses import pit_si_sdr, si_sdr
@@ -50,14 +49,6 @@ def summarize(rows: list[dict[str, float | str]]) -> dict[str, float]:
     return summary
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def evaluate_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sepkit evaluate", description="SI-SDR(i) of a checkpoint on a test set.")
     parser.add_argument("checkpoint")
@@ -84,8 +75,8 @@ def evaluate_main(argv: list[str]) -> int:
     summary = summarize(rows)
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.checkpoint).parent / "evaluation"
     lines = [",".join(rows[0].keys())] + [",".join(f"{v:.4f}" if isinstance(v, float) else v for v in r.values()) for r in rows]
-    _write_atomic(out_dir / "per_utterance.csv", "\n".join(lines) + "\n")
-    _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out_dir / "per_utterance.csv", "\n".join(lines) + "\n")
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(
         f"{summary['n_utterances']} mixtures: input SI-SDR {summary['input_si_sdr']:.2f} dB, "
         f"separated {summary['si_sdr']:.2f} dB, SI-SDR improvement {summary['si_sdri']:.2f} dB"

@@ -144,3 +144,18 @@ def test_macs_count_recurrent_layers():
     steps = 50
     expected = 2 * steps * 4 * 16 * (8 + 16)  # directions x steps x gates x (input + hidden)
     assert count_macs(Wrapper(), torch.randn(1, steps)) == expected
+
+
+def test_atomic_output_keeps_old_content_on_failure(tmp_path):
+    from sepkit.fileio import atomic_output, write_text_atomic
+
+    target = tmp_path / "out.txt"
+    write_text_atomic(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    write_text_atomic(target, "new")
+    assert target.read_text() == "new"

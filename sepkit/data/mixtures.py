@@ -57,8 +57,6 @@ All arithmetic is float64 on integer sample positions.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -67,6 +65,7 @@ import soundfile as sf
 from scipy.signal import fftconvolve
 
 from sepkit.audio import AudioError, resample
+from sepkit.fileio import atomic_output
 
 LIBRIMIX_CROSSFADE = 8001  # half of a 16001-sample Hann window (0.5 s at 16 kHz)
 INT16_SCALE = 32768.0
@@ -242,17 +241,10 @@ def write_table(path: str | Path, specs: list[MixtureSpec]) -> None:
             if column not in seen:
                 seen.add(column)
                 columns.append(column)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def read_table(path: str | Path) -> list[MixtureSpec]:
