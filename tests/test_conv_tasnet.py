@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sepkit.models import build_model, list_models
+from sepkit.models.filterbanks import ConvDecoder, ConvEncoder, stft_filterbank
 from sepkit.nn.norms import ChannelwiseLayerNorm, GlobalLayerNorm
 
 TINY = dict(n_filters=16, kernel_size=8, stride=4, bottleneck=8, hidden=16, skip_channels=8, n_blocks=2, n_repeats=1)
@@ -99,3 +100,35 @@ def test_backward_reaches_every_parameter():
             assert param.grad is None
         else:
             assert param.grad is not None and torch.isfinite(param.grad).all(), name
+
+
+@pytest.mark.parametrize("n_filters, kernel, stride", [(256, 256, 64), (512, 256, 128), (64, 32, 8), (16, 16, 8)])
+def test_stft_filterbank_init_reconstructs_the_input(n_filters, kernel, stride):
+    """Encoder then decoder, both initialised as the windowed-Fourier pair, is the
+    identity wherever the window overlap-adds fully (everything but the outer frames)."""
+    encoder = ConvEncoder(n_filters, kernel, stride, init="stft").double()
+    decoder = ConvDecoder(n_filters, kernel, stride, init="stft").double()
+    x = torch.randn(2, kernel + 40 * stride, dtype=torch.float64)
+    y = decoder(encoder(x).unsqueeze(1))[:, 0]
+    # The filters are stored in float32, so the identity holds to float32 rounding.
+    torch.testing.assert_close(y[:, kernel:-kernel], x[:, kernel:-kernel], rtol=0, atol=1e-6)
+
+
+def test_stft_filterbank_analysis_rows_are_band_limited():
+    analysis, _ = stft_filterbank(64, 64, 16)
+    spectrum = torch.fft.rfft(analysis.double(), n=512).abs()
+    peaks = spectrum.argmax(dim=1)
+    expected = ((torch.arange(32) + 0.5) / 64 * 512).round().long()
+    # Cosine row j and sine row j both peak at frequency (j + 1/2) / n_filters; the lowest
+    # and highest rows are left out, their main lobe merges with its mirror image at 0 / fs/2.
+    inner = slice(1, 31)
+    assert (peaks[:32][inner] - expected[inner]).abs().max() <= 1
+    assert (peaks[32:][inner] - expected[inner]).abs().max() <= 1
+
+
+def test_stft_init_keeps_the_parameter_count_and_rejects_unknown_inits():
+    random_init = build_model("conv_tasnet")
+    stft_init = build_model("conv_tasnet", filterbank_init="stft")
+    assert sum(p.numel() for p in stft_init.parameters()) == sum(p.numel() for p in random_init.parameters())
+    with pytest.raises(ValueError, match="filterbank init"):
+        build_model("conv_tasnet", filterbank_init="mel")

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder
 from sepkit.models.registry import register_model
+from sepkit.nn.depthwise import DepthwiseConv1d
 from sepkit.nn.norms import make_norm
 
 MASK_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
@@ -38,13 +39,8 @@ class TemporalBlock(nn.Module):
         self.in_conv = nn.Conv1d(bottleneck, hidden, 1)
         self.act1 = nn.PReLU()
         self.norm1 = make_norm(norm, hidden)
-        self.depthwise = nn.Conv1d(
-            hidden,
-            hidden,
-            kernel_size,
-            dilation=dilation,
-            groups=hidden,
-            padding=self.pad if causal else self.pad // 2,
+        self.depthwise = DepthwiseConv1d(
+            hidden, kernel_size, dilation=dilation, padding=self.pad if causal else self.pad // 2
         )
         self.act2 = nn.PReLU()
         self.norm2 = make_norm(norm, hidden)
@@ -131,6 +127,8 @@ class ConvTasNet(EncoderMaskerDecoder):
         norm: "gLN" (default), "cLN", "BN" or "id"; ``causal=True`` should use "cLN".
         causal: causal depthwise convolutions.
         mask_activation: "sigmoid" (paper) or "relu" (Asteroid's recipes).
+        filterbank_init: "random" (paper) or "stft": start encoder and decoder as a
+            windowed Fourier analysis/synthesis pair (still learned).
         sample_rate: the sample rate the model is trained at.
     """
 
@@ -161,10 +159,11 @@ class ConvTasNet(EncoderMaskerDecoder):
         norm: str = "gLN",
         causal: bool = False,
         mask_activation: str = "sigmoid",
+        filterbank_init: str = "random",
         sample_rate: int = 8000,
     ) -> None:
         super().__init__(
-            encoder=ConvEncoder(n_filters, kernel_size, stride),
+            encoder=ConvEncoder(n_filters, kernel_size, stride, init=filterbank_init),
             masker=TCNMasker(
                 n_filters,
                 n_src,
@@ -178,7 +177,7 @@ class ConvTasNet(EncoderMaskerDecoder):
                 causal=causal,
                 mask_activation=mask_activation,
             ),
-            decoder=ConvDecoder(n_filters, kernel_size, stride),
+            decoder=ConvDecoder(n_filters, kernel_size, stride, init=filterbank_init),
             n_src=n_src,
             sample_rate=sample_rate,
         )
