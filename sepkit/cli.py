@@ -54,6 +54,17 @@ def train_main(argv: list[str]) -> int:
                 "--test_after_fit", type=bool, default=True, help="evaluate the best checkpoint on the test split"
             )
 
+        def instantiate_trainer(self, **kwargs):
+            # The default RichProgressBar would make `--trainer.enable_progress_bar false`
+            # a Lightning error; honour the flag by leaving the bar out.
+            if self._get(self.config_init, "trainer", default={}).get("enable_progress_bar") is False:
+                self.trainer_defaults["callbacks"] = [
+                    callback
+                    for callback in self.trainer_defaults["callbacks"]
+                    if not isinstance(callback, RichProgressBar)
+                ]
+            return super().instantiate_trainer(**kwargs)
+
     # LightningCLI reads sys.argv; give it ours so `--help` reads "sepkit train".
     saved_argv, sys.argv = sys.argv, [f"{sys.argv[0]} train", *argv]
     try:

@@ -3,6 +3,8 @@ utterance-level PIT SI-SDR."""
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import lightning as L
@@ -14,6 +16,18 @@ from sepkit.losses import pit_si_sdr, si_sdr
 from sepkit.models import build_model
 
 
+LR_SCHEDULES = ("plateau", "cosine")
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_ratio: float) -> float:
+    """LR multiplier: linear from 0 to 1 over ``warmup_steps``, then a half cosine down to
+    ``final_ratio`` at ``total_steps`` (held there after)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class SeparationModule(L.LightningModule):
     """Train a separator built by name with negative PIT SI-SDR.
 
@@ -23,8 +37,15 @@ class SeparationModule(L.LightningModule):
             an optional ``ssc:`` swap block.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
+        lr_schedule: ``"plateau"`` (default): ReduceLROnPlateau on ``val/loss``;
+            ``"cosine"``: linear warm-up over ``warmup_steps``, then a cosine decay to
+            ``lr * final_lr_ratio`` at the Trainer's last step (``max_steps``, or the
+            steps ``max_epochs`` implies), stepped every optimizer step. Fixed-budget
+            runs (a time-boxed recipe) end on a small LR instead of mid-plateau.
         lr_factor: ReduceLROnPlateau factor applied when ``val/loss`` stalls.
-        lr_patience: epochs without improvement before the LR is reduced.
+        lr_patience: validation checks without improvement before the LR is reduced.
+        warmup_steps: cosine schedule only: steps of linear warm-up from 0.
+        final_lr_ratio: cosine schedule only: final LR as a fraction of ``lr``.
         loss_clamp: if set, clamp the batch loss at ``-loss_clamp`` dB (SuDoRM-RF's
             official recipe clamps at 30 dB, so easy batches stop pushing further).
 
@@ -37,11 +58,16 @@ class SeparationModule(L.LightningModule):
         model_config: dict[str, Any] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        lr_schedule: str = "plateau",
         lr_factor: float = 0.5,
         lr_patience: int = 3,
+        warmup_steps: int = 0,
+        final_lr_ratio: float = 0.01,
         loss_clamp: float | None = None,
     ) -> None:
         super().__init__()
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         self.save_hyperparameters()
         self.model = build_model(model_name, **(model_config or {}))
 
@@ -109,6 +135,18 @@ class SeparationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "cosine":
+            total = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total):
+                raise ValueError("lr_schedule 'cosine' needs a step budget: set trainer.max_steps or max_epochs")
+            multiplier = functools.partial(
+                warmup_cosine,
+                warmup_steps=self.hparams.warmup_steps,
+                total_steps=int(total),
+                final_ratio=self.hparams.final_lr_ratio,
+            )
+            cosine = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=self.hparams.lr_factor, patience=self.hparams.lr_patience
         )

@@ -13,6 +13,7 @@ from conftest import TINY_MODEL, run_sepkit, sepkit_command, subprocess_env, tin
 from sepkit.checkpoint import load_model, save_model
 from sepkit.cli import main
 from sepkit.models import build_model
+from sepkit.training import SeparationModule, warmup_cosine
 
 
 def test_train_writes_best_and_last_checkpoints_loadable_weights_only(tmp_path):
@@ -164,3 +165,37 @@ def test_bf16_mixed_precision_training_keeps_loss_in_float32(tmp_path):
     header = lines[0].split(",")
     losses = [float(row.split(",")[header.index("train/loss")]) for row in lines[1:] if row.split(",")[header.index("train/loss")]]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_warmup_cosine_multiplier():
+    values = [warmup_cosine(step, warmup_steps=4, total_steps=14, final_ratio=0.1) for step in range(20)]
+    assert values[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert values[4] == pytest.approx(1.0)
+    # Half way through the decay the cosine is at its midpoint between 1 and the floor.
+    assert values[9] == pytest.approx(0.1 + 0.9 * 0.5)
+    assert values[14:] == pytest.approx([0.1] * 6)
+    assert all(a >= b for a, b in zip(values[3:], values[4:]))
+
+
+def test_cosine_schedule_steps_per_optimizer_step_to_the_final_lr(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    probes = tmp_path / "probe"
+    result = run_sepkit(
+        "train", "--config", str(recipe), "--test_after_fit", "false", "--trainer.max_steps", "6",
+        "--model.lr_schedule", "cosine", "--model.warmup_steps", "2", "--model.final_lr_ratio", "0.05",
+        # Also covers the CLI leaving its default RichProgressBar out when bars are off.
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks+=probes.StateProbe", f"--trainer.callbacks.out_dir={probes}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    start = torch.load(probes / "start.pt", weights_only=True)
+    end = torch.load(probes / "end.pt", weights_only=True)
+    assert start["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.003 / 2)  # first warm-up step
+    assert end["global_step"] == 6 and end["scheduler"]["last_epoch"] == 6
+    assert end["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.003 * 0.05)
+
+
+def test_unknown_lr_schedule_is_refused():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        SeparationModule(model_config=TINY_MODEL, lr_schedule="step")
