@@ -19,7 +19,7 @@ SMALL = SyntheticConfig(seed=3, speakers=(6, 3, 3), utterances_per_speaker=3, mi
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    return root, generate_corpus(root, SMALL)
+    return root, generate_corpus(root, SMALL, workers=2)
 
 
 def digest(root):
@@ -33,8 +33,10 @@ def digest(root):
 
 def test_generation_is_deterministic_and_reused(corpus, tmp_path):
     root, tables = corpus
+    # The fixture's corpus came from parallel worker processes (one per CPU, spawned);
+    # one process writes the same bytes.
     again = tmp_path / "again"
-    generate_corpus(again, SMALL)
+    generate_corpus(again, SMALL, workers=1)
     assert digest(root) == digest(again)
     # A finished corpus with the same config is reused, not rewritten.
     stamp_time = (root / "corpus.json").stat().st_mtime_ns

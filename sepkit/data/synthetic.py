@@ -21,14 +21,19 @@ the same format data_prep/ produces for real corpora, or rendered on the fly wit
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import hashlib
 import json
+import multiprocessing
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from sepkit.audio import write_audio_atomic
 from sepkit.data.mixtures import MixtureSpec, SourceSpec, read_table, render, write_table
@@ -207,27 +212,44 @@ def _relative_gains(rng: np.random.Generator, cfg: SyntheticConfig) -> np.ndarra
     return 0.05 * 10 ** (levels / 20)
 
 
-def build_split(cfg: SyntheticConfig, split: str, out_dir: Path) -> list[MixtureSpec]:
+def _synthesize_speaker(job: tuple[SyntheticConfig, str, int, Speaker, Path]) -> list[tuple[str, int, float]]:
+    """Write one speaker's utterances; returns ``[(relative path, length, storage scale)]``.
+
+    A pure function of its arguments (its own seeded generator), so speakers can be
+    synthesised in any order or in parallel processes with identical results."""
+    cfg, split, s, spk, out_dir = job
+    sr = cfg.sample_rate
+    rng = np.random.default_rng([cfg.seed, SPLITS.index(split), 2, s])
+    rows = []
+    for u in range(cfg.utterances_per_speaker):
+        seconds = rng.uniform(1.0, 1.6) * cfg.mixture_seconds
+        wav = synthesize_utterance(spk, seconds, sr, rng)
+        # Stored peak-normalised (int16 needs it); the mixing gain divides the
+        # storage scale back out so levels refer to the unit-RMS utterance.
+        scale = 0.9 / np.abs(wav).max()
+        rel = Path(split) / "utterances" / spk.name / f"{spk.name}_{u:03d}.wav"
+        write_audio_atomic(out_dir / rel, (scale * wav).astype(np.float32), sr, subtype="PCM_16")
+        rows.append((rel.as_posix(), len(wav), float(scale)))
+    return rows
+
+
+def build_split(
+    cfg: SyntheticConfig, split: str, out_dir: Path, pool: concurrent.futures.Executor | None = None
+) -> list[MixtureSpec]:
     """Synthesise one split's utterances to ``out_dir/<split>/utterances`` (int16 wav)
-    and return its mixture table rows (paths relative to ``out_dir``)."""
+    and return its mixture table rows (paths relative to ``out_dir``). Speakers are
+    synthesised on ``pool`` when given (same files, in parallel)."""
     index = SPLITS.index(split)
     speakers = make_speakers(split, cfg.speakers[index], cfg.seed)
     sr = cfg.sample_rate
     total = int(round(cfg.mixture_seconds * sr))
+    jobs = [(cfg, split, s, spk, out_dir) for s, spk in enumerate(speakers)]
+    results = pool.map(_synthesize_speaker, jobs) if pool is not None else map(_synthesize_speaker, jobs)
     # name -> [(relative path, length, storage scale)]
-    utterances: dict[str, list[tuple[str, int, float]]] = {}
-    for s, spk in enumerate(speakers):
-        rng = np.random.default_rng([cfg.seed, index, 2, s])
-        utterances[spk.name] = []
-        for u in range(cfg.utterances_per_speaker):
-            seconds = rng.uniform(1.0, 1.6) * cfg.mixture_seconds
-            wav = synthesize_utterance(spk, seconds, sr, rng)
-            # Stored peak-normalised (int16 needs it); the mixing gain divides the
-            # storage scale back out so levels refer to the unit-RMS utterance.
-            scale = 0.9 / np.abs(wav).max()
-            rel = Path(split) / "utterances" / spk.name / f"{spk.name}_{u:03d}.wav"
-            write_audio_atomic(out_dir / rel, (scale * wav).astype(np.float32), sr, subtype="PCM_16")
-            utterances[spk.name].append((rel.as_posix(), len(wav), float(scale)))
+    utterances = {
+        spk.name: rows
+        for spk, rows in zip(speakers, tqdm(results, total=len(jobs), desc=f"synthesising {split} speakers"))
+    }
     rng = np.random.default_rng([cfg.seed, index, 3])
     names = sorted(utterances)
     specs = []
@@ -250,9 +272,14 @@ def table_path(root: str | Path, split: str) -> Path:
     return Path(root) / f"{split}.csv"
 
 
-def generate_corpus(root: str | Path, cfg: SyntheticConfig | None = None) -> dict[str, Path]:
+def generate_corpus(
+    root: str | Path, cfg: SyntheticConfig | None = None, workers: int | None = None
+) -> dict[str, Path]:
     """Write the corpus under ``root`` (utterance wavs + ``train/valid/test.csv`` mixture
     tables) unless a finished corpus with the same configuration is already there.
+
+    ``workers`` processes synthesise speakers in parallel (default: the CPUs this
+    process may use); the files are identical whatever the number.
 
     Returns:
         ``{split: table path}``.
@@ -264,8 +291,16 @@ def generate_corpus(root: str | Path, cfg: SyntheticConfig | None = None) -> dic
     if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == cfg.fingerprint():
         if all(path.is_file() for path in tables.values()):
             return tables
-    for split in SPLITS:
-        write_table(tables[split], build_split(cfg, split, root))
+    workers = workers or len(os.sched_getaffinity(0))
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if workers > 1:
+            # spawn, not fork: the caller may be a process with torch's thread pools running.
+            pool = stack.enter_context(
+                concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            )
+        for split in SPLITS:
+            write_table(tables[split], build_split(cfg, split, root, pool))
     # The stamp is written last: its presence means every file above is complete.
     stamp.write_text(json.dumps({"fingerprint": cfg.fingerprint(), "config": asdict(cfg)}, indent=2))
     return tables
@@ -338,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     generate = commands.add_parser("generate", help="write the corpus (wavs + mixture tables)")
     generate.add_argument("root")
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--workers", type=int, default=None, help="parallel processes (default: all CPUs)")
     export = commands.add_parser("export", help="write one mixture and its references as wav files")
     export.add_argument("table", type=Path)
     export.add_argument("mixture_id")
@@ -348,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     score.add_argument("references", type=Path)
     args = parser.parse_args(argv)
     if args.command == "generate":
-        tables = generate_corpus(args.root, SyntheticConfig(seed=args.seed))
+        tables = generate_corpus(args.root, SyntheticConfig(seed=args.seed), workers=args.workers)
         print("\n".join(f"{split}: {path}" for split, path in tables.items()))
     elif args.command == "export":
         _export(args.table, args.mixture_id, args.out_dir)
