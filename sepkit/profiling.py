@@ -16,6 +16,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from sepkit.models import build_model, list_models
+from sepkit.nn.depthwise import DepthwiseConv1d
 
 
 class PeakMemoryMode(TorchDispatchMode):
@@ -57,8 +58,9 @@ RNN_GATES = {torch.nn.LSTM: 4, torch.nn.GRU: 3, torch.nn.RNN: 1}
 def count_macs(model: torch.nn.Module, wav: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass: FlopCounterMode (FLOPs / 2) for
     matmuls, convolutions and attention, plus recurrent layers counted from their
-    shapes (input and hidden projections of every gate, layer and direction)."""
-    rnn_macs = 0
+    shapes (input and hidden projections of every gate, layer and direction) and
+    :class:`~sepkit.nn.depthwise.DepthwiseConv1d` layers (channels x taps per output)."""
+    rnn_macs = extra_macs = 0
 
     def rnn_hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _: Any) -> None:
         nonlocal rnn_macs
@@ -70,14 +72,20 @@ def count_macs(model: torch.nn.Module, wav: torch.Tensor) -> int:
             in_size = module.input_size if layer == 0 else module.hidden_size * directions
             rnn_macs += directions * batch * steps * gates * (in_size + module.hidden_size)
 
+    def depthwise_hook(module: DepthwiseConv1d, _: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        # Computed with elementwise multiply-adds, which FlopCounterMode does not count.
+        nonlocal extra_macs
+        extra_macs += out.numel() * module.kernel_size[0]
+
     handles = [m.register_forward_hook(rnn_hook) for m in model.modules() if type(m) in RNN_GATES]
+    handles += [m.register_forward_hook(depthwise_hook) for m in model.modules() if isinstance(m, DepthwiseConv1d)]
     try:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(wav)
     finally:
         for handle in handles:
             handle.remove()
-    return int(counter.get_total_flops() // 2 + rnn_macs)
+    return int(counter.get_total_flops() // 2 + rnn_macs + extra_macs)
 
 
 def profile_model(model: torch.nn.Module, seconds: float = 4.0, batch: int = 1) -> dict[str, Any]:
