@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from sepkit.data.datasets import MixtureTableDataset, SegmentedDataset, WrittenMixtureDataset
-from sepkit.data.synthetic import SyntheticConfig, generate_corpus, table_path
+from sepkit.data.synthetic import RemixedSyntheticDataset, SyntheticConfig, generate_corpus, table_path
 
 
 class SeparationDataModule(L.LightningDataModule):
@@ -27,6 +27,9 @@ class SeparationDataModule(L.LightningDataModule):
             table's own folder).
         synthetic: synthetic corpus configuration, used when no split paths are given.
         synthetic_root: where the synthetic corpus is written.
+        synthetic_remix: train on fresh mixtures of the synthetic train utterances
+            every epoch (dynamic mixing, :class:`RemixedSyntheticDataset`) instead of
+            the fixed train table; valid and test stay fixed.
         sample_rate: data sample rate; must match the model's.
         n_src: sources per mixture.
         segment_seconds: training crop length (``None``: whole mixtures).
@@ -48,6 +51,7 @@ class SeparationDataModule(L.LightningDataModule):
         table_root: str | None = None,
         synthetic: SyntheticConfig | None = None,
         synthetic_root: str = "data/synthetic",
+        synthetic_remix: bool = False,
         sample_rate: int = 8000,
         n_src: int = 2,
         segment_seconds: float | None = 4.0,
@@ -64,6 +68,7 @@ class SeparationDataModule(L.LightningDataModule):
         self.table_root = table_root
         self.synthetic = synthetic
         self.synthetic_root = synthetic_root
+        self.synthetic_remix = synthetic_remix
         self.sample_rate = sample_rate
         self.n_src = n_src
         self.segment_seconds = segment_seconds
@@ -75,6 +80,8 @@ class SeparationDataModule(L.LightningDataModule):
         self.seed = seed
         self.train_dataset_override = train_dataset
         self.datasets: dict[str, Dataset] = {}
+        if synthetic_remix and (synthetic is None or train is not None or train_dataset is not None):
+            raise ValueError("synthetic_remix needs the synthetic corpus as training data (set synthetic, not train)")
         if synthetic is not None:
             if synthetic.sample_rate != sample_rate or synthetic.n_src != n_src:
                 raise ValueError(
@@ -102,6 +109,8 @@ class SeparationDataModule(L.LightningDataModule):
             raise ValueError(f"no {split} data configured (set data.{split})")
         segment = self._segment(self.segment_seconds if split == "train" else self.valid_segment_seconds)
         segment_args = dict(segment_samples=segment, random_crop=split == "train", seed=self.seed)
+        if split == "train" and self.synthetic_remix:
+            return RemixedSyntheticDataset(self.synthetic_root, self.synthetic, "train", **segment_args)
         if Path(path).is_dir():
             return WrittenMixtureDataset(
                 path, self.n_src, self.mixture_folder, sample_rate=self.sample_rate, **segment_args

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import csv
 import hashlib
 import json
 import multiprocessing
@@ -36,7 +37,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sepkit.audio import write_audio_atomic
+from sepkit.data.datasets import SegmentedDataset
 from sepkit.data.mixtures import MixtureSpec, SourceSpec, read_table, render, write_table
+from sepkit.fileio import atomic_output
 
 # Vowel-like formant targets (F1, F2, F3 in Hz) of an adult voice; speakers scale them.
 VOWEL_FORMANTS = np.array(
@@ -53,6 +56,8 @@ VOWEL_FORMANTS = np.array(
     dtype=np.float64,
 )
 FORMANT_BANDWIDTHS = np.array([90.0, 110.0, 170.0])
+# Samples between evaluations of the spectral envelope (interpolated in between).
+ENVELOPE_HOP = 32
 SPLITS = ("train", "valid", "test")
 
 
@@ -132,18 +137,26 @@ def _voiced(rng: np.random.Generator, spk: Speaker, f0: np.ndarray, sr: int) -> 
     t = np.arange(n) / sr
     f0 = f0 * (1 + 0.01 * np.sin(2 * np.pi * rng.uniform(4, 7) * t))
     phase = 2 * np.pi * np.cumsum(f0) / sr
-    # Formants glide between two vowel targets across the segment.
     start, end = VOWEL_FORMANTS[rng.integers(len(VOWEL_FORMANTS), size=2)] * spk.formant_scale
-    glide = np.linspace(0, 1, n)[:, None]
-    formants = (1 - glide) * start + glide * end  # [n, 3]
-    n_harm = int(sr / 2 / spk.f0_low)
-    k = np.arange(1, n_harm + 1)[:, None]  # [H, 1]
-    freqs = k * f0[None, :]  # [H, n]
+    # Harmonics stay below Nyquist over the whole segment (no aliasing).
+    n_harm = max(1, int(sr / 2 / f0.max()))
+    k = np.arange(1, n_harm + 1)[:, None]
+    # Pitch and formants move slowly, so the spectral envelope is evaluated every
+    # ENVELOPE_HOP samples (the last point at or past the end, at the end's values)
+    # and interpolated linearly in between.
+    m = (n - 1) // ENVELOPE_HOP + 2
+    coarse = np.minimum(np.arange(m) * ENVELOPE_HOP, n - 1)
+    glide = (coarse / max(n - 1, 1))[:, None]
+    formants = (1 - glide) * start + glide * end  # [m, 3]
+    freqs = k * f0[coarse][None, :]  # [H, m]
     env = np.zeros_like(freqs)
     for i in range(3):
         env += (1.0 / (i + 1)) / (1 + ((freqs - formants[:, i][None, :]) / FORMANT_BANDWIDTHS[i]) ** 2)
     env *= 10 ** (spk.tilt_db_per_octave * np.log2(np.maximum(freqs, 50) / 100) / 20)
-    env[freqs >= sr / 2] = 0.0
+    position = np.arange(n) / ENVELOPE_HOP
+    left = position.astype(np.int64)
+    weight = position - left
+    env = env[:, left] * (1 - weight) + env[:, left + 1] * weight  # [H, n]
     signal = (env * np.sin(k * phase[None, :] + rng.uniform(0, 2 * np.pi, size=(n_harm, 1)))).sum(0)
     signal += spk.breathiness * np.abs(signal).mean() * rng.standard_normal(n)
     return signal * np.hanning(n) ** 0.5
@@ -235,14 +248,16 @@ def _synthesize_speaker(job: tuple[SyntheticConfig, str, int, Speaker, Path]) ->
 
 def build_split(
     cfg: SyntheticConfig, split: str, out_dir: Path, pool: concurrent.futures.Executor | None = None
-) -> list[MixtureSpec]:
-    """Synthesise one split's utterances to ``out_dir/<split>/utterances`` (int16 wav)
-    and return its mixture table rows (paths relative to ``out_dir``). Speakers are
-    synthesised on ``pool`` when given (same files, in parallel)."""
+) -> tuple[list[MixtureSpec], dict[str, list[tuple[str, int, float]]]]:
+    """Synthesise one split's utterances to ``out_dir/<split>/utterances`` (int16 wav).
+    Speakers are synthesised on ``pool`` when given (same files, in parallel).
+
+    Returns:
+        the split's mixture table rows (paths relative to ``out_dir``) and its
+        utterances, ``{speaker: [(relative path, length, storage scale)]}``.
+    """
     index = SPLITS.index(split)
     speakers = make_speakers(split, cfg.speakers[index], cfg.seed)
-    sr = cfg.sample_rate
-    total = int(round(cfg.mixture_seconds * sr))
     jobs = [(cfg, split, s, spk, out_dir) for s, spk in enumerate(speakers)]
     results = pool.map(_synthesize_speaker, jobs) if pool is not None else map(_synthesize_speaker, jobs)
     # name -> [(relative path, length, storage scale)]
@@ -251,25 +266,69 @@ def build_split(
         for spk, rows in zip(speakers, tqdm(results, total=len(jobs), desc=f"synthesising {split} speakers"))
     }
     rng = np.random.default_rng([cfg.seed, index, 3])
+    specs = [draw_mixture(rng, cfg, utterances, f"{split}_{m:05d}") for m in range(cfg.mixtures[index])]
+    return specs, utterances
+
+
+def draw_mixture(
+    rng: np.random.Generator, cfg: SyntheticConfig, utterances: dict[str, list[tuple[str, int, float]]], mixture_id: str
+) -> MixtureSpec:
+    """One mixture of ``cfg.n_src`` distinct speakers drawn from ``utterances``
+    (``{speaker: [(relative path, length, storage scale)]}``): random relative levels,
+    active spans that overlap for at least ``cfg.min_overlap`` of the mixture."""
+    total = int(round(cfg.mixture_seconds * cfg.sample_rate))
     names = sorted(utterances)
-    specs = []
-    for m in range(cfg.mixtures[index]):
-        chosen = rng.choice(len(names), size=cfg.n_src, replace=False)
-        gains = _relative_gains(rng, cfg)
-        sources = []
-        spans = _overlapping_spans(rng, cfg, total)
-        for (offset, span), c, gain in zip(spans, chosen, gains):
-            path, length, scale = utterances[names[c]][int(rng.integers(len(utterances[names[c]])))]
-            # Reading from ``length - span`` to the end of the file yields exactly
-            # ``span`` active samples, which the renderer places at ``offset``.
-            sources.append(SourceSpec(path=path, gain=float(gain / scale), start=length - span, offset=offset))
-        specs.append(MixtureSpec(mixture_id=f"{split}_{m:05d}", sample_rate=sr, length=total, sources=sources))
-    return specs
+    chosen = rng.choice(len(names), size=cfg.n_src, replace=False)
+    gains = _relative_gains(rng, cfg)
+    sources = []
+    spans = _overlapping_spans(rng, cfg, total)
+    for (offset, span), c, gain in zip(spans, chosen, gains):
+        path, length, scale = utterances[names[c]][int(rng.integers(len(utterances[names[c]])))]
+        # Reading from ``length - span`` to the end of the file yields exactly
+        # ``span`` active samples, which the renderer places at ``offset``.
+        sources.append(SourceSpec(path=path, gain=float(gain / scale), start=length - span, offset=offset))
+    return MixtureSpec(mixture_id=mixture_id, sample_rate=cfg.sample_rate, length=total, sources=sources)
 
 
 def table_path(root: str | Path, split: str) -> Path:
     """Where :func:`generate_corpus` writes the mixture table of ``split``."""
     return Path(root) / f"{split}.csv"
+
+
+def utterance_table_path(root: str | Path, split: str) -> Path:
+    """Where :func:`generate_corpus` lists the utterances of ``split`` (for remixing)."""
+    return Path(root) / f"{split}_utterances.csv"
+
+
+UTTERANCE_COLUMNS = ("speaker", "path", "length", "storage_scale")
+
+
+def write_utterance_table(path: Path, utterances: dict[str, list[tuple[str, int, float]]]) -> None:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(UTTERANCE_COLUMNS)
+        for speaker in sorted(utterances):
+            for rel, length, scale in utterances[speaker]:
+                writer.writerow([speaker, rel, length, repr(scale)])
+
+
+def read_utterance_table(path: str | Path) -> dict[str, list[tuple[str, int, float]]]:
+    """``{speaker: [(relative path, length, storage scale)]}`` from an utterance table."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: synthetic utterance table not found (regenerate the corpus)")
+    utterances: dict[str, list[tuple[str, int, float]]] = {}
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != UTTERANCE_COLUMNS:
+            raise ValueError(f"{path}: expected columns {','.join(UTTERANCE_COLUMNS)}, found {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                entry = (row["path"], int(row["length"]), float(row["storage_scale"]))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}:{line}: malformed utterance row ({err})") from err
+            utterances.setdefault(row["speaker"], []).append(entry)
+    return utterances
 
 
 def generate_corpus(
@@ -288,8 +347,9 @@ def generate_corpus(
     root = Path(root)
     stamp = root / "corpus.json"
     tables = {split: table_path(root, split) for split in SPLITS}
+    outputs = list(tables.values()) + [utterance_table_path(root, split) for split in SPLITS]
     if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == cfg.fingerprint():
-        if all(path.is_file() for path in tables.values()):
+        if all(path.is_file() for path in outputs):
             return tables
     workers = workers or len(os.sched_getaffinity(0))
     with contextlib.ExitStack() as stack:
@@ -300,7 +360,9 @@ def generate_corpus(
                 concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             )
         for split in SPLITS:
-            write_table(tables[split], build_split(cfg, split, root, pool))
+            specs, utterances = build_split(cfg, split, root, pool)
+            write_utterance_table(utterance_table_path(root, split), utterances)
+            write_table(tables[split], specs)
     # The stamp is written last: its presence means every file above is complete.
     stamp.write_text(json.dumps({"fingerprint": cfg.fingerprint(), "config": asdict(cfg)}, indent=2))
     return tables
@@ -332,6 +394,50 @@ class SyntheticMixtures(Dataset):
             wav = synthesize_utterance(self.speakers[c], span / sr, sr, rng)
             sources[i, offset : offset + span] = gain * wav[:span]
         return torch.from_numpy(sources.sum(0)).float(), torch.from_numpy(sources).float()
+
+
+class RemixedSyntheticDataset(SegmentedDataset):
+    """Dynamic mixing for the synthetic corpus: fresh mixtures of a written split's
+    utterances every epoch, drawn exactly as the split's fixed table was (distinct
+    speakers, levels in [-max_level_db, max_level_db], overlapping active spans).
+
+    The fixed table pairs each utterance with a handful of partners; remixing shows the
+    model a new pairing, level and alignment at every step, with no new speakers and
+    nothing written. Mixture ``index`` of epoch ``e`` is a pure function of
+    ``(cfg.seed, split, e, index)``, so resumed and multi-process runs see the same data.
+
+    Args:
+        root: corpus folder written by :func:`generate_corpus` with ``cfg``.
+        cfg: the corpus configuration; ``cfg.mixtures`` sets the epoch length.
+        split: which split's utterances to remix (normally "train").
+        **segment_args: crop arguments of :class:`SegmentedDataset`.
+    """
+
+    def __init__(self, root: str | Path, cfg: SyntheticConfig, split: str = "train", **segment_args) -> None:
+        super().__init__(**segment_args)
+        self.root = Path(root)
+        self.cfg = cfg
+        self.split = split
+        self.utterances = read_utterance_table(utterance_table_path(root, split))
+        if len(self.utterances) < cfg.n_src:
+            raise ValueError(
+                f"{utterance_table_path(root, split)}: {len(self.utterances)} speaker(s), "
+                f"{cfg.n_src} needed per mixture"
+            )
+
+    def __len__(self) -> int:
+        return self.cfg.mixtures[SPLITS.index(self.split)]
+
+    def item_id(self, index: int) -> str:
+        return f"{self.split}_epoch{self.epoch}_{index:05d}"
+
+    def spec(self, index: int) -> MixtureSpec:
+        """The mixture table row of item ``index`` in the current epoch."""
+        rng = np.random.default_rng([self.cfg.seed, SPLITS.index(self.split), 5, self.epoch, index])
+        return draw_mixture(rng, self.cfg, self.utterances, self.item_id(index))
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return render(self.spec(index), self.root)
 
 
 def _export(table: Path, mixture_id: str, out_dir: Path) -> None:
