@@ -74,7 +74,9 @@ def train_main(argv: list[str]) -> int:
             run=False,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
-                "callbacks": [RichProgressBar()],
+                # Rich redraws from its own thread; Lightning's default of 100 redraws a
+                # second competes with training for the CPU on small machines.
+                "callbacks": [RichProgressBar(refresh_rate=4)],
                 "gradient_clip_val": 5.0,
                 "logger": [
                     # Separate roots: two loggers in one folder would each claim a version_N.
