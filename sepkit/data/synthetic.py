@@ -59,6 +59,8 @@ FORMANT_BANDWIDTHS = np.array([90.0, 110.0, 170.0])
 # Samples between evaluations of the spectral envelope (interpolated in between).
 ENVELOPE_HOP = 32
 SPLITS = ("train", "valid", "test")
+# A split's utterances: {speaker: [(path relative to the corpus root, length, storage scale)]}.
+Utterances = dict[str, list[tuple[str, int, float]]]
 
 
 @dataclass
@@ -248,7 +250,7 @@ def _synthesize_speaker(job: tuple[SyntheticConfig, str, int, Speaker, Path]) ->
 
 def build_split(
     cfg: SyntheticConfig, split: str, out_dir: Path, pool: concurrent.futures.Executor | None = None
-) -> tuple[list[MixtureSpec], dict[str, list[tuple[str, int, float]]]]:
+) -> tuple[list[MixtureSpec], Utterances]:
     """Synthesise one split's utterances to ``out_dir/<split>/utterances`` (int16 wav).
     Speakers are synthesised on ``pool`` when given (same files, in parallel).
 
@@ -260,8 +262,7 @@ def build_split(
     speakers = make_speakers(split, cfg.speakers[index], cfg.seed)
     jobs = [(cfg, split, s, spk, out_dir) for s, spk in enumerate(speakers)]
     results = pool.map(_synthesize_speaker, jobs) if pool is not None else map(_synthesize_speaker, jobs)
-    # name -> [(relative path, length, storage scale)]
-    utterances = {
+    utterances: Utterances = {
         spk.name: rows
         for spk, rows in zip(speakers, tqdm(results, total=len(jobs), desc=f"synthesising {split} speakers"))
     }
@@ -271,7 +272,7 @@ def build_split(
 
 
 def draw_mixture(
-    rng: np.random.Generator, cfg: SyntheticConfig, utterances: dict[str, list[tuple[str, int, float]]], mixture_id: str
+    rng: np.random.Generator, cfg: SyntheticConfig, utterances: Utterances, mixture_id: str
 ) -> MixtureSpec:
     """One mixture of ``cfg.n_src`` distinct speakers drawn from ``utterances``
     (``{speaker: [(relative path, length, storage scale)]}``): random relative levels,
@@ -303,7 +304,8 @@ def utterance_table_path(root: str | Path, split: str) -> Path:
 UTTERANCE_COLUMNS = ("speaker", "path", "length", "storage_scale")
 
 
-def write_utterance_table(path: Path, utterances: dict[str, list[tuple[str, int, float]]]) -> None:
+def write_utterance_table(path: Path, utterances: Utterances) -> None:
+    """Write ``utterances`` as a CSV of :data:`UTTERANCE_COLUMNS`, atomically."""
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(UTTERANCE_COLUMNS)
@@ -312,12 +314,12 @@ def write_utterance_table(path: Path, utterances: dict[str, list[tuple[str, int,
                 writer.writerow([speaker, rel, length, repr(scale)])
 
 
-def read_utterance_table(path: str | Path) -> dict[str, list[tuple[str, int, float]]]:
+def read_utterance_table(path: str | Path) -> Utterances:
     """``{speaker: [(relative path, length, storage scale)]}`` from an utterance table."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: synthetic utterance table not found (regenerate the corpus)")
-    utterances: dict[str, list[tuple[str, int, float]]] = {}
+    utterances: Utterances = {}
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != UTTERANCE_COLUMNS:
