@@ -102,6 +102,48 @@ def test_reference_refuses_more_groups_than_channels():
         relative_context(torch.randn(1, 4, 10, 10), (3, 3))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    "channels,length,kernel_size,dilation,partner_anchored_fits",
+    [
+        (40, 70, 31, 1, True),   # K = 31 groups of 1 and 2 channels; bands 15 wide
+        (64, 50, 9, 2, True),    # dilation; C % K = 1
+        (20, 31, 6, 2, True),    # even K: offsets -6..4, so the adjoint's are -4..6
+        (7, 11, 3, 1, True),     # one group per run
+        (40, 50, 31, 1, False),  # the channels-last adjoint needs 4R < L, else the general path
+    ],
+)
+def test_strided_run_path_and_its_adjoint_match_the_oracle(
+    channels_last, channels, length, kernel_size, dilation, partner_anchored_fits
+):
+    # Forward against the depthwise-conv oracle, and the adjoint (the relative context
+    # with negated offsets, what backward runs) against autograd through the oracle.
+    torch.manual_seed(0)
+    x = torch.randn(2, channels, length, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, channels, length, dtype=torch.float64)
+    expected = oracle_relative_context(x, (kernel_size,), (dilation,))
+    (expected_adjoint,) = torch.autograd.grad(expected, x, grad)
+    offsets = ssc_module.group_offsets((kernel_size,), (dilation,))
+    adjoint = tuple((-s,) for (s,) in offsets)
+    layout = (-1, (-2,)) if channels_last else (1, (2,))
+
+    def native(t: torch.Tensor) -> torch.Tensor:  # [batch, C, L] -> the tested layout
+        return t.detach().transpose(1, 2).contiguous() if channels_last else t.detach()
+
+    # Only the channels-last adjoint (negative step, channels densest) is partner-anchored.
+    adjoint_fast = partner_anchored_fits or not channels_last
+    for offs, want, fast in ((offsets, expected, True), (adjoint, expected_adjoint, adjoint_fast)):
+        source = native(x if offs is offsets else grad)
+        out = torch.full_like(source, float("nan"))  # every position must be written
+        channel_dim, spatial_dims = layout[0] % 3, (layout[1][0] % 3,)
+        took_fast_path = ssc_module._relative_context_1d_runs(
+            source, channel_dim, spatial_dims, offs, out)
+        assert took_fast_path == fast
+        if not fast:
+            out = ssc_module._apply_relative_context(source, channel_dim, spatial_dims, offs)
+        assert torch.allclose(out, native(want), atol=1e-12)
+
+
 def test_gradcheck_relative_context_and_layer():
     x = torch.randn(2, 7, 9, dtype=torch.float64, requires_grad=True)
     # fast_mode compares random projections of the Jacobians: a full check at a fraction

@@ -105,19 +105,43 @@ def _interior(length: int, shift: int) -> tuple[int, int]:
     return lo, hi
 
 
+def _group_run_view(
+    t: Tensor, channel_dim: int, time_dim: int, c_start: int, n_run: int, size: int,
+    time_start: int, n: int, time_step: int,
+) -> Tensor | None:
+    """View of ``t`` with ``n_run * size`` channels from ``c_start`` unflattened to
+    (group, member) and ``n`` time steps: element (g, j, i) is
+    ``t[c_start + g * size + j, time_start + g * time_step + i]``. None when that needs a
+    negative stride (which ``as_strided`` refuses)."""
+    v = t.narrow(channel_dim, c_start, n_run * size).unflatten(channel_dim, (n_run, size))
+    unflat_time_dim = time_dim + (time_dim > channel_dim)
+    sizes, strides = list(v.shape), list(v.stride())
+    sizes[unflat_time_dim] = n
+    strides[channel_dim] = 0 if n_run == 1 else strides[channel_dim] + time_step * t.stride(time_dim)
+    if strides[channel_dim] < 0:
+        return None
+    return v.as_strided(sizes, strides, v.storage_offset() + time_start * t.stride(time_dim))
+
+
 def _relative_context_1d_runs(
     x: Tensor, channel_dim: int, spatial_dims: tuple[int, ...], offsets: Offsets, out: Tensor
 ) -> bool:
-    """One-axis fast path with a constant number of large ops, whatever K is; returns False
-    (nothing written) when it does not apply.
+    """One-axis fast path with a number of ops that does not grow with K except for the
+    thin boundary bands; returns False (nothing written) when it does not apply.
 
-    The offsets ``s_g = s_0 + g * step`` are linear in the group index, so over the band-free
-    interior ``[R, L - R)`` (``R`` the largest shift) the partners of a run of equally sized
-    groups form one strided view: moving one group on moves ``m`` channels and ``step``
-    positions. Each run (at most two: ``C % K`` groups of ``m + 1`` channels, the rest of
-    ``m``) is one subtraction; the zero-offset group is then copied over its interior, the
-    band is copied and each group's band positions that do have a partner are subtracted
-    (small ops, below PyTorch's parallel grain, so they never pay a thread-pool start-up).
+    The offsets ``s_g = s_0 + g * step`` are linear in the group index, so for a run of
+    equally sized groups (at most two runs: ``C % K`` groups of ``m + 1`` channels, the rest
+    of ``m``) the positions and their partners each form one strided view, and the run is
+    one subtraction. Moving one group on moves ``m`` channels and, in the *output-anchored*
+    view, ``step`` time steps for the partner: output ``t`` for every group, partners
+    ``t + s_g``, ``t`` in ``[R, L - R)`` (``R`` the largest shift). When ``step`` is negative
+    and the channels are the densest axis (channels-last adjoints), that view would need a
+    negative group stride, so the run is *partner-anchored* instead: partners ``p`` in
+    ``[R, L - R)`` for every group, outputs ``p - s_g``; every group then covers a slightly
+    different output range. Positions a run does not cover lie in a band at most ``2R``
+    wide at either end: the band is copied first and each group's band positions that do
+    have a partner are subtracted afterwards (small ops); the zero-offset group, which the
+    run subtracted from itself, is copied last.
     """
     n_groups = len(offsets)
     if len(spatial_dims) != 1 or n_groups < 2:
@@ -129,43 +153,45 @@ def _relative_context_1d_runs(
     (time_dim,) = spatial_dims
     length = x.shape[time_dim]
     reach = max(abs(shift) for shift in shifts)
-    if 2 * reach >= length:
-        return False
     channels = x.shape[channel_dim]
     base, extra = divmod(channels, n_groups)
-    time_stride = x.stride(time_dim)
-    smallest_group = base if base > 0 else base + 1
-    if smallest_group * x.stride(channel_dim) + step * time_stride < 0:
-        return False  # the run view would need a negative stride (as_strided refuses)
-    for g0, g1, size in ((0, extra, base + 1), (extra, n_groups, base)):
-        if g1 <= g0 or size == 0:
-            continue
-        c_start = g0 * (base + 1)
-        centre = (x.narrow(time_dim, reach, length - 2 * reach)
-                  .narrow(channel_dim, c_start, (g1 - g0) * size)
-                  .unflatten(channel_dim, (g1 - g0, size)))
-        target = (out.narrow(time_dim, reach, length - 2 * reach)
-                  .narrow(channel_dim, c_start, (g1 - g0) * size)
-                  .unflatten(channel_dim, (g1 - g0, size)))
-        strides = list(centre.stride())
-        strides[channel_dim] += step * time_stride
-        partner = centre.as_strided(
-            centre.shape, strides, centre.storage_offset() + shifts[g0] * time_stride
-        )
+    runs = [(g0, g1, size) for g0, g1, size in ((0, extra, base + 1), (extra, n_groups, base))
+            if g1 > g0 and size > 0]
+    n = length - 2 * reach
+    for partner_anchored in (False, True):
+        # The run writes group g's outputs [reach - anchor[g], length - reach - anchor[g]).
+        anchor = shifts if partner_anchored else [0] * n_groups
+        head, tail = reach - min(anchor), reach + max(anchor)
+        if n <= 0 or head + tail >= length:
+            return False
+        views = []
+        for g0, g1, size in runs:
+            c_start = g0 * (base + 1)  # g0 is 0 or extra
+            out_start, out_step = reach - anchor[g0], -step if partner_anchored else 0
+            part_start, part_step = out_start + shifts[g0], 0 if partner_anchored else step
+            args = (channel_dim, time_dim, c_start, g1 - g0, size)
+            centre = _group_run_view(x, *args, out_start, n, out_step)
+            target = _group_run_view(out, *args, out_start, n, out_step)
+            partner = _group_run_view(x, *args, part_start, n, part_step)
+            if centre is None or target is None or partner is None:
+                break
+            views.append((centre, partner, target))
+        else:
+            break
+    else:
+        return False
+    out.narrow(time_dim, 0, head).copy_(x.narrow(time_dim, 0, head))
+    out.narrow(time_dim, length - tail, tail).copy_(x.narrow(time_dim, length - tail, tail))
+    for centre, partner, target in views:
         torch.sub(centre, partner, out=target)
-    out.narrow(time_dim, 0, reach).copy_(x.narrow(time_dim, 0, reach))
-    out.narrow(time_dim, length - reach, reach).copy_(x.narrow(time_dim, length - reach, reach))
-    for (c0, c1), shift in zip(group_bounds(channels, n_groups), shifts):
-        if c1 == c0:
-            continue
+    for (c0, c1), shift, a in zip(group_bounds(channels, n_groups), shifts, anchor):
         src = x.narrow(channel_dim, c0, c1 - c0)
         dst = out.narrow(channel_dim, c0, c1 - c0)
         if shift == 0:
-            dst.narrow(time_dim, reach, length - 2 * reach).copy_(
-                src.narrow(time_dim, reach, length - 2 * reach))
+            dst.narrow(time_dim, reach, n).copy_(src.narrow(time_dim, reach, n))
             continue
         lo, hi = _interior(length, shift)
-        for start, stop in ((lo, reach), (length - reach, hi)):
+        for start, stop in ((lo, reach - a), (length - reach - a, hi)):
             if stop > start:
                 torch.sub(src.narrow(time_dim, start, stop - start),
                           src.narrow(time_dim, start + shift, stop - start),
