@@ -81,8 +81,8 @@ def test_figure3_example():
 )
 def test_reference_matches_depthwise_oracle(channels, spatial, kernel_size, dilation):
     x = torch.randn(3, channels, *spatial, dtype=torch.float64)
-    got = relative_context(x, kernel_size, dilation)
-    assert torch.allclose(got, oracle_relative_context(x, kernel_size, dilation), atol=1e-12)
+    expected = oracle_relative_context(x, kernel_size, dilation)
+    assert torch.allclose(relative_context(x, kernel_size, dilation), expected, atol=1e-12)
 
 
 def test_reference_channels_last_and_int_arguments():
@@ -354,6 +354,14 @@ def test_custom_op_opcheck_on_cpu():
     ssc_reference(x_ref, w_ref, b_ref, [3], [2], [2], True, False).backward(torch.ones_like(y))
     for got, expected in ((x.grad, x_ref.grad), (w.grad, w_ref.grad), (b.grad, b_ref.grad)):
         assert torch.allclose(got, expected, atol=1e-12)
+    # sepkit::relative_context, which the reference composition calls.
+    image = torch.randn(1, 9, 4, 5, dtype=torch.float64, requires_grad=True)
+    for args in [
+        (x, 1, [2], [3], [2], False),
+        (x.detach().transpose(1, 2).contiguous().requires_grad_(), 2, [1], [4], [1], True),
+        (image, 1, [2, 3], [3, 3], [1, 1], False),
+    ]:
+        torch.library.opcheck(ssc_module.relative_context_op, args)
 
 
 def test_torch_compile_traces_the_custom_op_and_the_layer():
@@ -372,10 +380,17 @@ def test_torch_compile_traces_the_custom_op_and_the_layer():
     assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
     assert torch.allclose(w.grad, w_ref.grad, atol=1e-4)
 
-    layer = SSCConv1d(8, 6, 3)
-    eager = layer(x.detach())
-    compiled_layer = torch.compile(layer, backend="aot_eager")
-    assert torch.allclose(compiled_layer(x.detach()), eager, atol=1e-6)
+    # The layers trace in one graph (no breaks), forward and backward, in both layouts.
+    for layer, shape in ((SSCConv1d(8, 6, 3), (2, 8, 12)), (SSCLinear(8, 6, 5), (2, 12, 8))):
+        x_eager = torch.randn(*shape, requires_grad=True)
+        x_compiled = x_eager.detach().requires_grad_()
+        eager = layer(x_eager)
+        eager.square().sum().backward()
+        compiled_layer = torch.compile(layer, backend="aot_eager", fullgraph=True)
+        compiled = compiled_layer(x_compiled)
+        compiled.square().sum().backward()
+        assert torch.allclose(compiled, eager, atol=1e-6)
+        assert torch.allclose(x_compiled.grad, x_eager.grad, atol=1e-5)
 
 
 def test_backend_resolution(monkeypatch):

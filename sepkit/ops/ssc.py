@@ -25,7 +25,9 @@ added after it so that the subtraction does not cancel it).
 
 Backends: the plain-PyTorch reference runs everywhere (in eager mode the plain SSC layer
 uses a memory-lean autograd function, :class:`_SSCEagerFunction`, and the autograd
-composition :func:`ssc_reference` otherwise); CUDA tensors go through the custom
+composition :func:`ssc_reference` otherwise, whose relative context is the custom op
+``torch.ops.sepkit.relative_context`` so that torch.compile traces it without a graph
+break); CUDA tensors go through the custom
 op ``torch.ops.sepkit.ssc`` backed by Triton kernels (:mod:`sepkit.ops.ssc_triton`). The
 choice is made per call from the tensor's device and can be forced with
 :func:`set_backend` or the environment variable ``SEPKIT_SSC_BACKEND`` (``auto``,
@@ -247,28 +249,56 @@ def _apply_relative_context(
     return out
 
 
-class _RelativeContextFunction(torch.autograd.Function):
-    """Autograd wrapper: the adjoint of the relative context with offsets ``s`` is the
-    relative context with offsets ``-s`` (same group split), so backward reuses forward."""
+@torch.library.custom_op("sepkit::relative_context", mutates_args=())
+def relative_context_op(
+    x: Tensor,
+    channel_dim: int,
+    spatial_dims: list[int],
+    kernel_size: list[int],
+    dilation: list[int],
+    adjoint: bool,
+) -> Tensor:
+    """The relative context (``adjoint``: its transpose, the same split with negated
+    offsets) as an opaque op: torch.compile keeps the strided in-place implementation as
+    one call in its graph instead of breaking the graph at it, and autograd uses the
+    transpose for the gradient."""
+    offsets = group_offsets(tuple(kernel_size), tuple(dilation))
+    if adjoint:
+        offsets = tuple(tuple(-s for s in offset) for offset in offsets)
+    return _apply_relative_context(x, channel_dim, tuple(spatial_dims), offsets)
 
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: Tensor,
-        channel_dim: int,
-        spatial_dims: tuple[int, ...],
-        offsets: Offsets,
-    ) -> Tensor:
-        ctx.layout = (channel_dim, spatial_dims, offsets)  # type: ignore[attr-defined]
-        return _apply_relative_context(x, channel_dim, spatial_dims, offsets)
 
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
-    ) -> tuple[Tensor, None, None, None]:
-        channel_dim, spatial_dims, offsets = ctx.layout  # type: ignore[attr-defined]
-        adjoint = tuple(tuple(-s for s in offset) for offset in offsets)
-        return _RelativeContextFunction.apply(grad, channel_dim, spatial_dims, adjoint), None, None, None
+@relative_context_op.register_fake
+def _relative_context_op_fake(
+    x: Tensor,
+    channel_dim: int,
+    spatial_dims: list[int],
+    kernel_size: list[int],
+    dilation: list[int],
+    adjoint: bool,
+) -> Tensor:
+    return torch.empty_like(x)
+
+
+def _relative_context_setup_context(
+    ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor
+) -> None:
+    ctx.layout = inputs[1:]  # type: ignore[attr-defined]
+
+
+def _relative_context_backward(
+    ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+) -> tuple[Tensor | None, ...]:
+    channel_dim, spatial_dims, kernel_size, dilation, adjoint = ctx.layout  # type: ignore[attr-defined]
+    return (
+        relative_context_op(grad, channel_dim, spatial_dims, kernel_size, dilation, not adjoint),
+        None, None, None, None, None,
+    )
+
+
+relative_context_op.register_autograd(
+    _relative_context_backward, setup_context=_relative_context_setup_context
+)
 
 
 def relative_context(
@@ -312,7 +342,7 @@ def relative_context(
             f"relative_context: K = {n_groups} groups need at least {n_groups} channels, "
             f"got {x.shape[channel_dim]}"
         )
-    return _RelativeContextFunction.apply(x, channel_dim, dims, group_offsets(kernel, dil))
+    return relative_context_op(x, channel_dim, list(dims), list(kernel), list(dil), False)
 
 
 # ---------------------------------------------------------------------------------------
