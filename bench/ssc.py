@@ -19,17 +19,25 @@ Usage:
   python bench/ssc.py --threads 1     # one CPU thread (steadier on a shared machine)
   python bench/ssc.py --device cuda --dtypes bf16 --ks 3
 
-CPU allocation: large CPU tensors are allocated with transparent huge pages
-(PyTorch's ``THP_MEM_ALLOC_ENABLE=1``, set here before torch is imported unless
-``--no-thp`` is given or the variable is already set). Without it every fresh 100 MB+
-activation pays ~0.5 ms of page faults per MB on first touch, which at these shapes
-costs more than the arithmetic that SSC adds to Linear (its extra ``rc(X)`` buffer is
-one more such allocation); the JSON records the setting.
+CPU allocation: two settings, both applied before torch is imported and recorded in
+the JSON, so that the ratios measure arithmetic and memory traffic rather than how the
+kernel hands out fresh pages (each method allocates activation-sized buffers on every
+call; SSC one more than Linear, its saved ``rc(X)``):
+  * transparent huge pages for large CPU tensors (PyTorch's ``THP_MEM_ALLOC_ENABLE=1``,
+    unless ``--no-thp`` or the variable is already set). With 4 KiB pages every fresh
+    100 MB+ activation pays ~0.5 ms of page faults per MB on first touch.
+  * ``--cpu-allocator cached`` (default, glibc only): freed memory stays mapped in the
+    heap and is reused (``mallopt``: no mmap for large blocks, no trimming), which is what
+    PyTorch's caching allocator does on a GPU. With glibc's defaults (``system``) each
+    large block is unmapped on free and faulted back in on the next call, and on a shared
+    VM some of those faults stall for hundreds of ms, which made single samples of either
+    method 1.5-2x slower at random.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -39,9 +47,36 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# Must precede the torch import: c10 reads it once when the CPU allocator starts.
-if "--no-thp" not in sys.argv[1:]:
+
+def _keep_freed_memory_mapped() -> bool:
+    """glibc ``mallopt``: serve large blocks from the heap (M_MMAP_MAX = 0) and never trim
+    it (M_TRIM_THRESHOLD = max), so freed activations are reused instead of unmapped.
+    False where there is no glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def _add_allocation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-thp", action="store_true",
+                        help="plain 4 KiB pages for CPU tensors (see CPU allocation above)")
+    parser.add_argument("--cpu-allocator", choices=["cached", "system"], default="cached",
+                        help="cached: glibc keeps freed memory for reuse; system: glibc defaults")
+
+
+# Both must precede the torch import: c10 reads THP_MEM_ALLOC_ENABLE once when its CPU
+# allocator starts, and mallopt should govern every large block torch allocates.
+_early_parser = argparse.ArgumentParser(add_help=False)
+_add_allocation_options(_early_parser)
+_allocation, _ = _early_parser.parse_known_args()
+if not _allocation.no_thp:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+CPU_ALLOCATOR = _allocation.cpu_allocator
+if CPU_ALLOCATOR == "cached" and not _keep_freed_memory_mapped():
+    CPU_ALLOCATOR = "system (no glibc mallopt)"
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -100,15 +135,18 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 
 def time_paired(baseline: Callable[[], object], method: Callable[[], object],
                 device: torch.device, min_time: float, min_repeats: int, max_repeats: int,
-                slow_warmup_s: float | None) -> tuple[float, float, int]:
-    """(median baseline s, median method s, pairs): after one warm-up call of each, the two
-    are called alternately until ``min_time`` has passed and ``min_repeats`` pairs are
-    done (at most ``max_repeats``), so a change of machine load hits both alike. A method whose warm-up
-    took longer than ``slow_warmup_s`` is steady-state compute already: its warm-up is the
-    single sample, paired with one baseline call right after it."""
+                slow_warmup_s: float | None) -> tuple[float, float, int, float]:
+    """(median baseline s, median method s, pairs, median of the per-pair ratios): after
+    one warm-up call of each, the two are called alternately until ``min_time`` has passed
+    and ``min_repeats`` pairs are done (at most ``max_repeats``), so a change of machine
+    load hits both alike; the ratio of each pair, not of the two medians, is what is
+    reported, so that slow drift within a row cancels. A method whose warm-up took longer
+    than ``slow_warmup_s`` is steady-state compute already: its warm-up is the single
+    sample, paired with one baseline call right after it."""
     method_warmup = _timed(method, device)
     if slow_warmup_s is not None and method_warmup > slow_warmup_s:
-        return _timed(baseline, device), method_warmup, 1
+        baseline_time = _timed(baseline, device)
+        return baseline_time, method_warmup, 1, method_warmup / baseline_time
     _timed(baseline, device)
     baseline_times: list[float] = []
     method_times: list[float] = []
@@ -118,7 +156,9 @@ def time_paired(baseline: Callable[[], object], method: Callable[[], object],
     ):
         baseline_times.append(_timed(baseline, device))
         method_times.append(_timed(method, device))
-    return statistics.median(baseline_times), statistics.median(method_times), len(method_times)
+    ratios = [m / b for m, b in zip(method_times, baseline_times)]
+    return (statistics.median(baseline_times), statistics.median(method_times), len(method_times),
+            statistics.median(ratios))
 
 
 def build_methods(shape_name: str, k: int, device: torch.device, dtype: torch.dtype,
@@ -161,8 +201,9 @@ def run(device: torch.device, dtypes: list[str], ks: list[int], shapes: list[str
         cpu_bf16_conv: bool, compile_dtypes: list[str],
         on_row: Callable[[list[dict]], None]) -> list[dict]:
     """Time every method; ``on_row(rows)`` is called after each new row (partial saves)."""
-    min_time = 0.2 if quick else 1.0
-    min_repeats = 1 if quick else 3
+    # CPU: at least 5 pairs and 3 s per row; a shared VM's noise moves single calls by 10%+.
+    min_time = 0.2 if quick else 3.0 if device.type == "cpu" else 1.0
+    min_repeats = 1 if quick else 5 if device.type == "cpu" else 3
     max_repeats = 3 if quick else 20
     rows = []
     for dtype_name in dtypes:
@@ -206,14 +247,14 @@ def run(device: torch.device, dtypes: list[str], ks: list[int], shapes: list[str
                     }
                     with use_backend(backend):
                         for phase in ("fwd", "fwd_bwd"):
-                            t_base, t_method, pairs = time_paired(
+                            t_base, t_method, pairs, ratio = time_paired(
                                 baselines[phase], candidates[phase], device, min_time,
                                 min_repeats, max_repeats, slow,
                             )
                             row[f"{phase}_s"] = t_method
                             row[f"{phase}_linear_s"] = t_base
                             row[f"{phase}_pairs"] = pairs
-                            row[f"{phase}_ratio"] = t_method / t_base
+                            row[f"{phase}_ratio"] = ratio
                     linear_done = linear_done or name == "linear"
                     rows.append(row)
                     on_row(rows)
@@ -229,6 +270,11 @@ def run(device: torch.device, dtypes: list[str], ks: list[int], shapes: list[str
 def summarize(rows: list[dict]) -> dict:
     """Worst ratios against the issue's targets."""
     summary: dict[str, object] = {}
+    linear = [r for r in rows if r["method"] == "linear"]
+    if linear:
+        # nn.Linear against itself: how far this run's noise moves a ratio.
+        summary["linear_vs_itself_fwd_bwd_ratio_range"] = [
+            min(r["fwd_bwd_ratio"] for r in linear), max(r["fwd_bwd_ratio"] for r in linear)]
     ref = [r for r in rows if r["method"] == "ssc_ref" and r["device"] == "cpu"]
     if ref:
         summary["cpu_ssc_ref_fwd_bwd_ratio_max"] = max(r["fwd_bwd_ratio"] for r in ref)
@@ -269,8 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU threads (torch.set_num_threads); default: torch's choice")
     parser.add_argument("--cpu-bf16-conv", action="store_true",
                         help="also time bf16 conv/dwsep on the CPU (minutes per call without bf16 units)")
-    parser.add_argument("--no-thp", action="store_true",
-                        help="plain 4 KiB pages for CPU tensors (see CPU allocation above)")
+    _add_allocation_options(parser)
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default bench/results/ssc_<device>[_quick].json)")
     args = parser.parse_args(argv)
@@ -303,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
                 "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+                "cpu_allocator": CPU_ALLOCATOR,
                 "load_average_1min_at_start": load,
                 "load_average_1min_now": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                 "quick": args.quick,
