@@ -83,6 +83,11 @@ def group_offsets(kernel_size: Sequence[int], dilation: Sequence[int]) -> Offset
     )
 
 
+def adjoint_offsets(offsets: Offsets) -> Offsets:
+    """Offsets of the transposed relative context: the same group split, negated shifts."""
+    return tuple(tuple(-s for s in offset) for offset in offsets)
+
+
 def group_bounds(channels: int, n_groups: int) -> list[tuple[int, int]]:
     """``[start, end)`` channel ranges of ``torch.tensor_split(range(channels), n_groups)``."""
     base, extra = divmod(channels, n_groups)
@@ -264,7 +269,7 @@ def relative_context_op(
     transpose for the gradient."""
     offsets = group_offsets(tuple(kernel_size), tuple(dilation))
     if adjoint:
-        offsets = tuple(tuple(-s for s in offset) for offset in offsets)
+        offsets = adjoint_offsets(offsets)
     return _apply_relative_context(x, channel_dim, tuple(spatial_dims), offsets)
 
 
@@ -459,10 +464,7 @@ def ssc_reference_backward(
     ``linear_first``: ``dX = W^T rc^T(dYu)``, ``dW = rc^T(dYu) . X^T``; ``db = sum dY``.
     """
     channel_dim, spatial_dims = _layer_axes(x.dim(), len(kernel_size), channels_last)
-    adjoint = tuple(
-        tuple(-s for s in offset)
-        for offset in group_offsets(tuple(kernel_size), tuple(dilation))
-    )
+    adjoint = adjoint_offsets(group_offsets(tuple(kernel_size), tuple(dilation)))
     upsampled_shape = list(x.shape)
     upsampled_shape[channel_dim] = weight.shape[0]
     grad_up = grad_out.new_zeros(upsampled_shape)
@@ -526,8 +528,8 @@ class _SSCEagerFunction(torch.autograd.Function):
                 scattered = grad_r.new_zeros(r.shape)
                 _downsample(scattered, spatial_dims, stride).copy_(grad_r)
                 grad_r = scattered
-            adjoint = tuple(tuple(-s for s in offset) for offset in offsets)
-            dx = _apply_relative_context(grad_r, channel_dim, spatial_dims, adjoint, out=r)
+            dx = _apply_relative_context(
+                grad_r, channel_dim, spatial_dims, adjoint_offsets(offsets), out=r)
         return dx, dw, db, None, None, None, None
 
 
