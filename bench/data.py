@@ -131,7 +131,9 @@ def main() -> None:
     results["conv_tasnet_step_s"] = step
     results["conv_tasnet_batch"] = args.batch
     results["training_consumes_mix_per_s"] = args.batch / step
-    results["on_the_fly_headroom_1_worker"] = results["on_the_fly_workers1_mix_per_s"] / results["training_consumes_mix_per_s"]
+    results["on_the_fly_headroom_1_worker"] = (
+        results["on_the_fly_workers1_mix_per_s"] / results["training_consumes_mix_per_s"]
+    )
     print(f"{'measurement':44s} {'value':>10s}")
     for key, value in results.items():
         print(f"{key:44s} {value:>10.3f}" if isinstance(value, float) else f"{key:44s} {value}")

@@ -61,10 +61,15 @@ def _keep_freed_memory_mapped() -> bool:
 
 
 def _add_allocation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-thp", action="store_true",
-                        help="plain 4 KiB pages for CPU tensors (see CPU allocation above)")
-    parser.add_argument("--cpu-allocator", choices=["cached", "system"], default="cached",
-                        help="cached: glibc keeps freed memory for reuse; system: glibc defaults")
+    parser.add_argument(
+        "--no-thp", action="store_true", help="plain 4 KiB pages for CPU tensors (see CPU allocation above)"
+    )
+    parser.add_argument(
+        "--cpu-allocator",
+        choices=["cached", "system"],
+        default="cached",
+        help="cached: glibc keeps freed memory for reuse; system: glibc defaults",
+    )
 
 
 # Both must precede the torch import: c10 reads THP_MEM_ALLOC_ENABLE once when its CPU
@@ -83,8 +88,8 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sepkit.nn import SSCConv1d, SSCLinear  # noqa: E402
 from sepkit.fileio import write_text_atomic  # noqa: E402
+from sepkit.nn import SSCConv1d, SSCLinear  # noqa: E402
 from sepkit.ops import use_backend  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -133,9 +138,15 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def time_paired(baseline: Callable[[], object], method: Callable[[], object],
-                device: torch.device, min_time: float, min_repeats: int, max_repeats: int,
-                slow_warmup_s: float | None) -> tuple[float, float, int, float]:
+def time_paired(
+    baseline: Callable[[], object],
+    method: Callable[[], object],
+    device: torch.device,
+    min_time: float,
+    min_repeats: int,
+    max_repeats: int,
+    slow_warmup_s: float | None,
+) -> tuple[float, float, int, float]:
     """(median baseline s, median method s, pairs, median of the per-pair ratios): after
     one warm-up call of each, the two are called alternately until ``min_time`` has passed
     and ``min_repeats`` pairs are done (at most ``max_repeats``), so a change of machine
@@ -157,12 +168,17 @@ def time_paired(baseline: Callable[[], object], method: Callable[[], object],
         baseline_times.append(_timed(baseline, device))
         method_times.append(_timed(method, device))
     ratios = [m / b for m, b in zip(method_times, baseline_times)]
-    return (statistics.median(baseline_times), statistics.median(method_times), len(method_times),
-            statistics.median(ratios))
+    return (
+        statistics.median(baseline_times),
+        statistics.median(method_times),
+        len(method_times),
+        statistics.median(ratios),
+    )
 
 
-def build_methods(shape_name: str, k: int, device: torch.device, dtype: torch.dtype,
-                  with_conv: bool, with_compiled: bool) -> dict[str, nn.Module]:
+def build_methods(
+    shape_name: str, k: int, device: torch.device, dtype: torch.dtype, with_conv: bool, with_compiled: bool
+) -> dict[str, nn.Module]:
     """Layers to compare for one shape and K, on the shape's layout."""
     _, c_in, c_out, layout = SHAPES[shape_name]
     channels_last = layout == "channels_last"
@@ -173,8 +189,7 @@ def build_methods(shape_name: str, k: int, device: torch.device, dtype: torch.dt
     if with_conv:
         methods["conv"] = ChannelsFirst(nn.Conv1d(c_in, c_out, k, padding=k // 2), channels_last)
         methods["dwsep"] = ChannelsFirst(
-            nn.Sequential(nn.Conv1d(c_in, c_in, k, padding=k // 2, groups=c_in),
-                          nn.Conv1d(c_in, c_out, 1)),
+            nn.Sequential(nn.Conv1d(c_in, c_in, k, padding=k // 2, groups=c_in), nn.Conv1d(c_in, c_out, 1)),
             channels_last,
         )
     ssc_layer = SSCLinear(c_in, c_out, k) if channels_last else SSCConv1d(c_in, c_out, k)
@@ -196,10 +211,18 @@ def _forward_backward(layer: nn.Module, x: torch.Tensor) -> None:
     y.backward(torch.ones_like(y))
 
 
-def run(device: torch.device, dtypes: list[str], ks: list[int], shapes: list[str],
-        quick: bool, conv_ks: list[int], compiled_ks: list[int],
-        cpu_bf16_conv: bool, compile_dtypes: list[str],
-        on_row: Callable[[list[dict]], None]) -> list[dict]:
+def run(
+    device: torch.device,
+    dtypes: list[str],
+    ks: list[int],
+    shapes: list[str],
+    quick: bool,
+    conv_ks: list[int],
+    compiled_ks: list[int],
+    cpu_bf16_conv: bool,
+    compile_dtypes: list[str],
+    on_row: Callable[[list[dict]], None],
+) -> list[dict]:
     """Time every method; ``on_row(rows)`` is called after each new row (partial saves)."""
     # CPU: at least 5 pairs and 3 s per row; a shared VM's noise moves single calls by 10%+.
     min_time = 0.2 if quick else 3.0 if device.type == "cpu" else 1.0
@@ -218,14 +241,13 @@ def run(device: torch.device, dtypes: list[str], ks: list[int], shapes: list[str
             for k in ks:
                 # CPUs without bf16 matrix units emulate bf16 convolutions: one call of
                 # Conv1d(k=3) at the SepFormer shape takes minutes there.
-                with_conv = k in conv_ks and (device.type != "cpu" or dtype != torch.bfloat16
-                                              or cpu_bf16_conv)
+                with_conv = k in conv_ks and (device.type != "cpu" or dtype != torch.bfloat16 or cpu_bf16_conv)
                 with_compiled = k in compiled_ks and dtype_name in compile_dtypes
                 methods = build_methods(shape_name, k, device, dtype, with_conv, with_compiled)
                 linear = methods["linear"]
                 x_lin_grad = x_cl.detach().requires_grad_()
                 baselines = {
-                    "fwd": lambda linear=linear: _forward(linear, x_cl),
+                    "fwd": lambda linear=linear, x=x_cl: _forward(linear, x),
                     "fwd_bwd": lambda linear=linear, x=x_lin_grad: _forward_backward(linear, x),
                 }
                 for name, layer in methods.items():
@@ -241,15 +263,26 @@ def run(device: torch.device, dtypes: list[str], ks: list[int], shapes: list[str
                     # Compiled methods compile during their warm-up: never a sample.
                     slow = None if name == "ssc_ref_compiled" else 3.0
                     row = {
-                        "device": device.type, "dtype": dtype_name, "shape": shape_name,
-                        "tokens": lead[0] * lead[1], "in": c_in, "out": c_out, "layout": layout,
-                        "k": None if name == "linear" else k, "method": name,
+                        "device": device.type,
+                        "dtype": dtype_name,
+                        "shape": shape_name,
+                        "tokens": lead[0] * lead[1],
+                        "in": c_in,
+                        "out": c_out,
+                        "layout": layout,
+                        "k": None if name == "linear" else k,
+                        "method": name,
                     }
                     with use_backend(backend):
                         for phase in ("fwd", "fwd_bwd"):
                             t_base, t_method, pairs, ratio = time_paired(
-                                baselines[phase], candidates[phase], device, min_time,
-                                min_repeats, max_repeats, slow,
+                                baselines[phase],
+                                candidates[phase],
+                                device,
+                                min_time,
+                                min_repeats,
+                                max_repeats,
+                                slow,
                             )
                             row[f"{phase}_s"] = t_method
                             row[f"{phase}_linear_s"] = t_base
@@ -258,11 +291,13 @@ def run(device: torch.device, dtypes: list[str], ks: list[int], shapes: list[str
                     linear_done = linear_done or name == "linear"
                     rows.append(row)
                     on_row(rows)
-                    print(f"{device.type:4s} {dtype_name:4s} {shape_name:21s} "
-                          f"K={'-' if row['k'] is None else row['k']:>2} {name:17s} "
-                          f"fwd {row['fwd_s'] * 1e3:9.2f} ms ({row['fwd_ratio']:5.2f}x)   "
-                          f"fwd+bwd {row['fwd_bwd_s'] * 1e3:9.2f} ms ({row['fwd_bwd_ratio']:5.2f}x)",
-                          flush=True)
+                    print(
+                        f"{device.type:4s} {dtype_name:4s} {shape_name:21s} "
+                        f"K={'-' if row['k'] is None else row['k']:>2} {name:17s} "
+                        f"fwd {row['fwd_s'] * 1e3:9.2f} ms ({row['fwd_ratio']:5.2f}x)   "
+                        f"fwd+bwd {row['fwd_bwd_s'] * 1e3:9.2f} ms ({row['fwd_bwd_ratio']:5.2f}x)",
+                        flush=True,
+                    )
                 del methods
     return rows
 
@@ -274,7 +309,9 @@ def summarize(rows: list[dict]) -> dict:
     if linear:
         # nn.Linear against itself: how far this run's noise moves a ratio.
         summary["linear_vs_itself_fwd_bwd_ratio_range"] = [
-            min(r["fwd_bwd_ratio"] for r in linear), max(r["fwd_bwd_ratio"] for r in linear)]
+            min(r["fwd_bwd_ratio"] for r in linear),
+            max(r["fwd_bwd_ratio"] for r in linear),
+        ]
     ref = [r for r in rows if r["method"] == "ssc_ref" and r["device"] == "cpu"]
     if ref:
         summary["cpu_ssc_ref_fwd_bwd_ratio_max"] = max(r["fwd_bwd_ratio"] for r in ref)
@@ -287,8 +324,7 @@ def summarize(rows: list[dict]) -> dict:
             times = [r["fwd_bwd_s"] for r in fused if (r["dtype"], r["shape"]) == key]
             spreads.append(max(times) / min(times) - 1)
         summary["gpu_ssc_fused_spread_across_k_max"] = max(spreads)
-        summary["gpu_target_met"] = (summary["gpu_ssc_fused_fwd_bwd_ratio_max"] <= 1.10
-                                     and max(spreads) <= 0.05)
+        summary["gpu_target_met"] = summary["gpu_ssc_fused_fwd_bwd_ratio_max"] <= 1.10 and max(spreads) <= 0.05
     return summary
 
 
@@ -298,26 +334,31 @@ def write_json(path: Path, payload: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="auto: CPU, then CUDA when available")
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CPU, then CUDA when available"
+    )
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--ks", default="3,9,31")
     parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer repeats; conv/dwsep/compiled baselines at K=3 only")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats; conv/dwsep/compiled baselines at K=3 only")
     parser.add_argument("--no-compile", action="store_true", help="skip ssc_ref_compiled")
     parser.add_argument("--no-conv", action="store_true", help="skip the conv and dwsep baselines")
-    parser.add_argument("--compile-ks", default=None,
-                        help="K values for which ssc_ref_compiled is timed (default: as conv)")
-    parser.add_argument("--compile-dtypes", default="fp32,bf16",
-                        help="dtypes for which ssc_ref_compiled is timed")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (torch.set_num_threads); default: torch's choice")
-    parser.add_argument("--cpu-bf16-conv", action="store_true",
-                        help="also time bf16 conv/dwsep on the CPU (minutes per call without bf16 units)")
+    parser.add_argument(
+        "--compile-ks", default=None, help="K values for which ssc_ref_compiled is timed (default: as conv)"
+    )
+    parser.add_argument("--compile-dtypes", default="fp32,bf16", help="dtypes for which ssc_ref_compiled is timed")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (torch.set_num_threads); default: torch's choice"
+    )
+    parser.add_argument(
+        "--cpu-bf16-conv",
+        action="store_true",
+        help="also time bf16 conv/dwsep on the CPU (minutes per call without bf16 units)",
+    )
     _add_allocation_options(parser)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default bench/results/ssc_<device>[_quick].json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default bench/results/ssc_<device>[_quick].json)"
+    )
     args = parser.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
     dtypes = args.dtypes.split(",")
@@ -339,31 +380,48 @@ def main(argv: list[str] | None = None) -> int:
         suffix = "_quick" if args.quick else ""
         out = args.out or RESULTS_DIR / f"ssc_{device.type}{suffix}.json"
 
-        def payload_for(rows: list[dict], complete: bool, device: torch.device = device) -> dict:
+        def payload_for(
+            rows: list[dict], complete: bool, device: torch.device = device, load_at_start: float | None = load
+        ) -> dict:
             return {
                 "benchmark": "ssc",
                 "complete": complete,
-                "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                           else platform.processor() or platform.machine()),
+                "device": (
+                    torch.cuda.get_device_name(device)
+                    if device.type == "cuda"
+                    else platform.processor() or platform.machine()
+                ),
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
                 "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"),
                 "cpu_allocator": CPU_ALLOCATOR,
-                "load_average_1min_at_start": load,
+                "load_average_1min_at_start": load_at_start,
                 "load_average_1min_now": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                 "quick": args.quick,
                 "command": " ".join(["python", "bench/ssc.py", *(argv if argv is not None else sys.argv[1:])]),
-                "notes": ("CPU bf16 conv/dwsep baselines skipped (emulated bf16 convolutions take "
-                          "minutes per call); rerun with --cpu-bf16-conv to include them"
-                          if device.type == "cpu" and "bf16" in dtypes and not args.cpu_bf16_conv else ""),
+                "notes": (
+                    "CPU bf16 conv/dwsep baselines skipped (emulated bf16 convolutions take "
+                    "minutes per call); rerun with --cpu-bf16-conv to include them"
+                    if device.type == "cpu" and "bf16" in dtypes and not args.cpu_bf16_conv
+                    else ""
+                ),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "summary": summarize(rows),
                 "rows": rows,
             }
 
-        rows = run(device, dtypes, ks, shapes, args.quick, conv_ks, compiled_ks, args.cpu_bf16_conv,
-                   args.compile_dtypes.split(","),
-                   on_row=lambda partial: write_json(out, payload_for(partial, complete=False)))
+        rows = run(
+            device,
+            dtypes,
+            ks,
+            shapes,
+            args.quick,
+            conv_ks,
+            compiled_ks,
+            args.cpu_bf16_conv,
+            args.compile_dtypes.split(","),
+            on_row=lambda partial, out=out: write_json(out, payload_for(partial, complete=False)),
+        )
         payload = payload_for(rows, complete=True)
         write_json(out, payload)
         print(json.dumps(payload["summary"], indent=1))

@@ -53,7 +53,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 TRAIN_SECONDS = {"dprnn": 1.0, "afrcnn": 1.0, "dprcnet": 1.0}
 
 
-
 def _median_cpu_time(fn, repeats: int) -> float:
     # CPU seconds of this process, not wall time: on a shared machine wall time mostly
     # measures the other jobs; with one intra-op thread the CPU time is the time the
@@ -114,9 +113,19 @@ def measure(
 
 def _run_worker(name: str, config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     command = [
-        sys.executable, __file__, "--worker", name, json.dumps(config),
-        "--seconds", str(args.seconds), "--train-seconds", str(TRAIN_SECONDS.get(name, args.seconds)),
-        "--repeats", str(args.repeats), "--threads", str(args.threads),
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        json.dumps(config),
+        "--seconds",
+        str(args.seconds),
+        "--train-seconds",
+        str(TRAIN_SECONDS.get(name, args.seconds)),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -133,14 +142,30 @@ def train_recipe(recipe: Path, steps: int, synthetic_root: Path, workdir: Path) 
     run_dir = workdir / recipe.stem
     run_dir.mkdir(parents=True)
     command = [
-        sys.executable, "-m", "sepkit.cli", "train", "--config", str(recipe),
-        "--trainer.max_steps", str(steps), "--trainer.max_time", "null", "--trainer.max_epochs", "-1",
+        sys.executable,
+        "-m",
+        "sepkit.cli",
+        "train",
+        "--config",
+        str(recipe),
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.max_time",
+        "null",
+        "--trainer.max_epochs",
+        "-1",
         # One validation exactly at the end of the budget (an epoch is longer), so the
         # checkpoint and early-stopping callbacks see val/loss.
-        "--trainer.val_check_interval", str(steps), "--trainer.check_val_every_n_epoch", "null",
-        "--data.synthetic_root", str(synthetic_root),
-        "--checkpoint.dirpath", str(run_dir / "checkpoints"),
-        "--test_after_fit", "true",
+        "--trainer.val_check_interval",
+        str(steps),
+        "--trainer.check_val_every_n_epoch",
+        "null",
+        "--data.synthetic_root",
+        str(synthetic_root),
+        "--checkpoint.dirpath",
+        str(run_dir / "checkpoints"),
+        "--test_after_fit",
+        "true",
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()

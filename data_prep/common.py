@@ -162,7 +162,9 @@ def download_pinned(files: list[PinnedFile], destination: Path, trust_unpinned: 
             print(f"note: {item.relative_path} sha256 {digest} (unpinned, accepted on request)", file=sys.stderr)
         elif digest != item.sha256:
             target.unlink()
-            raise PrepareError(f"{item.url}: checksum mismatch (got sha256 {digest}, pinned {item.sha256}); file removed")
+            raise PrepareError(
+                f"{item.url}: checksum mismatch (got sha256 {digest}, pinned {item.sha256}); file removed"
+            )
     return destination
 
 
@@ -204,7 +206,9 @@ def execute(plans: list[SplitPlan], write: bool, jobs: int = 1, dry_run: bool = 
         ids = [spec.mixture_id for spec in plan.specs]
         if len(set(ids)) != len(ids):
             duplicate = next(i for i in ids if ids.count(i) > 1)
-            raise PrepareError(f"{plan.name}: mixture id {duplicate!r} occurs more than once; output files would collide")
+            raise PrepareError(
+                f"{plan.name}: mixture id {duplicate!r} occurs more than once; output files would collide"
+            )
     if dry_run:
         return summary
     for plan in plans:

@@ -155,7 +155,9 @@ def build_plans(
                 if noisy:
                     noise_path = wham_noise / row["noise_path"]
                     if not noise_path.is_file():
-                        noise_path = augmented_noise(wham_noise, row["noise_path"], out / "wham_noise_augmented", dry_run)
+                        noise_path = augmented_noise(
+                            wham_noise, row["noise_path"], out / "wham_noise_augmented", dry_run
+                        )
                 prepared.append((row, paths, lengths16, noise_path))
             for rate in sample_rates:
                 if not 0 < rate <= LIBRI_RATE:
@@ -166,7 +168,8 @@ def build_plans(
                         longest = max(lengths16)
                         resampled = [-(-n * rate // LIBRI_RATE) for n in lengths16]
                         sources = [
-                            SourceSpec(path=str(p), gain=float(row[f"source_{i + 1}_gain"])) for i, p in enumerate(paths)
+                            SourceSpec(path=str(p), gain=float(row[f"source_{i + 1}_gain"]))
+                            for i, p in enumerate(paths)
                         ]
                         noise = None
                         if noise_path is not None:
@@ -182,7 +185,10 @@ def build_plans(
                                 noise=noise,
                                 gain_stage="before_resample",
                                 quantize="int16" if quantizer == "round" else "int16_floor",
-                                extra={f"s{i + 1}_speaker": Path(row[f"source_{i + 1}_path"]).parts[-3] for i in range(n_src)},
+                                extra={
+                                    f"s{i + 1}_speaker": Path(row[f"source_{i + 1}_path"]).parts[-3]
+                                    for i in range(n_src)
+                                },
                             )
                         )
                     base = out / f"Libri{n_src}Mix" / f"wav{rate // 1000}k" / mode
@@ -204,7 +210,9 @@ def build_plans(
                         )
                     )
     if not plans:
-        raise PrepareError(f"no LibriMix metadata CSVs found under {metadata_dir} (expected Libri{{N}}Mix/libri{{N}}mix_<subset>.csv)")
+        raise PrepareError(
+            f"no LibriMix metadata CSVs found under {metadata_dir} (expected Libri{{N}}Mix/libri{{N}}mix_<subset>.csv)"
+        )
     return plans
 
 

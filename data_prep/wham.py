@@ -26,6 +26,7 @@ mix_both,s1,s2,noise}/<name>.wav``.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -130,7 +131,9 @@ def wham_rows(
                 extra.update({f"s{i + 1}_utterance": utterance_key(p) for i, p in enumerate(pairs[name])})
                 extra["speech_start_sample_16k"] = str(start16)
                 rows[(rate, mode)].append(
-                    MixtureSpec(mixture_id=name, sample_rate=rate, length=length, sources=sources, noise=noise, extra=extra)
+                    MixtureSpec(
+                        mixture_id=name, sample_rate=rate, length=length, sources=sources, noise=noise, extra=extra
+                    )
                 )
     return rows
 
@@ -150,8 +153,8 @@ def build_plans(
     out: Path,
     sample_rates: list[int],
     modes: list[str],
-    splits: list[str] = list(SPLITS),
-    tasks: list[str] = list(TASKS),
+    splits: Sequence[str] = SPLITS,
+    tasks: Sequence[str] = tuple(TASKS),
     jobs: int = 1,
     dry_run: bool = False,
 ) -> list[SplitPlan]:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -163,8 +164,8 @@ def build_plans(
     out: Path,
     sample_rates: list[int],
     modes: list[str],
-    splits: list[str] = list(SPLITS),
-    tasks: list[str] = list(TASKS),
+    splits: Sequence[str] = SPLITS,
+    tasks: Sequence[str] = tuple(TASKS),
     absorption_law: str = "legacy",
     jobs: int = 1,
     dry_run: bool = False,
@@ -202,7 +203,9 @@ def build_plans(
             tables = {}
             for task in tasks:
                 mixture, targets = TASKS[task]
-                tables[base / f"{split}_{task}.csv"] = [replace(s, mixture=mixture, targets=targets) for s in reverb_specs]
+                tables[base / f"{split}_{task}.csv"] = [
+                    replace(s, mixture=mixture, targets=targets) for s in reverb_specs
+                ]
             plans.append(
                 SplitPlan(
                     name=f"WHAMR! {rate // 1000}k {mode} {split}",

@@ -23,6 +23,7 @@ Not written: MERL's ``scaling.mat`` and list files.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from data_prep.common import PinnedFile, PrepareError, SplitPlan, require_file
@@ -52,7 +53,9 @@ def read_mix_list(path: Path, n_src: int) -> list[list[tuple[str, str]]]:
         if not tokens:
             continue
         if len(tokens) != 2 * n_src:
-            raise PrepareError(f"{path}:{number}: expected {2 * n_src} fields (path snr per speaker), got {len(tokens)}")
+            raise PrepareError(
+                f"{path}:{number}: expected {2 * n_src} fields (path snr per speaker), got {len(tokens)}"
+            )
         pairs = [(tokens[2 * i], tokens[2 * i + 1]) for i in range(n_src)]
         for _, snr in pairs:
             try:
@@ -96,7 +99,7 @@ def build_plans(
     n_srcs: list[int],
     sample_rates: list[int],
     modes: list[str],
-    splits: list[str] = list(SPLITS),
+    splits: Sequence[str] = SPLITS,
     jobs: int = 1,
     dry_run: bool = False,
 ) -> list[SplitPlan]:

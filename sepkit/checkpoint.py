@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from sepkit import __version__
-from sepkit.models import build_model
 from sepkit.fileio import atomic_output
+from sepkit.models import build_model
 
 _PREFIX = "model."
 

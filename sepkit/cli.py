@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 USAGE = """usage: sepkit <command> [options]
 
@@ -49,7 +48,7 @@ def train_main(argv: list[str]) -> int:
                     "early_stopping.check_on_train_epoch_end": False,
                 }
             )
-            parser.add_argument("--ckpt_path", type=Optional[str], default=None, help="resume from this checkpoint")
+            parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint")
             parser.add_argument(
                 "--test_after_fit", type=bool, default=True, help="evaluate the best checkpoint on the test split"
             )

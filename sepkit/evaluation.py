@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from sepkit.fileio import write_text_atomic
 from sepkit.data.datasets import MixtureTableDataset, SegmentedDataset, WrittenMixtureDataset
+from sepkit.fileio import write_text_atomic
 from sepkit.inference import separate
 from sepkit.losses import pit_si_sdr, si_sdr
 
@@ -74,7 +74,9 @@ def evaluate_main(argv: list[str]) -> int:
         rows = evaluate_dataset(model, dataset, args.chunk_seconds, progress)
     summary = summarize(rows)
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.checkpoint).parent / "evaluation"
-    lines = [",".join(rows[0].keys())] + [",".join(f"{v:.4f}" if isinstance(v, float) else v for v in r.values()) for r in rows]
+    lines = [",".join(rows[0].keys())] + [
+        ",".join(f"{v:.4f}" if isinstance(v, float) else v for v in r.values()) for r in rows
+    ]
     write_text_atomic(out_dir / "per_utterance.csv", "\n".join(lines) + "\n")
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(

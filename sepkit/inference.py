@@ -105,7 +105,10 @@ def separate_main(argv: list[str]) -> int:
     parser.add_argument("-o", "--out-dir", required=True, help="output folder for <stem>_s<i>.wav")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     parser.add_argument(
-        "--channels", choices=["mix", "first"], default="mix", help="multi-channel input: average channels or keep the first"
+        "--channels",
+        choices=["mix", "first"],
+        default="mix",
+        help="multi-channel input: average channels or keep the first",
     )
     parser.add_argument("--chunk-seconds", type=float, default=None, help="process long files in overlapping chunks")
     parser.add_argument("--subtype", default="FLOAT", help="soundfile subtype of the outputs (FLOAT keeps peaks > 1)")
@@ -128,8 +131,10 @@ def separate_main(argv: list[str]) -> int:
         task = progress.add_task("separating", total=len(files))
         for path in files:
             targets = output_paths(out_dir, path.stem, model.n_src)
-            if not args.overwrite and path.is_file() and all(
-                t.is_file() and t.stat().st_mtime >= path.stat().st_mtime for t in targets
+            if (
+                not args.overwrite
+                and path.is_file()
+                and all(t.is_file() and t.stat().st_mtime >= path.stat().st_mtime for t in targets)
             ):
                 skipped += 1
             else:

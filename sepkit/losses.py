@@ -10,7 +10,7 @@ under bf16/fp16 autocast.
 from __future__ import annotations
 
 import itertools
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ def pairwise_si_sdr(estimates: torch.Tensor, targets: torch.Tensor, eps: float =
     return si_sdr(estimates.unsqueeze(2), targets.unsqueeze(1), eps=eps)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _permutations(n_src: int) -> torch.Tensor:
     return torch.tensor(list(itertools.permutations(range(n_src))), dtype=torch.long)
 
@@ -90,9 +90,7 @@ def reorder(estimates: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return torch.gather(estimates, 1, index)
 
 
-def pit_si_sdr(
-    estimates: torch.Tensor, targets: torch.Tensor, eps: float = EPS
-) -> tuple[torch.Tensor, torch.Tensor]:
+def pit_si_sdr(estimates: torch.Tensor, targets: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
     """Utterance-level PIT SI-SDR.
 
     Args:

@@ -30,11 +30,19 @@ _TRUST_HELP = "accept downloaded metadata whose checksum is not pinned yet (prin
 def _common(parser: argparse.ArgumentParser, rates: list[int], modes: list[str]) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (never inside an input corpus)")
     parser.add_argument(
-        "--sample-rate", type=int, nargs="+", default=rates, dest="sample_rates",
+        "--sample-rate",
+        type=int,
+        nargs="+",
+        default=rates,
+        dest="sample_rates",
         help=f"output rates (default {' '.join(map(str, rates))}; the official scripts make 8000 and 16000)",
     )
     parser.add_argument(
-        "--mode", nargs="+", choices=["min", "max"], default=modes, dest="modes",
+        "--mode",
+        nargs="+",
+        choices=["min", "max"],
+        default=modes,
+        dest="modes",
         help=f"length modes (default {' '.join(modes)}, the usual benchmark; official scripts make both)",
     )
     group = parser.add_mutually_exclusive_group()
@@ -69,12 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", type=Path, help="LibriMix metadata folder (Libri{N}Mix/libri{N}mix_<subset>.csv)")
     p.add_argument("--n-src", type=int, nargs="+", default=[2], dest="n_srcs")
     p.add_argument(
-        "--types", nargs="+", choices=["mix_clean", "mix_both", "mix_single"], default=["mix_clean"],
+        "--types",
+        nargs="+",
+        choices=["mix_clean", "mix_both", "mix_single"],
+        default=["mix_clean"],
         help="mixture types (default mix_clean, which needs no WHAM! noise)",
     )
     p.add_argument("--subsets", nargs="+", help="train-360 train-100 dev test (default: those with metadata)")
     p.add_argument(
-        "--quantizer", choices=["round", "libsndfile"], default="round",
+        "--quantizer",
+        choices=["round", "libsndfile"],
+        default="round",
         help="int16 rounding: round(32768 x) (default) or floor(32768 x) as libsndfile 1.2.2 writes it",
     )
     p.add_argument("--trust-unpinned-download", action="store_true", help=_TRUST_HELP)
@@ -123,11 +136,22 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
         require_dir(args.librispeech, "LibriSpeech", "--librispeech")
         if args.wham_noise is not None:
             require_dir(args.wham_noise, "WHAM! noise", "--wham-noise")
-        ensure_outside(args.out, {"--librispeech": args.librispeech, "--wham-noise": args.wham_noise, "--metadata": args.metadata})
+        ensure_outside(
+            args.out, {"--librispeech": args.librispeech, "--wham-noise": args.wham_noise, "--metadata": args.metadata}
+        )
         meta = _metadata(args, args.metadata, librimix.pinned_metadata(args.n_srcs), "LibriMix")
         return librimix.build_plans(
-            args.librispeech, args.wham_noise, meta, args.out, args.n_srcs, args.sample_rates, args.modes,
-            args.types, args.subsets, args.dry_run, args.quantizer,
+            args.librispeech,
+            args.wham_noise,
+            meta,
+            args.out,
+            args.n_srcs,
+            args.sample_rates,
+            args.modes,
+            args.types,
+            args.subsets,
+            args.dry_run,
+            args.quantizer,
         )
     if args.command in ("wham", "whamr"):
         require_dir(args.wsj0, "WSJ0", "--wsj0")
@@ -139,8 +163,15 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
 
             ensure_outside(args.out, inputs)
             return wham.build_plans(
-                args.wsj0, args.wham_noise, args.lists, args.out, args.sample_rates, args.modes, args.splits,
-                jobs=args.jobs, dry_run=args.dry_run,
+                args.wsj0,
+                args.wham_noise,
+                args.lists,
+                args.out,
+                args.sample_rates,
+                args.modes,
+                args.splits,
+                jobs=args.jobs,
+                dry_run=args.dry_run,
             )
         from data_prep import whamr
 
@@ -148,8 +179,18 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
         ensure_outside(args.out, {**inputs, "--reverb-params": args.reverb_params})
         report: list = []
         plans = whamr.build_plans(
-            args.wsj0, args.wham_noise, args.lists, args.reverb_params, args.out, args.sample_rates, args.modes,
-            args.splits, absorption_law=args.absorption_law, jobs=args.jobs, dry_run=args.dry_run, t60_report=report,
+            args.wsj0,
+            args.wham_noise,
+            args.lists,
+            args.reverb_params,
+            args.out,
+            args.sample_rates,
+            args.modes,
+            args.splits,
+            absorption_law=args.absorption_law,
+            jobs=args.jobs,
+            dry_run=args.dry_run,
+            t60_report=report,
             progress=not args.no_progress,
         )
         if report:
@@ -165,8 +206,15 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
         require_dir(args.sources, "utterance folder", "--sources")
         ensure_outside(args.out, {"--sources": args.sources})
         return folder.build_plans(
-            args.sources, args.out, args.n_src, args.sample_rates, args.modes, args.splits, args.fractions,
-            args.n_mixtures, args.seed,
+            args.sources,
+            args.out,
+            args.n_src,
+            args.sample_rates,
+            args.modes,
+            args.splits,
+            args.fractions,
+            args.n_mixtures,
+            args.seed,
         )
     raise AssertionError(args.command)
 
@@ -180,7 +228,8 @@ def _update_manifest(out: Path, plans: list[SplitPlan], written: bool) -> None:
             "folders": plan.folders,
             "tables": [str(t.relative_to(out)) for t in plan.tables],
             "mixtures": len(plan.specs),
-            "written": written or manifest["splits"].get(str(plan.directory.relative_to(out)), {}).get("written", False),
+            "written": written
+            or manifest["splits"].get(str(plan.directory.relative_to(out)), {}).get("written", False),
         }
     out.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=out)
@@ -212,7 +261,7 @@ def verify(directory: Path, official: Path | None, samples: int) -> int:
             line += f"; table has {len(specs)} rows, manifest says {entry['mixtures']}"
         if entry["written"]:
             by_id = {s.mixture_id: s for s in specs}
-            for name, sub in entry["folders"].items():
+            for sub in entry["folders"].values():
                 files = sorted((split_dir / sub).glob("*.wav"))
                 bad = 0
                 for f in files:
@@ -277,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     estimate = summary["estimated_bytes"]
     print(f"{summary['mixtures']} mixtures in {len(plans)} split folder(s)")
     if args.write:
-        print(f"written layout size: {human_bytes(estimate)}; files written {summary['written']}, already complete {summary['skipped']}")
+        print(
+            f"written layout size: {human_bytes(estimate)}; files written {summary['written']}, already complete {summary['skipped']}"
+        )
     else:
         from data_prep.common import estimate_bytes
 

@@ -15,7 +15,6 @@ from sepkit import __version__
 from sepkit.losses import pit_si_sdr, si_sdr
 from sepkit.models import build_model
 
-
 LR_SCHEDULES = ("plateau", "cosine")
 
 

@@ -28,7 +28,10 @@ def tiny_recipe(root: Path, train_mixtures: int = 16, **trainer) -> Path:
             "max_epochs": 2,
             "log_every_n_steps": 1,
             "enable_model_summary": False,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root / "logs")}},
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(root / "logs")},
+            },
             **trainer,
         },
         "model": {"model_name": "conv_tasnet", "model_config": TINY_MODEL, "lr": 0.003},
@@ -52,9 +55,7 @@ def tiny_recipe(root: Path, train_mixtures: int = 16, **trainer) -> Path:
     return path
 
 
-def check_recipe(
-    path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> nn.Module:
+def check_recipe(path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> nn.Module:
     """``sepkit train --config <path> --print_config`` succeeds in-process (every key is a
     real SeparationModule / SeparationDataModule / Trainer argument); the printed model
     builds and agrees with the data block on sample rate and sources."""

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 asteroid_models = pytest.importorskip(
-    "asteroid.models", reason="asteroid 0.7.0 is not installed (pip install --no-deps asteroid==0.7.0 asteroid-filterbanks)"
+    "asteroid.models",
+    reason="asteroid 0.7.0 is not installed (pip install --no-deps asteroid==0.7.0 asteroid-filterbanks)",
 )
 
 from sepkit.models import from_asteroid  # noqa: E402
@@ -30,8 +31,19 @@ CASES = [
     ),
     pytest.param(
         "ConvTasNet",
-        dict(n_filters=32, kernel_size=16, stride=8, bn_chan=16, hid_chan=32, skip_chan=16, n_blocks=3, n_repeats=1,
-             causal=True, norm_type="cLN", mask_act="relu"),
+        dict(
+            n_filters=32,
+            kernel_size=16,
+            stride=8,
+            bn_chan=16,
+            hid_chan=32,
+            skip_chan=16,
+            n_blocks=3,
+            n_repeats=1,
+            causal=True,
+            norm_type="cLN",
+            mask_act="relu",
+        ),
         8 * 77,
         id="convtasnet-causal-cln-relu",
     ),
@@ -43,7 +55,9 @@ CASES = [
     ),
     pytest.param(
         "DPRNNTasNet",
-        dict(n_filters=32, kernel_size=16, stride=8, bn_chan=24, hid_size=16, chunk_size=15, n_repeats=2, mask_act="relu"),
+        dict(
+            n_filters=32, kernel_size=16, stride=8, bn_chan=24, hid_size=16, chunk_size=15, n_repeats=2, mask_act="relu"
+        ),
         8 * 61,
         id="dprnn-ks16-relu-odd-chunk",
     ),
@@ -105,7 +119,9 @@ def test_from_asteroid_accepts_the_dict_and_records_the_config() -> None:
 
 
 def test_from_asteroid_rejects_unsupported_models() -> None:
-    package = asteroid_models.DPRNNTasNet(n_src=2, n_filters=16, bn_chan=8, hid_size=8, chunk_size=10, n_repeats=1).serialize()
+    package = asteroid_models.DPRNNTasNet(
+        n_src=2, n_filters=16, bn_chan=8, hid_size=8, chunk_size=10, n_repeats=1
+    ).serialize()
     package["model_name"] = "DPTNet"
     with pytest.raises(ValueError, match="unsupported Asteroid model 'DPTNet'"):
         from_asteroid(package)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-
 from conftest import TINY_MODEL
 from fixtures.fake_corpora import make_merl_lists, make_wsj0
+
 from sepkit.data.datamodule import SeparationDataModule
 from sepkit.data.dynamic import DynamicMixingDataset
 from sepkit.prepare import main
@@ -28,9 +28,17 @@ def _fit(datamodule: SeparationDataModule, root) -> tuple[_BatchRecorder, dict]:
     model = SeparationModule("conv_tasnet", dict(TINY_MODEL, sample_rate=8000), lr=0.003)
     recorder = _BatchRecorder()
     trainer = L.Trainer(
-        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[recorder], default_root_dir=root, deterministic=True,
-        limit_val_batches=1, num_sanity_val_steps=0,
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+        default_root_dir=root,
+        deterministic=True,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=datamodule)
     return recorder, {k: v.clone() for k, v in model.state_dict().items()}
@@ -65,10 +73,29 @@ def test_dynamic_mixing_plugs_into_the_datamodule(tmp_path):
     lists = tmp_path / "lists"
     make_merl_lists(lists, make_wsj0(wsj0), 2, count=6)
     out = tmp_path / "wsj0-mix"
-    assert main(["wsj0-mix", "--wsj0", str(wsj0), "--lists", str(lists), "--splits", "tr", "cv", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "wsj0-mix",
+                "--wsj0",
+                str(wsj0),
+                "--lists",
+                str(lists),
+                "--splits",
+                "tr",
+                "cv",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     base = out / "2speakers" / "wav8k" / "min"
     dm_train = DynamicMixingDataset(str(base / "tr.csv"), segment_seconds=0.25, epoch_size=4)
-    datamodule = SeparationDataModule(valid=str(base / "cv.csv"), train_dataset=dm_train, segment_seconds=0.25, batch_size=2)
+    datamodule = SeparationDataModule(
+        valid=str(base / "cv.csv"), train_dataset=dm_train, segment_seconds=0.25, batch_size=2
+    )
     recorder, _ = _fit(datamodule, tmp_path / "c")
     assert len(recorder.batches) == 4
     assert dm_train.epoch == 1  # SeparationModule told the dataset the epoch

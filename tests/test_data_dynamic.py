@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from fixtures.fake_corpora import make_speaker_folders
 from torch.utils.data import DataLoader
 
-from data_prep.folder import build_plans
 from data_prep.common import execute
-from fixtures.fake_corpora import make_speaker_folders
+from data_prep.folder import build_plans
 from sepkit.data.dynamic import DynamicMixingDataset, DynamicMixingEpochCallback
 
 
@@ -74,7 +74,9 @@ def test_speechbrain_levels_follow_the_law(tables):
 
 def test_speed_perturbation_changes_pitch_and_tempo(tables):
     train, _, _ = tables
-    ds = DynamicMixingDataset(str(train), gain_law="asteroid", speed_perturb=(1.25, 1.25), segment_seconds=10.0, epoch_size=1)
+    ds = DynamicMixingDataset(
+        str(train), gain_law="asteroid", speed_perturb=(1.25, 1.25), segment_seconds=10.0, epoch_size=1
+    )
     utt = ds.pool[0]
     piece = ds._segment(utt, np.random.default_rng(0), 10**9, 1.25)
     assert len(piece) == int(utt.frames * 8000 / 16000 / 1.25)
@@ -117,8 +119,14 @@ def test_epoch_callback_reaches_dataloader_workers(tables, tmp_path):
     ds = DynamicMixingDataset(str(train), segment_seconds=0.125, epoch_size=4, seed=5)
     model = _Recorder()
     trainer = L.Trainer(
-        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[DynamicMixingEpochCallback()], default_root_dir=tmp_path,
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[DynamicMixingEpochCallback()],
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, DataLoader(ds, batch_size=4, num_workers=1))
     for epoch in (0, 1):

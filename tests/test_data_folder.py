@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from fixtures.fake_corpora import make_speaker_folders
 from scipy.signal import resample_poly
 
-from fixtures.fake_corpora import make_speaker_folders
 from sepkit.data.mixtures import read_table, render
 from sepkit.prepare import main
 
@@ -49,7 +49,10 @@ def test_folder_recipe(tmp_path):
                 mix = sigs[0] + sigs[1]
                 g = 0.9 / max(np.abs(mix).max(), *(np.abs(s).max() for s in sigs))
                 want = [np.clip(np.round(x * g * 32768), -32768, 32767).astype(np.int16) for x in (mix, *sigs)]
-                got = [sf.read(str(base / split / f / f"{spec.mixture_id}.wav"), dtype="int16")[0] for f in ("mix", "s1", "s2")]
+                got = [
+                    sf.read(str(base / split / f / f"{spec.mixture_id}.wav"), dtype="int16")[0]
+                    for f in ("mix", "s1", "s2")
+                ]
                 for a, b in zip(got, want):
                     np.testing.assert_array_equal(a, b)
                 rendered_mix, rendered_targets = render(spec)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from fixtures.fake_corpora import make_librimix_metadata, make_librispeech
 from scipy.signal import resample_poly
 
-from fixtures.fake_corpora import make_librimix_metadata, make_librispeech
 from sepkit.data.mixtures import hann_crossfade_extend, read_table, render, render_outputs
 from sepkit.prepare import main
 
@@ -76,7 +76,18 @@ def test_written_files_match_reference(corpus, tmp_path):
     out = tmp_path / "out"
     argv = ["librimix", "--librispeech", str(libri), "--wham-noise", str(wham), "--metadata", str(meta)]
     argv += ["--n-src", "2", "3", "--sample-rate", "8000", "16000", "--mode", "min", "max"]
-    argv += ["--types", "mix_clean", "mix_both", "mix_single", "--out", str(out), "--write", "--no-progress", "--jobs", "2"]
+    argv += [
+        "--types",
+        "mix_clean",
+        "mix_both",
+        "mix_single",
+        "--out",
+        str(out),
+        "--write",
+        "--no-progress",
+        "--jobs",
+        "2",
+    ]
     assert main(argv) == 0
     checked = 0
     for n in (2, 3):
@@ -86,7 +97,10 @@ def test_written_files_match_reference(corpus, tmp_path):
             for rate in (8000, 16000):
                 for mode in ("min", "max"):
                     base = out / f"Libri{n}Mix" / f"wav{rate // 1000}k" / mode
-                    tables = {t: {s.mixture_id: s for s in read_table(base / f"{short}_{t}.csv")} for t in ("mix_clean", "mix_both", "mix_single")}
+                    tables = {
+                        t: {s.mixture_id: s for s in read_table(base / f"{short}_{t}.csv")}
+                        for t in ("mix_clean", "mix_both", "mix_single")
+                    }
                     for row in rows:
                         noise_file = wham / row["noise_path"]
                         if subset == "train-clean-360":
@@ -99,7 +113,9 @@ def test_written_files_match_reference(corpus, tmp_path):
                             mix, targets = render(table[row["mixture_ID"]])
                             np.testing.assert_array_equal(mix, want[t].astype(np.float32) / 32768)
                             names = ["s1"] if t == "mix_single" else [f"s{i + 1}" for i in range(n)]
-                            np.testing.assert_array_equal(targets, np.stack([want[k] for k in names]).astype(np.float32) / 32768)
+                            np.testing.assert_array_equal(
+                                targets, np.stack([want[k] for k in names]).astype(np.float32) / 32768
+                            )
                         checked += 1
                     official_csv = base / "metadata" / f"mixture_{short}_mix_both.csv"
                     with open(official_csv, newline="") as handle:
@@ -128,13 +144,32 @@ def test_speed_perturbed_noise_is_generated_outside_the_corpus(corpus, tmp_path)
 
 def test_missing_inputs_are_named(corpus, tmp_path, capsys):
     libri, wham, meta = corpus
-    argv = ["librimix", "--librispeech", str(libri), "--metadata", str(meta), "--types", "mix_both", "--out", str(tmp_path / "o")]
+    argv = [
+        "librimix",
+        "--librispeech",
+        str(libri),
+        "--metadata",
+        str(meta),
+        "--types",
+        "mix_both",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(argv) == 2
     assert "--wham-noise" in capsys.readouterr().err
     with open(meta / "Libri2Mix" / "libri2mix_dev-clean.csv", newline="") as handle:
         victim = libri / next(csv.DictReader(handle))["source_1_path"]
     victim.unlink()
-    argv = ["librimix", "--librispeech", str(libri), "--metadata", str(meta), "--out", str(tmp_path / "o"), "--no-progress"]
+    argv = [
+        "librimix",
+        "--librispeech",
+        str(libri),
+        "--metadata",
+        str(meta),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
     assert main(argv) == 2
     assert victim.name in capsys.readouterr().err
 
@@ -158,7 +193,17 @@ def test_libsndfile_quantizer_matches_the_official_writer(corpus, tmp_path):
         pytest.skip(f"floor rule measured on libsndfile 1.2.x, this is {sf.__libsndfile_version__}")
     libri, wham, meta = corpus
     out = tmp_path / "out"
-    argv = ["librimix", "--librispeech", str(libri), "--wham-noise", str(wham), "--metadata", str(meta), "--subsets", "dev"]
+    argv = [
+        "librimix",
+        "--librispeech",
+        str(libri),
+        "--wham-noise",
+        str(wham),
+        "--metadata",
+        str(meta),
+        "--subsets",
+        "dev",
+    ]
     argv += ["--types", "mix_both", "--quantizer", "libsndfile", "--out", str(out), "--write", "--no-progress"]
     assert main(argv) == 0
     with open(meta / "Libri2Mix" / "libri2mix_dev-clean.csv", newline="") as handle:

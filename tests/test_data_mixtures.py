@@ -14,15 +14,35 @@ from sepkit.data.mixtures import MixtureSpec, SourceSpec, quantize_int16, read_t
 
 def test_round_trip_of_every_field(tmp_path):
     full = SourceSpec(
-        path="a.wav", gain=0.5, start=3, offset=7, stop=900, extend_to=1000, quantize=True, post_gain=0.25,
-        channel=1, pad_to=1200, rir="r.npy", anechoic_rir="d.npy",
+        path="a.wav",
+        gain=0.5,
+        start=3,
+        offset=7,
+        stop=900,
+        extend_to=1000,
+        quantize=True,
+        post_gain=0.25,
+        channel=1,
+        pad_to=1200,
+        rir="r.npy",
+        anechoic_rir="d.npy",
     )
     spec = MixtureSpec(
-        mixture_id="m1", sample_rate=8000, length=400, sources=[full, SourceSpec(path="b.wav")],
-        noise=SourceSpec(path="n.wav", gain=0.1, stop=50), gain_stage="before_resample", peak_normalize=0.9,
-        quantize="int16", mixture="mix_single", targets="s1", extra={"s1_speaker": "abc"},
+        mixture_id="m1",
+        sample_rate=8000,
+        length=400,
+        sources=[full, SourceSpec(path="b.wav")],
+        noise=SourceSpec(path="n.wav", gain=0.1, stop=50),
+        gain_stage="before_resample",
+        peak_normalize=0.9,
+        quantize="int16",
+        mixture="mix_single",
+        targets="s1",
+        extra={"s1_speaker": "abc"},
     )
-    plain = MixtureSpec(mixture_id="m2", sample_rate=8000, length=10, sources=[SourceSpec("c.wav"), SourceSpec("d.wav")])
+    plain = MixtureSpec(
+        mixture_id="m2", sample_rate=8000, length=10, sources=[SourceSpec("c.wav"), SourceSpec("d.wav")]
+    )
     write_table(tmp_path / "t.csv", [spec, plain])
     assert read_table(tmp_path / "t.csv") == [spec, plain]
 
@@ -32,7 +52,10 @@ def test_old_tables_read_with_defaults(tmp_path):
     sf.write(tmp_path / "b.wav", np.full(30, 0.125, dtype=np.float32), 8000, subtype="FLOAT")
     with open(tmp_path / "old.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["mixture_id", "sample_rate", "length", "n_src"] + [f"s{i}_{k}" for i in (1, 2) for k in ("path", "gain", "start", "offset")])
+        writer.writerow(
+            ["mixture_id", "sample_rate", "length", "n_src"]
+            + [f"s{i}_{k}" for i in (1, 2) for k in ("path", "gain", "start", "offset")]
+        )
         writer.writerow(["x", 8000, 25, 2, "a.wav", 2.0, 0, 5, "b.wav", 1.0, 10, 0])
     (spec,) = read_table(tmp_path / "old.csv")
     assert spec.gain_stage == "after_resample" and spec.quantize == "" and spec.peak_normalize is None

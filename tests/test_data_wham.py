@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from fixtures.fake_corpora import make_merl_lists, make_reverb_params, make_wham_noise, make_wsj0
 from scipy.signal import resample_poly
 
-from fixtures.fake_corpora import make_merl_lists, make_reverb_params, make_wham_noise, make_wsj0
 from sepkit.data.mixtures import read_table, render
 from sepkit.prepare import main
 
@@ -30,7 +30,10 @@ def reference_wham(wsj0: Path, noise_file: Path, paths, scaling, index: int, rat
         x, fs = sf.read(str(wsj0 / p), dtype="float64")
         if rate != fs:
             x = resample_poly(x, rate, fs)
-        speech.append(_quantize(x * scaling[f"scaling_wsjmix_{tag}_{mode}"][index][i]) * scaling[f"scaling_wham_speech_{tag}_{mode}"][index])
+        speech.append(
+            _quantize(x * scaling[f"scaling_wsjmix_{tag}_{mode}"][index][i])
+            * scaling[f"scaling_wham_speech_{tag}_{mode}"][index]
+        )
     noise = sf.read(str(noise_file), dtype="float64")[0][:, 0]
     if rate != 16000:
         noise = resample_poly(noise, rate, 16000)
@@ -49,7 +52,14 @@ def reference_wham(wsj0: Path, noise_file: Path, paths, scaling, index: int, rat
             placed.append(full)
         speech = placed
     s1, s2 = speech
-    return {"s1": s1, "s2": s2, "noise": noise, "mix_clean": s1 + s2, "mix_single": s1 + noise, "mix_both": s1 + s2 + noise}
+    return {
+        "s1": s1,
+        "s2": s2,
+        "noise": noise,
+        "mix_clean": s1 + s2,
+        "mix_single": s1 + noise,
+        "mix_both": s1 + s2 + noise,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +94,19 @@ def test_wham_matches_reference_and_tasks(corpus):
         for rate in (8000, 16000):
             for mode in ("min", "max"):
                 base = out / f"wav{rate // 1000}k" / mode
-                tables = {t: {s.mixture_id: s for s in read_table(base / f"{split}_{t}.csv")} for t in ("sep_clean", "sep_noisy", "enh_single", "enh_both")}
+                tables = {
+                    t: {s.mixture_id: s for s in read_table(base / f"{split}_{t}.csv")}
+                    for t in ("sep_clean", "sep_noisy", "enh_single", "enh_both")
+                }
                 for index, utt in enumerate(scaling["utterance_id"]):
                     name = Path(str(utt)).stem
                     want = reference_wham(wsj0, wham / split / f"{name}.wav", pairs[name], scaling, index, rate, mode)
                     for key, expected in want.items():
                         got, got_rate = sf.read(str(base / split / key / f"{name}.wav"), dtype="float32")
                         assert got_rate == rate
-                        np.testing.assert_array_equal(got, expected.astype(np.float32), err_msg=f"{split} {rate} {mode} {key}")
+                        np.testing.assert_array_equal(
+                            got, expected.astype(np.float32), err_msg=f"{split} {rate} {mode} {key}"
+                        )
                     for task, (mix_key, target_keys) in {
                         "sep_clean": ("mix_clean", ["s1", "s2"]),
                         "sep_noisy": ("mix_both", ["s1", "s2"]),
@@ -100,7 +115,9 @@ def test_wham_matches_reference_and_tasks(corpus):
                     }.items():
                         mix, targets = render(tables[task][name])
                         np.testing.assert_array_equal(mix, want[mix_key].astype(np.float32))
-                        np.testing.assert_array_equal(targets, np.stack([want[k] for k in target_keys]).astype(np.float32))
+                        np.testing.assert_array_equal(
+                            targets, np.stack([want[k] for k in target_keys]).astype(np.float32)
+                        )
                     checked += 1
     assert checked == 3 * 2 * 2 * 3
     # max files are longer than min ones: noise-only lead-in and tail
@@ -114,7 +131,19 @@ def test_missing_scaling_file_is_named(corpus, tmp_path, capsys):
     root, wsj0, lists, wham, _ = corpus
     empty_noise = tmp_path / "wham_noise"
     (empty_noise / "tr").mkdir(parents=True)
-    argv = ["wham", "--wsj0", str(wsj0), "--wham-noise", str(empty_noise), "--lists", str(lists), "--splits", "tr", "--out", str(tmp_path / "o")]
+    argv = [
+        "wham",
+        "--wsj0",
+        str(wsj0),
+        "--wham-noise",
+        str(empty_noise),
+        "--lists",
+        str(lists),
+        "--splits",
+        "tr",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(argv) == 2
     assert "scaling_tr.npz" in capsys.readouterr().err
 
@@ -123,13 +152,38 @@ def test_whamr_reverberant_rendering(corpus):
     pytest.importorskip("pyroomacoustics")
     root, wsj0, lists, wham, reverb = corpus
     out = root / "out_whamr"
-    argv = ["whamr", "--wsj0", str(wsj0), "--wham-noise", str(wham), "--lists", str(lists), "--reverb-params", str(reverb)]
-    argv += ["--splits", "tt", "--sample-rate", "8000", "--mode", "min", "max", "--out", str(out), "--write", "--no-progress"]
+    argv = [
+        "whamr",
+        "--wsj0",
+        str(wsj0),
+        "--wham-noise",
+        str(wham),
+        "--lists",
+        str(lists),
+        "--reverb-params",
+        str(reverb),
+    ]
+    argv += [
+        "--splits",
+        "tt",
+        "--sample-rate",
+        "8000",
+        "--mode",
+        "min",
+        "max",
+        "--out",
+        str(out),
+        "--write",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     scaling = dict(np.load(wham / "metadata" / "scaling_tt.npz"))
     pairs = _pairs(lists, "tt")
     with open(reverb / "reverb_params_tt.csv", newline="") as handle:
-        params = {Path(r["utterance_id"]).stem: {k: float(v) for k, v in r.items() if k != "utterance_id"} for r in csv.DictReader(handle)}
+        params = {
+            Path(r["utterance_id"]).stem: {k: float(v) for k, v in r.items() if k != "utterance_id"}
+            for r in csv.DictReader(handle)
+        }
     rate = 8000
     for mode in ("min", "max"):
         base = out / "wav8k" / mode
@@ -145,7 +199,10 @@ def test_whamr_reverberant_rendering(corpus):
             whole_dry = []
             for i, p in enumerate(pairs[name]):
                 x = resample_poly(sf.read(str(wsj0 / p), dtype="float64")[0], rate, 16000)
-                whole_dry.append(_quantize(x * scaling[f"scaling_wsjmix_{tag}_{mode}"][index][i]) * scaling[f"scaling_wham_speech_{tag}_{mode}"][index])
+                whole_dry.append(
+                    _quantize(x * scaling[f"scaling_wsjmix_{tag}_{mode}"][index][i])
+                    * scaling[f"scaling_wham_speech_{tag}_{mode}"][index]
+                )
             outputs = {}
             for i, p in enumerate(pairs[name]):
                 x16 = sf.read(str(wsj0 / p), dtype="float64")[0]
@@ -169,11 +226,17 @@ def test_whamr_reverberant_rendering(corpus):
                 np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=f"{mode} {key}")
             # the anechoic targets keep the dry energy of WHAM! (whole signals)
             mix, targets = render(table[name])
-            np.testing.assert_array_equal(mix, sf.read(str(base / "tt" / "mix_both_reverb" / f"{name}.wav"), dtype="float32")[0])
-            np.testing.assert_array_equal(targets[0], sf.read(str(base / "tt" / "s1_anechoic" / f"{name}.wav"), dtype="float32")[0])
+            np.testing.assert_array_equal(
+                mix, sf.read(str(base / "tt" / "mix_both_reverb" / f"{name}.wav"), dtype="float32")[0]
+            )
+            np.testing.assert_array_equal(
+                targets[0], sf.read(str(base / "tt" / "s1_anechoic" / f"{name}.wav"), dtype="float32")[0]
+            )
             # rooms: the direct path arrives at distance / c (plus the simulator's 40-sample filter delay)
             room = params[name]
-            distance = math.dist([room["s1_x"], room["s1_y"], room["s1_z"]], [room["micL_x"], room["micL_y"], room["mic_z"]])
+            distance = math.dist(
+                [room["s1_x"], room["s1_y"], room["s1_z"]], [room["micL_x"], room["micL_y"], room["mic_z"]]
+            )
             anechoic = np.load(out / "rirs" / "tt" / f"{name}_s1_anechoic.npy")
             assert abs(int(np.argmax(np.abs(anechoic))) - (distance / 343.0 * 16000 + 40)) <= 1
             assert len(anechoic) == math.ceil(room["T60"] * 16000)

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from fixtures.fake_corpora import make_merl_lists, make_wsj0, read_levels, read_merl_list, speech_like, write_sphere
 from scipy.signal import resample_poly
 
 from data_prep import common, wsj0mix
 from data_prep.common import PinnedFile, PrepareError, download_pinned
-from fixtures.fake_corpora import make_merl_lists, make_wsj0, read_levels, read_merl_list, speech_like, write_sphere
 from sepkit.data.mixtures import read_table, render
 from sepkit.prepare import main
 
@@ -98,7 +98,18 @@ def test_sphere_wv1_discs_are_decoded_and_checked(tmp_path):
     lists = tmp_path / "lists"
     make_merl_lists(lists, paths, 2, count=2)
     out = tmp_path / "out"
-    argv = ["wsj0-mix", "--wsj0", str(discs), "--lists", str(lists), "--splits", "tr", "--out", str(out), "--no-progress"]
+    argv = [
+        "wsj0-mix",
+        "--wsj0",
+        str(discs),
+        "--lists",
+        str(lists),
+        "--splits",
+        "tr",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     # the cache holds exact WAV copies of the .wv1 samples
     for wav in (out / "wsj0_wav").rglob("*.wav"):
@@ -163,7 +174,9 @@ def test_bad_inputs_give_clear_errors(corpus, tmp_path, capsys):
     argv = ["wsj0-mix", "--wsj0", str(wsj0), "--lists", str(lists), "--out", str(tmp_path / "o"), "--no-progress"]
     assert main(argv) == 2
     assert missing.stem in capsys.readouterr().err
-    assert main(["wsj0-mix", "--wsj0", str(tmp_path / "nope"), "--lists", str(lists), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["wsj0-mix", "--wsj0", str(tmp_path / "nope"), "--lists", str(lists), "--out", str(tmp_path / "o")]) == 2
+    )
     assert "WSJ0 folder not found" in capsys.readouterr().err
     assert main(["wsj0-mix", "--wsj0", str(wsj0), "--lists", str(lists), "--out", str(wsj0 / "mixes")]) == 2
     assert "never writes inside the input corpora" in capsys.readouterr().err
@@ -172,7 +185,19 @@ def test_bad_inputs_give_clear_errors(corpus, tmp_path, capsys):
 def test_interrupted_write_resumes_without_partial_files(corpus, tmp_path, monkeypatch):
     wsj0, lists = corpus
     out = tmp_path / "out"
-    argv = ["wsj0-mix", "--wsj0", str(wsj0), "--lists", str(lists), "--mode", "min", "max", "--out", str(out), "--write"]
+    argv = [
+        "wsj0-mix",
+        "--wsj0",
+        str(wsj0),
+        "--lists",
+        str(lists),
+        "--mode",
+        "min",
+        "max",
+        "--out",
+        str(out),
+        "--write",
+    ]
     argv += ["--no-progress"]
     real = common.write_outputs
     calls = {"n": 0}

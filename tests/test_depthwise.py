@@ -47,4 +47,9 @@ def test_runs_in_bfloat16_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x.bfloat16())
     assert y.dtype == torch.bfloat16
-    torch.testing.assert_close(y.float(), nn.functional.conv1d(x, layer.weight, layer.bias, padding=2, dilation=2, groups=4), atol=0.1, rtol=0.05)
+    torch.testing.assert_close(
+        y.float(),
+        nn.functional.conv1d(x, layer.weight, layer.bias, padding=2, dilation=2, groups=4),
+        atol=0.1,
+        rtol=0.05,
+    )

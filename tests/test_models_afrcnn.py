@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import check_recipe
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sepkit.models import build_model
-from conftest import check_recipe
 
 TINY = dict(n_filters=16, bottleneck=8, channels=8, n_stages=3, n_blocks=3)
 
@@ -182,7 +182,5 @@ def test_paper_recipes_build_the_paper_model(
     assert n_params(check_recipe(RECIPES / corpus / "afrcnn.yaml", capsys, monkeypatch)) == 6_134_793
 
 
-def test_synthetic_recipe_builds(
-    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_synthetic_recipe_builds(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     check_recipe(RECIPES / "synthetic" / "afrcnn.yaml", capsys, monkeypatch)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import check_recipe
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sepkit.models import build_model
 from sepkit.nn.dual_path import chunk
-from conftest import check_recipe
 
 TINY = dict(n_filters=16, bottleneck=8, chunk_size=8, hop=4, dims=(4, 8), depths=(1, 2), hidden=6)
 
@@ -228,7 +228,5 @@ def test_paper_recipes_build_the_paper_model(
     assert n_params(check_recipe(RECIPES / corpus / "dprcnet.yaml", capsys, monkeypatch)) == 9_179_696
 
 
-def test_synthetic_recipe_builds(
-    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_synthetic_recipe_builds(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     check_recipe(RECIPES / "synthetic" / "dprcnet.yaml", capsys, monkeypatch)

@@ -17,10 +17,20 @@ from sepkit.models.sepformer import SepFormerBlock, TransformerLayer, Transforme
 TINY = {
     "dprnn": dict(n_filters=16, kernel_size=8, stride=4, bottleneck=8, hidden_size=8, n_blocks=2, chunk_size=16, hop=8),
     "sepformer": dict(
-        n_filters=16, d_model=16, n_heads=2, d_ffn=32, n_repeats=1, n_intra_layers=1, n_inter_layers=1, chunk_size=10, hop=5
+        n_filters=16,
+        d_model=16,
+        n_heads=2,
+        d_ffn=32,
+        n_repeats=1,
+        n_intra_layers=1,
+        n_inter_layers=1,
+        chunk_size=10,
+        hop=5,
     ),
     "sudormrf": dict(n_filters=32, bottleneck=16, hidden_channels=32, n_blocks=2, upsampling_depth=3),
-    "sudormrf_improved": dict(n_filters=32, bottleneck=16, hidden_channels=32, n_blocks=2, upsampling_depth=3, improved=True),
+    "sudormrf_improved": dict(
+        n_filters=32, bottleneck=16, hidden_channels=32, n_blocks=2, upsampling_depth=3, improved=True
+    ),
 }
 
 
@@ -121,7 +131,9 @@ def test_sepformer_block_matches_per_sequence_loop() -> None:
 def test_transformer_layer_matches_torch_encoder_layer(norm_first: bool) -> None:
     torch.manual_seed(0)
     ours = TransformerLayer(16, 4, 32, 0.0, norm_first).double().eval()
-    ref = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=norm_first, layer_norm_eps=1e-6)
+    ref = nn.TransformerEncoderLayer(
+        16, 4, 32, dropout=0.0, batch_first=True, norm_first=norm_first, layer_norm_eps=1e-6
+    )
     ref = ref.double().eval()
     with torch.no_grad():
         for p in ours.parameters():
@@ -215,7 +227,9 @@ def test_ssc_preset_swap_runs_forward_and_backward(name: str, config: dict, pres
     plain = build_model(name, **config)
     swapped = [entry.path for entry in model.ssc_report.swapped]
     patterns = model.ssc_presets[preset]["include"]
-    assert sorted(swapped) == sorted(n for n, _ in plain.named_modules() if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+    assert sorted(swapped) == sorted(
+        n for n, _ in plain.named_modules() if any(fnmatch.fnmatchcase(n, p) for p in patterns)
+    )
     wav = torch.randn(2, 400)
     model(wav).square().mean().backward()
     plain(wav).square().mean().backward()

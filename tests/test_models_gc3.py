@@ -9,15 +9,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import check_recipe
 from torch import nn
 
 from sepkit.models import build_model
 from sepkit.models.gc3 import TAC, GroupBLSTM, GroupCommBLSTMLayer
-from conftest import check_recipe
 
 TINY = dict(
-    n_filters=16, kernel_size=8, stride=4, n_groups=4, context_size=4, codec_layers=1,
-    codec_hidden=16, n_layers=2, backbone_hidden=16, chunk_size=4,
+    n_filters=16,
+    kernel_size=8,
+    stride=4,
+    n_groups=4,
+    context_size=4,
+    codec_layers=1,
+    codec_hidden=16,
+    n_layers=2,
+    backbone_hidden=16,
+    chunk_size=4,
 )
 BACKBONES = ["dprnn", "tcn", "sudormrf"]
 
@@ -56,14 +64,33 @@ def test_16khz_baselines_are_configs_of_the_baseline_models() -> None:
     # Table II / V baselines: DPRNN 2.6M (TAC authors' direct head, bias-free bottleneck)
     # and Conv-TasNet "2 TCNs with 6 blocks" 2.5M, both N=128, 2 ms window at 16 kHz.
     dprnn = build_model(
-        "dprnn", n_filters=128, kernel_size=32, stride=16, bottleneck=64, hidden_size=128, n_blocks=6,
-        chunk_size=100, hop=50, mask_activation="relu", output_head="direct", bottleneck_bias=False,
+        "dprnn",
+        n_filters=128,
+        kernel_size=32,
+        stride=16,
+        bottleneck=64,
+        hidden_size=128,
+        n_blocks=6,
+        chunk_size=100,
+        hop=50,
+        mask_activation="relu",
+        output_head="direct",
+        bottleneck_bias=False,
         sample_rate=16000,
     )
     assert n_params(dprnn) == 2_616_065
     tcn = build_model(
-        "conv_tasnet", n_filters=128, kernel_size=32, stride=16, bottleneck=128, hidden=512,
-        skip_channels=128, n_blocks=6, n_repeats=2, mask_activation="relu", sample_rate=16000,
+        "conv_tasnet",
+        n_filters=128,
+        kernel_size=32,
+        stride=16,
+        bottleneck=128,
+        hidden=512,
+        skip_channels=128,
+        n_blocks=6,
+        n_repeats=2,
+        mask_activation="relu",
+        sample_rate=16000,
     )
     assert n_params(tcn) == 2_475_673
     with torch.no_grad():
@@ -260,7 +287,5 @@ def test_paper_recipes_build_the_paper_models(
     assert n_params(check_recipe(RECIPES / recipe, capsys, monkeypatch)) == expected
 
 
-def test_synthetic_recipe_builds(
-    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_synthetic_recipe_builds(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     check_recipe(RECIPES / "synthetic" / "gc3.yaml", capsys, monkeypatch)

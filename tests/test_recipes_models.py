@@ -16,7 +16,14 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 PAPER_PARAMS = {"convtasnet": 5_050_545, "dprnn": 2_608_065, "sepformer": 25_679_361, "sudormrf": 2_662_022}
 PAPER_RECIPES = [RECIPES / ds / f"{model}.yaml" for ds in ("wsj0-2mix", "libri2mix", "wham") for model in PAPER_PARAMS]
 SYNTHETIC_RECIPES = [RECIPES / "synthetic" / f"{model}.yaml" for model in ("dprnn", "sepformer", "sudormrf")]
-PLACEHOLDER_DATA = ["--data.train", "/placeholder/tr", "--data.valid", "/placeholder/cv", "--data.test", "/placeholder/tt"]
+PLACEHOLDER_DATA = [
+    "--data.train",
+    "/placeholder/tr",
+    "--data.valid",
+    "/placeholder/cv",
+    "--data.test",
+    "/placeholder/tt",
+]
 
 
 def print_config(recipe: Path, extra: list[str], capsys, monkeypatch) -> dict:

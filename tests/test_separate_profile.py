@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import TINY_MODEL
+
 from sepkit.audio import resample
 from sepkit.checkpoint import save_model
 from sepkit.cli import main
@@ -68,7 +68,9 @@ def test_first_channel_policy(model_file, tmp_path):
     model, path = model_file
     stereo = np.random.default_rng(1).standard_normal((4000, 2)).astype(np.float32) * 0.1
     sf.write(tmp_path / "st.wav", stereo, 8000, subtype="FLOAT")
-    assert main(["separate", str(path), str(tmp_path / "st.wav"), "-o", str(tmp_path / "o"), "--channels", "first"]) == 0
+    assert (
+        main(["separate", str(path), str(tmp_path / "st.wav"), "-o", str(tmp_path / "o"), "--channels", "first"]) == 0
+    )
     with torch.no_grad():
         expected = model(torch.from_numpy(stereo[:, 0].copy())[None])[0, 0].numpy()
     np.testing.assert_allclose(sf.read(tmp_path / "o" / "st_s1.wav")[0], expected, atol=1e-5)

@@ -17,8 +17,7 @@ from sepkit.ops import relative_context, ssc_reference, use_backend
 from sepkit.ops.ssc import ssc_op
 
 
-def oracle_relative_context(x: torch.Tensor, kernel_size: tuple[int, ...],
-                            dilation: tuple[int, ...]) -> torch.Tensor:
+def oracle_relative_context(x: torch.Tensor, kernel_size: tuple[int, ...], dilation: tuple[int, ...]) -> torch.Tensor:
     """Independent formulation: a fixed-weight depthwise conv with +1 at the centre tap and
     -1 at the tap of the channel's group offset, zero padding (so an out-of-range partner
     subtracts nothing and the input is copied)."""
@@ -39,11 +38,15 @@ def oracle_relative_context(x: torch.Tensor, kernel_size: tuple[int, ...],
 
 def oracle_ssc(x, weight, bias, kernel_size, dilation, stride, linear_first):
     """Channels-first SSC layer from the oracle relative context (float64)."""
+
     def linear(t):
         return torch.einsum("oc,bc...->bo...", weight, t)
 
-    y = (oracle_relative_context(linear(x), kernel_size, dilation) if linear_first
-         else linear(oracle_relative_context(x, kernel_size, dilation)))
+    y = (
+        oracle_relative_context(linear(x), kernel_size, dilation)
+        if linear_first
+        else linear(oracle_relative_context(x, kernel_size, dilation))
+    )
     index = (slice(None), slice(None), *(slice(None, None, s) for s in stride))
     y = y[index]
     if bias is not None:
@@ -54,29 +57,32 @@ def oracle_ssc(x, weight, bias, kernel_size, dilation, stride, linear_first):
 def test_figure3_example():
     # Paper Figure 3: C = K = 5, offsets -2..2; out-of-range and zero-offset rows copy.
     x = torch.arange(6.0).repeat(5, 1)[None]
-    expected = torch.tensor([
-        [0, 1, 2, 2, 2, 2],
-        [0, 1, 1, 1, 1, 1],
-        [0, 1, 2, 3, 4, 5],
-        [-1, -1, -1, -1, -1, 5],
-        [-2, -2, -2, -2, 4, 5],
-    ], dtype=torch.float32)
+    expected = torch.tensor(
+        [
+            [0, 1, 2, 2, 2, 2],
+            [0, 1, 1, 1, 1, 1],
+            [0, 1, 2, 3, 4, 5],
+            [-1, -1, -1, -1, -1, 5],
+            [-2, -2, -2, -2, 4, 5],
+        ],
+        dtype=torch.float32,
+    )
     assert torch.equal(relative_context(x, 5)[0], expected)
 
 
 @pytest.mark.parametrize(
     "channels,spatial,kernel_size,dilation",
     [
-        (7, (11,), (3,), (1,)),        # C not divisible by K
-        (8, (9,), (4,), (1,)),         # even K: offsets -2, -1, 0, 1
-        (9, (3,), (9,), (1,)),         # L shorter than the largest shift
-        (6, (10,), (3,), (2,)),        # dilation
-        (5, (6,), (5,), (3,)),         # K = C
-        (4, (5,), (1,), (1,)),         # K = 1 is the identity
-        (40, (70,), (31,), (1,)),      # many groups of unequal size (1-D strided-run path)
-        (20, (30,), (6,), (2,)),       # even K with dilation on the strided-run path
+        (7, (11,), (3,), (1,)),  # C not divisible by K
+        (8, (9,), (4,), (1,)),  # even K: offsets -2, -1, 0, 1
+        (9, (3,), (9,), (1,)),  # L shorter than the largest shift
+        (6, (10,), (3,), (2,)),  # dilation
+        (5, (6,), (5,), (3,)),  # K = C
+        (4, (5,), (1,), (1,)),  # K = 1 is the identity
+        (40, (70,), (31,), (1,)),  # many groups of unequal size (1-D strided-run path)
+        (20, (30,), (6,), (2,)),  # even K with dilation on the strided-run path
         (11, (4, 6), (3, 3), (1, 1)),  # 2-D, 9 groups
-        (7, (5, 4), (2, 3), (2, 1)),   # 2-D, even kernel, dilation on one axis
+        (7, (5, 4), (2, 3), (2, 1)),  # 2-D, even kernel, dilation on one axis
     ],
 )
 def test_reference_matches_depthwise_oracle(channels, spatial, kernel_size, dilation):
@@ -106,10 +112,10 @@ def test_reference_refuses_more_groups_than_channels():
 @pytest.mark.parametrize(
     "channels,length,kernel_size,dilation,partner_anchored_fits",
     [
-        (40, 70, 31, 1, True),   # K = 31 groups of 1 and 2 channels; bands 15 wide
-        (64, 50, 9, 2, True),    # dilation; C % K = 1
-        (20, 31, 6, 2, True),    # even K: offsets -6..4, so the adjoint's are -4..6
-        (7, 11, 3, 1, True),     # one group per run
+        (40, 70, 31, 1, True),  # K = 31 groups of 1 and 2 channels; bands 15 wide
+        (64, 50, 9, 2, True),  # dilation; C % K = 1
+        (20, 31, 6, 2, True),  # even K: offsets -6..4, so the adjoint's are -4..6
+        (7, 11, 3, 1, True),  # one group per run
         (40, 50, 31, 1, False),  # the channels-last adjoint needs 4R < L, else the general path
     ],
 )
@@ -136,8 +142,7 @@ def test_strided_run_path_and_its_adjoint_match_the_oracle(
         source = native(x if offs is offsets else grad)
         out = torch.full_like(source, float("nan"))  # every position must be written
         channel_dim, spatial_dims = layout[0] % 3, (layout[1][0] % 3,)
-        took_fast_path = ssc_module._relative_context_1d_runs(
-            source, channel_dim, spatial_dims, offs, out)
+        took_fast_path = ssc_module._relative_context_1d_runs(source, channel_dim, spatial_dims, offs, out)
         assert took_fast_path == fast
         if not fast:
             out = ssc_module._apply_relative_context(source, channel_dim, spatial_dims, offs)
@@ -156,7 +161,8 @@ def test_gradcheck_relative_context_and_layer():
     b = torch.randn(5, dtype=torch.float64, requires_grad=True)
     for linear_first in (False, True):
         assert torch.autograd.gradcheck(
-            lambda t, w_, b_: ssc_reference(t, w_, b_, [3], [1], [2], linear_first), (x, w, b),
+            lambda t, w_, b_, linear_first=linear_first: ssc_reference(t, w_, b_, [3], [1], [2], linear_first),
+            (x, w, b),
             fast_mode=True,
         )
 
@@ -182,8 +188,7 @@ def test_eager_layer_gradients_match_the_autograd_composition(channels_last, str
 @pytest.mark.parametrize("linear_first", [False, True])
 @pytest.mark.parametrize("stride", [1, 2, 3])
 def test_ssc_conv1d_matches_oracle(linear_first, stride):
-    layer = SSCConv1d(9, 6, kernel_size=3, stride=stride, dilation=2,
-                      linear_first=linear_first).double()
+    layer = SSCConv1d(9, 6, kernel_size=3, stride=stride, dilation=2, linear_first=linear_first).double()
     x = torch.randn(2, 9, 10, dtype=torch.float64)
     y = layer(x)
     assert y.shape == (2, 6, math.ceil(10 / stride))
@@ -248,8 +253,7 @@ def test_from_module_pointwise_with_k1_is_the_same_layer():
     conv = nn.Conv1d(6, 4, 1, stride=2)
     assert torch.allclose(from_module(conv, kernel_size=1)(x), conv(x), atol=1e-6)
     linear = nn.Linear(6, 4)
-    assert torch.allclose(from_module(linear, kernel_size=1)(x.transpose(1, 2)),
-                          linear(x.transpose(1, 2)), atol=1e-6)
+    assert torch.allclose(from_module(linear, kernel_size=1)(x.transpose(1, 2)), linear(x.transpose(1, 2)), atol=1e-6)
     conv2 = nn.Conv2d(6, 4, 1, bias=False)
     image = torch.randn(1, 6, 3, 5)
     assert torch.allclose(from_module(conv2, kernel_size=1)(image), conv2(image), atol=1e-6)

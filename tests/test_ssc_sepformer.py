@@ -21,8 +21,7 @@ class ChannelsLastConv1d(nn.Module):
 
     def __init__(self, linear: nn.Linear, kernel_size: int) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(linear.in_features, linear.out_features, kernel_size,
-                              padding=kernel_size // 2)
+        self.conv = nn.Conv1d(linear.in_features, linear.out_features, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x.transpose(1, 2)).transpose(1, 2)
@@ -61,8 +60,17 @@ def test_sepformer_ssc_keeps_linear_size_and_conv_doubles_it():
 
 
 def test_tiny_sepformer_runs_with_both_swaps():
-    config = dict(n_filters=16, d_model=16, n_heads=2, d_ffn=32, n_repeats=1, n_intra_layers=1,
-                  n_inter_layers=1, chunk_size=10, hop=5)
+    config = dict(
+        n_filters=16,
+        d_model=16,
+        n_heads=2,
+        d_ffn=32,
+        n_repeats=1,
+        n_intra_layers=1,
+        n_inter_layers=1,
+        chunk_size=10,
+        hop=5,
+    )
     torch.manual_seed(0)
     ssc = build_model("sepformer", ssc={"preset": "ffn", "kernel_size": 3}, **config)
     conv = build_model("sepformer", **config)

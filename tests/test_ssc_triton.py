@@ -43,7 +43,10 @@ def test_interpreted_kernels_in_child_process():
     env = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-x"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout
@@ -127,8 +130,7 @@ def test_kernels_fp16_match_reference(kernels):
 def test_reference_backward_matches_autograd():
     # The explicit reference backward (used by the custom op on CPU and as the kernels'
     # oracle above) against autograd through the reference forward.
-    for case in (CASES["linear_first_dilation2_stride2"], CASES["conv2d_3x3_stride2"],
-                 CASES["channels_last_stride2"]):
+    for case in (CASES["linear_first_dilation2_stride2"], CASES["conv2d_3x3_stride2"], CASES["channels_last_stride2"]):
         *_, kernel_size, dilation, stride, linear_first, channels_last, _bias = case
         config = (list(kernel_size), list(dilation), list(stride), linear_first, channels_last)
         x, w, b = (t.double().requires_grad_() for t in _inputs(case, torch.float64))

@@ -97,7 +97,8 @@ def _assert_mixture_contract(row, root):
     assert common >= 0.5 * row.length, row.mixture_id
     # Relative level: utterance gains in the table are unit-RMS levels in [-5, 5] dB.
     level = 20 * np.log10(
-        row.sources[1].gain * _stored_rms(root, row.sources[1])
+        row.sources[1].gain
+        * _stored_rms(root, row.sources[1])
         / (row.sources[0].gain * _stored_rms(root, row.sources[0]))
     )
     assert -5.0 - 1e-6 <= level <= 5.0 + 1e-6

@@ -8,8 +8,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL, run_sepkit, sepkit_command, subprocess_env, tiny_recipe
+
 from sepkit.checkpoint import load_model, save_model
 from sepkit.cli import main
 from sepkit.models import build_model
@@ -62,9 +62,15 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     recipe = tiny_recipe(tmp_path, train_mixtures=16, max_epochs=1, devices=2, strategy="ddp")
     probes = tmp_path / "ranks"
     result = run_sepkit(
-        "train", "--config", str(recipe), "--test_after_fit", "false",
-        "--trainer.callbacks+=probes.RankProbe", f"--trainer.callbacks.out_dir={probes}",
-        cwd=tmp_path, timeout=400,
+        "train",
+        "--config",
+        str(recipe),
+        "--test_after_fit",
+        "false",
+        "--trainer.callbacks+=probes.RankProbe",
+        f"--trainer.callbacks.out_dir={probes}",
+        cwd=tmp_path,
+        timeout=400,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads((probes / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -85,14 +91,25 @@ def test_resume_after_sigkill_continues_exactly(tmp_path):
     recipe = tiny_recipe(tmp_path, train_mixtures=64, max_epochs=50)
     checkpoints = tmp_path / "checkpoints"
     args = [
-        "train", "--config", str(recipe), "--test_after_fit", "false",
-        "--checkpoint.every_n_train_steps", "3",
-        "--checkpoint.monitor", "null", "--checkpoint.save_top_k", "0",
+        "train",
+        "--config",
+        str(recipe),
+        "--test_after_fit",
+        "false",
+        "--checkpoint.every_n_train_steps",
+        "3",
+        "--checkpoint.monitor",
+        "null",
+        "--checkpoint.save_top_k",
+        "0",
         "--trainer.callbacks+=probes.BatchProbe",
     ]
     process = subprocess.Popen(
         sepkit_command(*args, f"--trainer.callbacks.out_file={tmp_path / 'killed.txt'}"),
-        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     last = checkpoints / "last.ckpt"
     deadline = time.time() + 300
@@ -121,9 +138,14 @@ def test_resume_after_sigkill_continues_exactly(tmp_path):
     probes = tmp_path / "probe"
     more = 4
     result = run_sepkit(
-        *args, f"--trainer.callbacks.out_file={tmp_path / 'resumed.txt'}",
-        "--ckpt_path", str(last), "--trainer.max_steps", str(resume_step + more),
-        "--trainer.callbacks+=probes.StateProbe", f"--trainer.callbacks.out_dir={probes}",
+        *args,
+        f"--trainer.callbacks.out_file={tmp_path / 'resumed.txt'}",
+        "--ckpt_path",
+        str(last),
+        "--trainer.max_steps",
+        str(resume_step + more),
+        "--trainer.callbacks+=probes.StateProbe",
+        f"--trainer.callbacks.out_dir={probes}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -145,8 +167,11 @@ def test_resume_after_sigkill_continues_exactly(tmp_path):
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     reference = run_sepkit(
-        *args, f"--trainer.callbacks.out_file={tmp_path / 'reference.txt'}",
-        "--trainer.max_steps", str(resume_step + more), f"--checkpoint.dirpath={reference_dir}",
+        *args,
+        f"--trainer.callbacks.out_file={tmp_path / 'reference.txt'}",
+        "--trainer.max_steps",
+        str(resume_step + more),
+        f"--checkpoint.dirpath={reference_dir}",
         cwd=tmp_path,
     )
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -163,7 +188,11 @@ def test_bf16_mixed_precision_training_keeps_loss_in_float32(tmp_path):
     assert main(["train", "--config", str(recipe), "--test_after_fit", "false"]) == 0
     lines = (tmp_path / "logs" / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
     header = lines[0].split(",")
-    losses = [float(row.split(",")[header.index("train/loss")]) for row in lines[1:] if row.split(",")[header.index("train/loss")]]
+    losses = [
+        float(row.split(",")[header.index("train/loss")])
+        for row in lines[1:]
+        if row.split(",")[header.index("train/loss")]
+    ]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
 
 
@@ -181,11 +210,24 @@ def test_cosine_schedule_steps_per_optimizer_step_to_the_final_lr(tmp_path):
     recipe = tiny_recipe(tmp_path)
     probes = tmp_path / "probe"
     result = run_sepkit(
-        "train", "--config", str(recipe), "--test_after_fit", "false", "--trainer.max_steps", "6",
-        "--model.lr_schedule", "cosine", "--model.warmup_steps", "2", "--model.final_lr_ratio", "0.05",
+        "train",
+        "--config",
+        str(recipe),
+        "--test_after_fit",
+        "false",
+        "--trainer.max_steps",
+        "6",
+        "--model.lr_schedule",
+        "cosine",
+        "--model.warmup_steps",
+        "2",
+        "--model.final_lr_ratio",
+        "0.05",
         # Also covers the CLI leaving its default RichProgressBar out when bars are off.
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks+=probes.StateProbe", f"--trainer.callbacks.out_dir={probes}",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.callbacks+=probes.StateProbe",
+        f"--trainer.callbacks.out_dir={probes}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

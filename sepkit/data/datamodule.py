@@ -122,9 +122,7 @@ class SeparationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ["train", "valid"], "validate": ["valid"], "test": ["test"], "predict": ["test"]}
         for split in wanted.get(stage, ["train", "valid", "test"]):
-            configured = self.paths[split] is not None or (
-                split == "train" and self.train_dataset_override is not None
-            )
+            configured = self.paths[split] is not None or (split == "train" and self.train_dataset_override is not None)
             if configured and split not in self.datasets:
                 self.datasets[split] = self.build_dataset(split)
 

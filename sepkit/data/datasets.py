@@ -92,7 +92,9 @@ class MixtureTableDataset(SegmentedDataset):
         self.rows: list[MixtureSpec] = read_table(self.table)
         for row in self.rows:
             if sample_rate is not None and row.sample_rate != sample_rate:
-                raise ValueError(f"{self.table}: mixture {row.mixture_id} is at {row.sample_rate} Hz, expected {sample_rate}")
+                raise ValueError(
+                    f"{self.table}: mixture {row.mixture_id} is at {row.sample_rate} Hz, expected {sample_rate}"
+                )
             if n_src is not None and row.n_src != n_src:
                 raise ValueError(f"{self.table}: mixture {row.mixture_id} has {row.n_src} sources, expected {n_src}")
 
@@ -138,7 +140,9 @@ class WrittenMixtureDataset(SegmentedDataset):
         for i in range(1, n_src + 1):
             missing = [n for n in self.names if not (self.root / f"s{i}" / n).is_file()]
             if missing:
-                raise FileNotFoundError(f"{self.root / f's{i}'}: {len(missing)} source files missing, e.g. {missing[0]}")
+                raise FileNotFoundError(
+                    f"{self.root / f's{i}'}: {len(missing)} source files missing, e.g. {missing[0]}"
+                )
 
     def __len__(self) -> int:
         return len(self.names)

@@ -141,7 +141,11 @@ class DynamicMixingDataset(Dataset):
             )
         if not self.pool:
             raise ValueError("dynamic mixing pool is empty")
-        self.noise = [self._describe(str(f), "") for f in sorted(Path(noise).rglob("*")) if f.suffix.lower() in AUDIO_SUFFIXES] if noise else []
+        self.noise = (
+            [self._describe(str(f), "") for f in sorted(Path(noise).rglob("*")) if f.suffix.lower() in AUDIO_SUFFIXES]
+            if noise
+            else []
+        )
         if noise and not self.noise:
             raise ValueError(f"no noise files under {noise}")
         self.n_src = n_src
@@ -240,7 +244,9 @@ class DynamicMixingDataset(Dataset):
         sources = np.stack([self._scale_to(s, lv, float(np.max(np.abs(s)))) for s, lv in zip(sources, levels)])
         mixture = sources.sum(axis=0)
         if noise is not None:
-            noise = self._scale_to(noise, float(np.clip(first - rng.normal(5.1, 6.4), -45, 0)), float(np.max(np.abs(noise))))
+            noise = self._scale_to(
+                noise, float(np.clip(first - rng.normal(5.1, 6.4), -45, 0)), float(np.max(np.abs(noise)))
+            )
             mixture = mixture + noise
         peak = float(np.max(np.abs(mixture)))
         if peak > 1:

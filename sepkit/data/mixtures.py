@@ -376,7 +376,9 @@ def _place(x: np.ndarray, offset: int, length: int) -> np.ndarray:
     return placed
 
 
-def render_signal(spec: SourceSpec, mixture: MixtureSpec, root: Path | None = None, anechoic: bool = False) -> np.ndarray:
+def render_signal(
+    spec: SourceSpec, mixture: MixtureSpec, root: Path | None = None, anechoic: bool = False
+) -> np.ndarray:
     """Place one signal of ``mixture`` on its ``[length]`` float64 time line."""
     return _place(signal_samples(spec, mixture, root, anechoic), spec.offset, mixture.length)
 

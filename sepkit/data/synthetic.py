@@ -451,7 +451,9 @@ def _export(table: Path, mixture_id: str, out_dir: Path) -> None:
     mixture, sources = render(row, table.parent)
     write_audio_atomic(out_dir / f"{mixture_id}.wav", mixture, row.sample_rate, subtype="FLOAT")
     for i, source in enumerate(sources):
-        write_audio_atomic(out_dir / "references" / f"{mixture_id}_s{i + 1}.wav", source, row.sample_rate, subtype="FLOAT")
+        write_audio_atomic(
+            out_dir / "references" / f"{mixture_id}_s{i + 1}.wav", source, row.sample_rate, subtype="FLOAT"
+        )
     print(f"wrote {out_dir / f'{mixture_id}.wav'} and {len(sources)} references")
 
 
@@ -464,7 +466,9 @@ def _score(mixture_path: Path, separated_dir: Path, references_dir: Path) -> Non
     mixture = torch.from_numpy(read_audio(mixture_path)[0])
     refs = sorted(references_dir.glob(f"{stem}_s*.wav"))
     references = torch.stack([torch.from_numpy(read_audio(p)[0]) for p in refs])
-    estimates = torch.stack([torch.from_numpy(read_audio(separated_dir / f"{stem}_s{i + 1}.wav")[0]) for i in range(len(refs))])
+    estimates = torch.stack(
+        [torch.from_numpy(read_audio(separated_dir / f"{stem}_s{i + 1}.wav")[0]) for i in range(len(refs))]
+    )
     score, _ = pit_si_sdr(estimates[None], references[None])
     baseline = si_sdr(mixture.expand_as(references), references).mean()
     print(

@@ -47,9 +47,7 @@ class DepthwiseNorm(nn.Module):
 
     def __init__(self, channels: int, stride: int, kernel_size: int = 5) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(
-            channels, channels, kernel_size, stride=stride, padding=kernel_size // 2, groups=channels
-        )
+        self.conv = nn.Conv1d(channels, channels, kernel_size, stride=stride, padding=kernel_size // 2, groups=channels)
         self.norm = GlobalLayerNorm(channels)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -100,14 +98,10 @@ class AFRCNNBlock(nn.Module):
         self.fusion = fusion
         self.share_upward = share_upward
         self.proj = PointwiseNormAct(bottleneck, channels)
-        self.bottom_up = nn.ModuleList(
-            DepthwiseNorm(channels, stride=1 if i == 0 else 2) for i in range(n_stages)
-        )
+        self.bottom_up = nn.ModuleList(DepthwiseNorm(channels, stride=1 if i == 0 else 2) for i in range(n_stages))
         # Oblique upward connection into stage i (i >= 1); index i-1 holds stage i's conv.
         self.oblique_up = (
-            None
-            if share_upward
-            else nn.ModuleList(DepthwiseNorm(channels, stride=2) for _ in range(n_stages - 1))
+            None if share_upward else nn.ModuleList(DepthwiseNorm(channels, stride=2) for _ in range(n_stages - 1))
         )
         if fusion == "concat":
             self.local_fuse = nn.ModuleList(
@@ -277,9 +271,7 @@ class AFRCNN(EncoderMaskerDecoder):
             ]
         },
         # Only the fusion 1x1s (the bulk of the parameters and MACs).
-        "fusion": {
-            "include": ["masker.block.local_fuse.*.conv", "masker.block.global_fuse.conv"]
-        },
+        "fusion": {"include": ["masker.block.local_fuse.*.conv", "masker.block.global_fuse.conv"]},
     }
 
     def __init__(

@@ -190,9 +190,7 @@ class DPRCNetMasker(nn.Module):
         stages = []
         in_channels = bottleneck
         for width, depth in zip(dims, depths):
-            stages.append(
-                DPRCNetStage(in_channels, width, hidden, rates[:depth], layer_scale_init, residual)
-            )
+            stages.append(DPRCNetStage(in_channels, width, hidden, rates[:depth], layer_scale_init, residual))
             rates = rates[depth:]
             in_channels = width
         self.stages = nn.ModuleList(stages)
@@ -246,9 +244,7 @@ class DPRCNet(EncoderMaskerDecoder):
         # The ConvNeXt feed-forward Linears of every sub-block.
         "ffn": {"include": ["masker.stages.*.pw1", "masker.stages.*.pw2"]},
         # Every Linear inside the blocks (the post-LSTM projection as well).
-        "linear": {
-            "include": ["masker.stages.*.fc", "masker.stages.*.pw1", "masker.stages.*.pw2"]
-        },
+        "linear": {"include": ["masker.stages.*.fc", "masker.stages.*.pw1", "masker.stages.*.pw2"]},
         # All channel-mixing pointwise layers of the separator.
         "pointwise": {
             "include": [

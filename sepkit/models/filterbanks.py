@@ -81,9 +81,7 @@ class ConvDecoder(nn.Module):
     inverse of an STFT-initialised :class:`ConvEncoder`.
     """
 
-    def __init__(
-        self, n_filters: int, kernel_size: int, stride: int, bias: bool = False, init: str = "random"
-    ) -> None:
+    def __init__(self, n_filters: int, kernel_size: int, stride: int, bias: bool = False, init: str = "random") -> None:
         super().__init__()
         self.n_filters = n_filters
         self.kernel_size = kernel_size

@@ -422,4 +422,3 @@ class GC3(EncoderMaskerDecoder):
             n_src=n_src,
             sample_rate=sample_rate,
         )
-

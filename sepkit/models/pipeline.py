@@ -62,9 +62,7 @@ class EncoderMaskerDecoder(nn.Module):
             if padded % self.length_multiple == 0:
                 return padded
             padded += stride
-        raise ValueError(
-            f"no input length fits kernel {kernel}, stride {stride} and multiple {self.length_multiple}"
-        )
+        raise ValueError(f"no input length fits kernel {kernel}, stride {stride} and multiple {self.length_multiple}")
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """Separate ``[batch, time]`` (or ``[batch, 1, time]`` / ``[time]``) into

@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import importlib
 import pkgutil
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -78,9 +79,7 @@ def build_model(name: str, ssc: dict[str, Any] | None = None, **config: Any) -> 
         if preset is not None:
             presets: dict[str, dict[str, list[str]]] = getattr(model, "ssc_presets", {})
             if preset not in presets:
-                raise KeyError(
-                    f"model {name!r} has no SSC preset {preset!r}; presets: {sorted(presets)}"
-                )
+                raise KeyError(f"model {name!r} has no SSC preset {preset!r}; presets: {sorted(presets)}")
             for key, patterns in presets[preset].items():
                 swap_args[key] = list(patterns) + list(swap_args.get(key, []))
         model.ssc_report = swap_to_ssc(model, **swap_args)

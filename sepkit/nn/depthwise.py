@@ -70,9 +70,7 @@ class DepthwiseConv1d(nn.Conv1d):
     d (k - 1)]``.
     """
 
-    def __init__(
-        self, channels: int, kernel_size: int, dilation: int = 1, padding: int = 0, bias: bool = True
-    ) -> None:
+    def __init__(self, channels: int, kernel_size: int, dilation: int = 1, padding: int = 0, bias: bool = True) -> None:
         super().__init__(
             channels, channels, kernel_size, dilation=dilation, padding=padding, groups=channels, bias=bias
         )

@@ -54,9 +54,7 @@ def chunk(x: torch.Tensor, chunk_size: int, hop: int, padding: ChunkPadding = "o
     return padded.unfold(-1, chunk_size, hop).transpose(-1, -2)
 
 
-def overlap_add(
-    chunks: torch.Tensor, hop: int, frames: int, padding: ChunkPadding = "overlap"
-) -> torch.Tensor:
+def overlap_add(chunks: torch.Tensor, hop: int, frames: int, padding: ChunkPadding = "overlap") -> torch.Tensor:
     """``[batch, channels, chunk_size, n_chunks]`` -> ``[batch, channels, frames]``.
 
     Sums overlapping chunks (no window), then removes the padding ``chunk`` added;

@@ -11,6 +11,7 @@ kernel size only decides how many channel groups the relative context uses
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor, nn
 
@@ -73,8 +74,7 @@ class _SSCBase(nn.Module):
             raise ValueError(f"{self._name()} expects {layout}, got shape {tuple(x.shape)}")
         if x.shape[channel_dim] != self.in_channels:
             raise ValueError(
-                f"{self._name()} expects {self.in_channels} channels on axis {channel_dim}, "
-                f"got shape {tuple(x.shape)}"
+                f"{self._name()} expects {self.in_channels} channels on axis {channel_dim}, got shape {tuple(x.shape)}"
             )
 
     def extra_repr(self) -> str:
@@ -103,8 +103,16 @@ class SSCConv1d(_SSCBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x, 1, 3, "[batch, channels, time]")
-        return ssc_layer(x, self.weight, self.bias, self.kernel_size, self.dilation, self.stride,
-                   self.linear_first, channels_last=False)
+        return ssc_layer(
+            x,
+            self.weight,
+            self.bias,
+            self.kernel_size,
+            self.dilation,
+            self.stride,
+            self.linear_first,
+            channels_last=False,
+        )
 
 
 class SSCConv2d(_SSCBase):
@@ -117,8 +125,16 @@ class SSCConv2d(_SSCBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x, 1, 4, "[batch, channels, height, width]")
-        return ssc_layer(x, self.weight, self.bias, self.kernel_size, self.dilation, self.stride,
-                   self.linear_first, channels_last=False)
+        return ssc_layer(
+            x,
+            self.weight,
+            self.bias,
+            self.kernel_size,
+            self.dilation,
+            self.stride,
+            self.linear_first,
+            channels_last=False,
+        )
 
 
 class SSCLinear(_SSCBase):
@@ -170,22 +186,30 @@ class SSCLinear(_SSCBase):
             raise ValueError(f"{self._name()}: seq_dim={self.seq_dim} is the feature axis")
         if x.shape[-1] != self.in_channels:
             raise ValueError(
-                f"{self._name()} expects {self.in_channels} features on the last axis, "
-                f"got shape {tuple(x.shape)}"
+                f"{self._name()} expects {self.in_channels} features on the last axis, got shape {tuple(x.shape)}"
             )
         moved = x.movedim(seq_dim, -2)
         lead = moved.shape[:-2]
         flat = moved.reshape(-1, moved.shape[-2], moved.shape[-1])
-        y = ssc_layer(flat, self.weight, self.bias, self.kernel_size, self.dilation, self.stride,
-                self.linear_first, channels_last=True)
+        y = ssc_layer(
+            flat,
+            self.weight,
+            self.bias,
+            self.kernel_size,
+            self.dilation,
+            self.stride,
+            self.linear_first,
+            channels_last=True,
+        )
         return y.reshape(*lead, y.shape[-2], y.shape[-1]).movedim(-2, seq_dim)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", seq_dim={self.seq_dim}"
 
 
-def replacement_problem(layer: nn.Module, kernel_size: IntOrTuple | None = None,
-                        linear_first: bool = False) -> str | None:
+def replacement_problem(
+    layer: nn.Module, kernel_size: IntOrTuple | None = None, linear_first: bool = False
+) -> str | None:
     """Why ``layer`` cannot be replaced by an SSC layer, or None if it can."""
     if isinstance(layer, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
         return "transposed (upsampling) convolutions have no SSC equivalent"
@@ -212,8 +236,7 @@ def replacement_problem(layer: nn.Module, kernel_size: IntOrTuple | None = None,
                     )
     else:
         return f"{type(layer).__name__} is not an nn.Linear, nn.Conv1d or nn.Conv2d"
-    kernel = as_tuple(kernel_size if kernel_size is not None else layer.kernel_size, n_spatial,
-                      "kernel_size")
+    kernel = as_tuple(kernel_size if kernel_size is not None else layer.kernel_size, n_spatial, "kernel_size")
     if math.prod(kernel) > channels:
         side = "output" if linear_first else "input"
         return f"K = {math.prod(kernel)} channel groups exceed the {channels} {side} channels"
@@ -242,19 +265,26 @@ def from_module(
     if isinstance(layer, nn.Linear):
         assert kernel_size is not None  # guaranteed by replacement_problem
         new = SSCLinear(
-            layer.in_features, layer.out_features, as_tuple(kernel_size, 1, "kernel_size")[0],
-            seq_dim=seq_dim, dilation=as_tuple(dilation or 1, 1, "dilation")[0],
-            bias=layer.bias is not None, linear_first=linear_first,
+            layer.in_features,
+            layer.out_features,
+            as_tuple(kernel_size, 1, "kernel_size")[0],
+            seq_dim=seq_dim,
+            dilation=as_tuple(dilation or 1, 1, "dilation")[0],
+            bias=layer.bias is not None,
+            linear_first=linear_first,
         )
         pointwise = True
     else:
         assert isinstance(layer, (nn.Conv1d, nn.Conv2d))
         cls = SSCConv1d if isinstance(layer, nn.Conv1d) else SSCConv2d
         new = cls(
-            layer.in_channels, layer.out_channels,
+            layer.in_channels,
+            layer.out_channels,
             kernel_size if kernel_size is not None else layer.kernel_size,
-            stride=layer.stride, dilation=dilation if dilation is not None else layer.dilation,
-            bias=layer.bias is not None, linear_first=linear_first,
+            stride=layer.stride,
+            dilation=dilation if dilation is not None else layer.dilation,
+            bias=layer.bias is not None,
+            linear_first=linear_first,
         )
         pointwise = all(k == 1 for k in layer.kernel_size)
     new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)

@@ -111,8 +111,7 @@ def swap_to_ssc(
         parent = module.get_submodule(parent_path)
         if isinstance(parent, nn.MultiheadAttention):
             refused.append(
-                f"{path}: used by nn.MultiheadAttention, which reads its weights directly "
-                "instead of calling the layer"
+                f"{path}: used by nn.MultiheadAttention, which reads its weights directly instead of calling the layer"
             )
             continue
         problem = replacement_problem(layer, kernel_size, linear_first)
@@ -132,14 +131,11 @@ def swap_to_ssc(
         )
     report = SSCSwapReport(params_before=_count(module))
     for path, layer in selected:
-        new = from_module(layer, kernel_size=kernel_size, dilation=dilation,
-                          linear_first=linear_first, seq_dim=seq_dim)
+        new = from_module(layer, kernel_size=kernel_size, dilation=dilation, linear_first=linear_first, seq_dim=seq_dim)
         new.module_path = path
         new.train(layer.training)
         parent_path, _, name = path.rpartition(".")
         setattr(module.get_submodule(parent_path), name, new)
-        report.swapped.append(
-            SwappedLayer(path, repr(layer), repr(new), _count(layer), _count(new))
-        )
+        report.swapped.append(SwappedLayer(path, repr(layer), repr(new), _count(layer), _count(new)))
     report.params_after = _count(module)
     return report

@@ -113,8 +113,15 @@ def _interior(length: int, shift: int) -> tuple[int, int]:
 
 
 def _group_run_view(
-    t: Tensor, channel_dim: int, time_dim: int, c_start: int, n_run: int, size: int,
-    time_start: int, n: int, time_step: int,
+    t: Tensor,
+    channel_dim: int,
+    time_dim: int,
+    c_start: int,
+    n_run: int,
+    size: int,
+    time_start: int,
+    n: int,
+    time_step: int,
 ) -> Tensor | None:
     """View of ``t`` with ``n_run * size`` channels from ``c_start`` unflattened to
     (group, member) and ``n`` time steps: element (g, j, i) is
@@ -162,8 +169,7 @@ def _relative_context_1d_runs(
     reach = max(abs(shift) for shift in shifts)
     channels = x.shape[channel_dim]
     base, extra = divmod(channels, n_groups)
-    runs = [(g0, g1, size) for g0, g1, size in ((0, extra, base + 1), (extra, n_groups, base))
-            if g1 > g0 and size > 0]
+    runs = [(g0, g1, size) for g0, g1, size in ((0, extra, base + 1), (extra, n_groups, base)) if g1 > g0 and size > 0]
     n = length - 2 * reach
     for partner_anchored in (False, True):
         # The run writes group g's outputs [reach - anchor[g], length - reach - anchor[g]).
@@ -200,9 +206,11 @@ def _relative_context_1d_runs(
         lo, hi = _interior(length, shift)
         for start, stop in ((lo, reach - a), (length - reach - a, hi)):
             if stop > start:
-                torch.sub(src.narrow(time_dim, start, stop - start),
-                          src.narrow(time_dim, start + shift, stop - start),
-                          out=dst.narrow(time_dim, start, stop - start))
+                torch.sub(
+                    src.narrow(time_dim, start, stop - start),
+                    src.narrow(time_dim, start + shift, stop - start),
+                    out=dst.narrow(time_dim, start, stop - start),
+                )
     return True
 
 
@@ -285,25 +293,23 @@ def _relative_context_op_fake(
     return torch.empty_like(x)
 
 
-def _relative_context_setup_context(
-    ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor
-) -> None:
+def _relative_context_setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
     ctx.layout = inputs[1:]  # type: ignore[attr-defined]
 
 
-def _relative_context_backward(
-    ctx: torch.autograd.function.FunctionCtx, grad: Tensor
-) -> tuple[Tensor | None, ...]:
+def _relative_context_backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
     channel_dim, spatial_dims, kernel_size, dilation, adjoint = ctx.layout  # type: ignore[attr-defined]
     return (
         relative_context_op(grad, channel_dim, spatial_dims, kernel_size, dilation, not adjoint),
-        None, None, None, None, None,
+        None,
+        None,
+        None,
+        None,
+        None,
     )
 
 
-relative_context_op.register_autograd(
-    _relative_context_backward, setup_context=_relative_context_setup_context
-)
+relative_context_op.register_autograd(_relative_context_backward, setup_context=_relative_context_setup_context)
 
 
 def relative_context(
@@ -344,8 +350,7 @@ def relative_context(
     n_groups = math.prod(kernel)
     if n_groups > x.shape[channel_dim]:
         raise ValueError(
-            f"relative_context: K = {n_groups} groups need at least {n_groups} channels, "
-            f"got {x.shape[channel_dim]}"
+            f"relative_context: K = {n_groups} groups need at least {n_groups} channels, got {x.shape[channel_dim]}"
         )
     return relative_context_op(x, channel_dim, list(dims), list(kernel), list(dil), False)
 
@@ -417,9 +422,7 @@ def ssc_reference(
     if linear_first:
         z = _apply_weight(x, weight, None, channels_last)
         y = _downsample(
-            relative_context(
-                z, kernel_size, dilation, channel_dim=channel_dim, spatial_dims=spatial_dims
-            ),
+            relative_context(z, kernel_size, dilation, channel_dim=channel_dim, spatial_dims=spatial_dims),
             spatial_dims,
             tuple(stride),
         )
@@ -476,9 +479,7 @@ def ssc_reference_backward(
     else:
         grad_r = _apply_weight(grad_up, weight.t(), None, channels_last)
         dx = _apply_relative_context(grad_r, channel_dim, spatial_dims, adjoint)
-        r = _apply_relative_context(
-            x, channel_dim, spatial_dims, group_offsets(tuple(kernel_size), tuple(dilation))
-        )
+        r = _apply_relative_context(x, channel_dim, spatial_dims, group_offsets(tuple(kernel_size), tuple(dilation)))
         dw = _contract(grad_out, _downsample(r, spatial_dims, tuple(stride)), channel_dim)
     if not has_bias:
         return dx, dw, None
@@ -519,8 +520,7 @@ class _SSCEagerFunction(torch.autograd.Function):
         channel_dim, spatial_dims, offsets, stride, channels_last = ctx.layout  # type: ignore[attr-defined]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
         dw = _contract(grad_out, _downsample(r, spatial_dims, stride), channel_dim) if need_w else None
-        db = (grad_out.sum(dim=[d for d in range(grad_out.dim()) if d != channel_dim])
-              if need_b else None)
+        db = grad_out.sum(dim=[d for d in range(grad_out.dim()) if d != channel_dim]) if need_b else None
         dx = None
         if need_x:
             grad_r = _apply_weight(grad_out, weight.t(), None, channels_last)
@@ -528,8 +528,7 @@ class _SSCEagerFunction(torch.autograd.Function):
                 scattered = grad_r.new_zeros(r.shape)
                 _downsample(scattered, spatial_dims, stride).copy_(grad_r)
                 grad_r = scattered
-            dx = _apply_relative_context(
-                grad_r, channel_dim, spatial_dims, adjoint_offsets(offsets), out=r)
+            dx = _apply_relative_context(grad_r, channel_dim, spatial_dims, adjoint_offsets(offsets), out=r)
         return dx, dw, db, None, None, None, None
 
 
@@ -582,9 +581,7 @@ def _triton_available() -> bool:
 # ---------------------------------------------------------------------------------------
 
 
-def output_shape(
-    x_shape: Sequence[int], out_channels: int, stride: Sequence[int], channels_last: bool
-) -> list[int]:
+def output_shape(x_shape: Sequence[int], out_channels: int, stride: Sequence[int], channels_last: bool) -> list[int]:
     """Shape of the SSC output for input shape ``x_shape``."""
     n_spatial = len(stride)
     if channels_last:
@@ -609,9 +606,7 @@ def ssc_op(
     if resolve_backend(x) == "triton":
         from sepkit.ops import ssc_triton
 
-        return ssc_triton.ssc_forward(
-            x, weight, bias, kernel_size, dilation, stride, linear_first, channels_last
-        )
+        return ssc_triton.ssc_forward(x, weight, bias, kernel_size, dilation, stride, linear_first, channels_last)
     with torch.no_grad():
         y = ssc_reference(x, weight, bias, kernel_size, dilation, stride, linear_first, channels_last)
     return y.contiguous()
@@ -651,8 +646,17 @@ def ssc_backward_op(
         from sepkit.ops import ssc_triton
 
         return ssc_triton.ssc_backward(
-            grad_out, x, weight, has_bias, kernel_size, dilation, stride,
-            linear_first, channels_last, need_input_grad, need_weight_grad,
+            grad_out,
+            x,
+            weight,
+            has_bias,
+            kernel_size,
+            dilation,
+            stride,
+            linear_first,
+            channels_last,
+            need_input_grad,
+            need_weight_grad,
         )
     dx, dw, db = ssc_reference_backward(
         grad_out, x, weight, has_bias, kernel_size, dilation, stride, linear_first, channels_last
@@ -691,25 +695,41 @@ def _ssc_setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, 
     x, weight, bias, kernel_size, dilation, stride, linear_first, channels_last = inputs
     ctx.save_for_backward(x, weight)
     ctx.config = (  # type: ignore[attr-defined]
-        bias is not None, kernel_size, dilation, stride, linear_first, channels_last
+        bias is not None,
+        kernel_size,
+        dilation,
+        stride,
+        linear_first,
+        channels_last,
     )
 
 
-def _ssc_autograd_backward(
-    ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor
-) -> tuple[Tensor | None, ...]:
+def _ssc_autograd_backward(ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
     x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
     has_bias, kernel_size, dilation, stride, linear_first, channels_last = ctx.config  # type: ignore[attr-defined]
     need_x, need_w, need_b = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
     dx, dw, db = ssc_backward_op(
-        grad_out.contiguous(), x, weight, has_bias, kernel_size, dilation, stride,
-        linear_first, channels_last, need_x, need_w,
+        grad_out.contiguous(),
+        x,
+        weight,
+        has_bias,
+        kernel_size,
+        dilation,
+        stride,
+        linear_first,
+        channels_last,
+        need_x,
+        need_w,
     )
     return (
         dx if need_x else None,
         dw if need_w else None,
         db if (has_bias and need_b) else None,
-        None, None, None, None, None,
+        None,
+        None,
+        None,
+        None,
+        None,
     )
 
 
@@ -753,14 +773,10 @@ def ssc_layer(
     strides = list(as_tuple(stride, n_spatial, "stride"))
     in_channels = x.shape[-1] if channels_last else x.shape[1]
     if weight.dim() != 2 or weight.shape[1] != in_channels:
-        raise ValueError(
-            f"ssc: weight shape {tuple(weight.shape)} does not match {in_channels} input channels"
-        )
+        raise ValueError(f"ssc: weight shape {tuple(weight.shape)} does not match {in_channels} input channels")
     if resolve_backend(x) == "reference":
         if linear_first or torch.compiler.is_compiling():
             # The composition is what torch.compile should trace (and fuse).
             return ssc_reference(x, weight, bias, kernel, dil, strides, linear_first, channels_last)
-        return _SSCEagerFunction.apply(
-            x, weight, bias, tuple(kernel), tuple(dil), tuple(strides), channels_last
-        )
+        return _SSCEagerFunction.apply(x, weight, bias, tuple(kernel), tuple(dil), tuple(strides), channels_last)
     return ssc_op(x, weight, bias, kernel, dil, strides, linear_first, channels_last)

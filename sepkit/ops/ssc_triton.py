@@ -56,8 +56,7 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 
 @triton.jit
-def _load_positions(ptr, rows, h, w, mask, W, WO, SH, SW, s_channel, s_position,
-                    SOURCE_STRIDED: tl.constexpr):
+def _load_positions(ptr, rows, h, w, mask, W, WO, SH, SW, s_channel, s_position, SOURCE_STRIDED: tl.constexpr):
     """Load ``ptr[rows, (h, w)]`` (logical input-grid coordinates). A strided source is
     stored on the output grid only and reads as zero off it."""
     if SOURCE_STRIDED:
@@ -70,32 +69,53 @@ def _load_positions(ptr, rows, h, w, mask, W, WO, SH, SW, s_channel, s_position,
 
 
 @triton.jit
-def _load_context(ptr, rows, h, w, shift_h, shift_w, mask, H, W, WO, SH, SW, s_channel,
-                  s_position, SOURCE_STRIDED: tl.constexpr):
+def _load_context(
+    ptr, rows, h, w, shift_h, shift_w, mask, H, W, WO, SH, SW, s_channel, s_position, SOURCE_STRIDED: tl.constexpr
+):
     """``(V[rows, p], V[rows, p + shift])`` in fp32; the second is zero where the shift is
     zero or leaves the grid, so ``centre - shifted`` is the relative context."""
-    centre = _load_positions(ptr, rows, h, w, mask, W, WO, SH, SW, s_channel, s_position,
-                             SOURCE_STRIDED)
+    centre = _load_positions(ptr, rows, h, w, mask, W, WO, SH, SW, s_channel, s_position, SOURCE_STRIDED)
     hs = h + shift_h
     ws = w + shift_w
     # Compared elementwise (not as ``shift != 0``): a scalar shift would make a 0-d mask,
     # which the interpreter combines into an int32 mask that tl.load rejects.
     inside = (hs >= 0) & (hs < H) & (ws >= 0) & (ws < W) & ((hs != h) | (ws != w))
-    shifted = _load_positions(ptr, rows, hs, ws, mask & inside, W, WO, SH, SW, s_channel,
-                              s_position, SOURCE_STRIDED)
+    shifted = _load_positions(ptr, rows, hs, ws, mask & inside, W, WO, SH, SW, s_channel, s_position, SOURCE_STRIDED)
     return centre.to(tl.float32), shifted.to(tl.float32)
 
 
 @triton.jit
 def _ssc_mm_kernel(
-    v_ptr, a_ptr, bias_ptr, out_ptr, k_shift_ptr, n_tile_ptr,
-    M, K, H, W, WO, SH, SW,
-    v_s_batch, v_s_channel, v_s_position,
-    a_s_n, a_s_k,
-    o_s_batch, o_s_channel, o_s_position,
-    M_ON_OUTPUT_GRID: tl.constexpr, SOURCE_STRIDED: tl.constexpr, SHIFT_ON_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    v_ptr,
+    a_ptr,
+    bias_ptr,
+    out_ptr,
+    k_shift_ptr,
+    n_tile_ptr,
+    M,
+    K,
+    H,
+    W,
+    WO,
+    SH,
+    SW,
+    v_s_batch,
+    v_s_channel,
+    v_s_position,
+    a_s_n,
+    a_s_k,
+    o_s_batch,
+    o_s_channel,
+    o_s_position,
+    M_ON_OUTPUT_GRID: tl.constexpr,
+    SOURCE_STRIDED: tl.constexpr,
+    SHIFT_ON_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -118,8 +138,9 @@ def _ssc_mm_kernel(
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
-        a = tl.load(a_ptr + offs_k[:, None] * a_s_k + offs_n[None, :] * a_s_n,
-                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        a = tl.load(
+            a_ptr + offs_k[:, None] * a_s_k + offs_n[None, :] * a_s_n, mask=k_mask[:, None] & n_mask[None, :], other=0.0
+        )
         if SHIFT_ON_N:
             shift_h = tl.load(n_tile_ptr + pid_n * 4 + 2)
             shift_w = tl.load(n_tile_ptr + pid_n * 4 + 3)
@@ -127,8 +148,20 @@ def _ssc_mm_kernel(
             shift_h = tl.load(k_shift_ptr + offs_k * 2, mask=k_mask, other=0)[None, :]
             shift_w = tl.load(k_shift_ptr + offs_k * 2 + 1, mask=k_mask, other=0)[None, :]
         centre, shifted = _load_context(
-            v_base, offs_k[None, :], h[:, None], w[:, None], shift_h, shift_w,
-            m_mask[:, None] & k_mask[None, :], H, W, WO, SH, SW, v_s_channel, v_s_position,
+            v_base,
+            offs_k[None, :],
+            h[:, None],
+            w[:, None],
+            shift_h,
+            shift_w,
+            m_mask[:, None] & k_mask[None, :],
+            H,
+            W,
+            WO,
+            SH,
+            SW,
+            v_s_channel,
+            v_s_position,
             SOURCE_STRIDED,
         )
         v = (centre - shifted).to(a.dtype)
@@ -138,20 +171,43 @@ def _ssc_mm_kernel(
             acc = tl.dot(v, a, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    out_ptrs = (out_ptr + pid_b * o_s_batch + offs_n[None, :] * o_s_channel
-                + offs_m[:, None] * o_s_position)
+    out_ptrs = out_ptr + pid_b * o_s_batch + offs_n[None, :] * o_s_channel + offs_m[:, None] * o_s_position
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit
 def _ssc_wgrad_kernel(
-    p_ptr, r_ptr, p_shift_ptr, r_shift_ptr, dw_ptr, db_ptr,
-    N_P, N_R, M, BLOCKS_PER_SPLIT, TOTAL_BLOCKS, H, W, WO, SH, SW,
-    p_s_batch, p_s_channel, p_s_position,
-    r_s_batch, r_s_channel, r_s_position,
-    M_ON_OUTPUT_GRID: tl.constexpr, SHIFT_P: tl.constexpr, SHIFT_R: tl.constexpr,
-    HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr,
+    p_ptr,
+    r_ptr,
+    p_shift_ptr,
+    r_shift_ptr,
+    dw_ptr,
+    db_ptr,
+    N_P,
+    N_R,
+    M,
+    BLOCKS_PER_SPLIT,
+    TOTAL_BLOCKS,
+    H,
+    W,
+    WO,
+    SH,
+    SW,
+    p_s_batch,
+    p_s_channel,
+    p_s_position,
+    r_s_batch,
+    r_s_channel,
+    r_s_position,
+    M_ON_OUTPUT_GRID: tl.constexpr,
+    SHIFT_P: tl.constexpr,
+    SHIFT_R: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
     pid_r = tl.program_id(1)
@@ -189,13 +245,37 @@ def _ssc_wgrad_kernel(
             w = offs_m % W
         # P is dY: stored on the output grid, hence a strided source.
         p_centre, p_shifted = _load_context(
-            p_ptr + batch * p_s_batch, offs_p[:, None], h[None, :], w[None, :], p_sh, p_sw,
-            p_mask[:, None] & m_mask[None, :], H, W, WO, SH, SW, p_s_channel, p_s_position,
+            p_ptr + batch * p_s_batch,
+            offs_p[:, None],
+            h[None, :],
+            w[None, :],
+            p_sh,
+            p_sw,
+            p_mask[:, None] & m_mask[None, :],
+            H,
+            W,
+            WO,
+            SH,
+            SW,
+            p_s_channel,
+            p_s_position,
             True,
         )
         r_centre, r_shifted = _load_context(
-            r_ptr + batch * r_s_batch, offs_r[None, :], h[:, None], w[:, None], r_sh, r_sw,
-            m_mask[:, None] & r_mask[None, :], H, W, WO, SH, SW, r_s_channel, r_s_position,
+            r_ptr + batch * r_s_batch,
+            offs_r[None, :],
+            h[:, None],
+            w[:, None],
+            r_sh,
+            r_sw,
+            m_mask[:, None] & r_mask[None, :],
+            H,
+            W,
+            WO,
+            SH,
+            SW,
+            r_s_channel,
+            r_s_position,
             False,
         )
         p = (p_centre - p_shifted).to(p_ptr.dtype.element_ty)
@@ -221,20 +301,17 @@ def _ssc_wgrad_kernel(
 class _Grid:
     """Canonical 2-D view of the spatial axes of one SSC call."""
 
-    def __init__(self, spatial: Sequence[int], kernel_size: Sequence[int],
-                 dilation: Sequence[int], stride: Sequence[int]) -> None:
+    def __init__(
+        self, spatial: Sequence[int], kernel_size: Sequence[int], dilation: Sequence[int], stride: Sequence[int]
+    ) -> None:
         if len(spatial) not in (1, 2):
-            raise NotImplementedError(
-                f"the Triton SSC kernels support 1 or 2 spatial axes, got {len(spatial)}"
-            )
+            raise NotImplementedError(f"the Triton SSC kernels support 1 or 2 spatial axes, got {len(spatial)}")
         pad = 2 - len(spatial)
         self.H, self.W = (1,) * pad + tuple(spatial)
         self.SH, self.SW = (1,) * pad + tuple(stride)
         self.HO, self.WO = -(-self.H // self.SH), -(-self.W // self.SW)
         self.kernel_size = tuple(kernel_size)
-        self.offsets = tuple(
-            (0,) * pad + off for off in group_offsets(kernel_size, dilation)
-        )
+        self.offsets = tuple((0,) * pad + off for off in group_offsets(kernel_size, dilation))
 
     @property
     def positions(self) -> int:
@@ -256,8 +333,7 @@ def _channel_shift_table(channels: int, offsets: tuple, sign: int, device: torch
 
 
 @functools.lru_cache(maxsize=256)
-def _tile_table(channels: int, block: int, offsets: tuple | None, sign: int,
-                device: torch.device) -> Tensor:
+def _tile_table(channels: int, block: int, offsets: tuple | None, sign: int, device: torch.device) -> Tensor:
     """int32 ``[tiles, 4]`` of ``(start, end, shift_h, shift_w)``: plain tiles of ``block``
     channels, or (``offsets`` given) tiles cut inside each channel group."""
     rows = []
@@ -313,9 +389,19 @@ def _spatial(x: Tensor, n_spatial: int, channels_last: bool) -> tuple[int, ...]:
 
 
 def _mm(
-    v: Tensor, a: Tensor, a_strides: tuple[int, int], bias: Tensor | None, out: Tensor,
-    channels_last: bool, grid: _Grid, n_channels: int, reduction: int, m_on_output_grid: bool,
-    source_strided: bool, k_shift: Tensor | None, group_offsets_on_n: tuple | None,
+    v: Tensor,
+    a: Tensor,
+    a_strides: tuple[int, int],
+    bias: Tensor | None,
+    out: Tensor,
+    channels_last: bool,
+    grid: _Grid,
+    n_channels: int,
+    reduction: int,
+    m_on_output_grid: bool,
+    source_strided: bool,
+    k_shift: Tensor | None,
+    group_offsets_on_n: tuple | None,
     n_sign: int,
 ) -> None:
     """Launch ``_ssc_mm_kernel`` (see the module docstring for the four uses)."""
@@ -331,21 +417,45 @@ def _mm(
     dummy = tiles  # stands in for absent pointers; never read
     launch = (triton.cdiv(m, block_m), tiles.shape[0], batch)
     _ssc_mm_kernel[launch](
-        v, a, bias if bias is not None else dummy, out,
-        k_shift if k_shift is not None else dummy, tiles,
-        m, reduction, grid.H, grid.W, grid.WO, grid.SH, grid.SW,
-        *_layout_strides(v, channels_last), a_strides[0], a_strides[1],
+        v,
+        a,
+        bias if bias is not None else dummy,
+        out,
+        k_shift if k_shift is not None else dummy,
+        tiles,
+        m,
+        reduction,
+        grid.H,
+        grid.W,
+        grid.WO,
+        grid.SH,
+        grid.SW,
+        *_layout_strides(v, channels_last),
+        a_strides[0],
+        a_strides[1],
         *_layout_strides(out, channels_last),
-        M_ON_OUTPUT_GRID=m_on_output_grid, SOURCE_STRIDED=source_strided,
-        SHIFT_ON_N=group_offsets_on_n is not None, HAS_BIAS=bias is not None,
-        UPCAST_DOT=upcast, PRECISION=precision,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        M_ON_OUTPUT_GRID=m_on_output_grid,
+        SOURCE_STRIDED=source_strided,
+        SHIFT_ON_N=group_offsets_on_n is not None,
+        HAS_BIAS=bias is not None,
+        UPCAST_DOT=upcast,
+        PRECISION=precision,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        num_warps=warps,
     )
 
 
 def ssc_forward(
-    x: Tensor, weight: Tensor, bias: Tensor | None, kernel_size: Sequence[int],
-    dilation: Sequence[int], stride: Sequence[int], linear_first: bool, channels_last: bool,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    kernel_size: Sequence[int],
+    dilation: Sequence[int],
+    stride: Sequence[int],
+    linear_first: bool,
+    channels_last: bool,
 ) -> Tensor:
     """Fused SSC forward; shapes as :func:`sepkit.ops.ssc.ssc_reference`."""
     _check_device(x, weight)
@@ -356,26 +466,60 @@ def ssc_forward(
     grid = _Grid(_spatial(x, len(kernel_size), channels_last), kernel_size, dilation, stride)
     out_channels, in_channels = weight.shape
     batch = x.shape[0]
-    spatial_out = (grid.HO, grid.WO)[2 - len(kernel_size):]
+    spatial_out = (grid.HO, grid.WO)[2 - len(kernel_size) :]
     shape = (batch, *spatial_out, out_channels) if channels_last else (batch, out_channels, *spatial_out)
     out = x.new_empty(shape)
     w_strides = (weight.stride(0), weight.stride(1))  # A[n = o, k = c] = W[o, c]
     if linear_first:
-        _mm(x, weight, w_strides, bias, out, channels_last, grid, out_channels, in_channels,
-            m_on_output_grid=True, source_strided=False, k_shift=None,
-            group_offsets_on_n=grid.offsets, n_sign=1)
+        _mm(
+            x,
+            weight,
+            w_strides,
+            bias,
+            out,
+            channels_last,
+            grid,
+            out_channels,
+            in_channels,
+            m_on_output_grid=True,
+            source_strided=False,
+            k_shift=None,
+            group_offsets_on_n=grid.offsets,
+            n_sign=1,
+        )
     else:
         shifts = _channel_shift_table(in_channels, grid.offsets, 1, x.device)
-        _mm(x, weight, w_strides, bias, out, channels_last, grid, out_channels, in_channels,
-            m_on_output_grid=True, source_strided=False, k_shift=shifts,
-            group_offsets_on_n=None, n_sign=1)
+        _mm(
+            x,
+            weight,
+            w_strides,
+            bias,
+            out,
+            channels_last,
+            grid,
+            out_channels,
+            in_channels,
+            m_on_output_grid=True,
+            source_strided=False,
+            k_shift=shifts,
+            group_offsets_on_n=None,
+            n_sign=1,
+        )
     return out
 
 
 def ssc_backward(
-    grad_out: Tensor, x: Tensor, weight: Tensor, has_bias: bool, kernel_size: Sequence[int],
-    dilation: Sequence[int], stride: Sequence[int], linear_first: bool, channels_last: bool,
-    need_input_grad: bool, need_weight_grad: bool,
+    grad_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    has_bias: bool,
+    kernel_size: Sequence[int],
+    dilation: Sequence[int],
+    stride: Sequence[int],
+    linear_first: bool,
+    channels_last: bool,
+    need_input_grad: bool,
+    need_weight_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fused SSC backward: ``(dx, dweight, dbias)``, empty tensors where not needed."""
     _check_device(grad_out, x, weight)
@@ -392,18 +536,45 @@ def ssc_backward(
         wt_strides = (w.stride(1), w.stride(0))  # A[n = c, k = o] = W[o, c]
         if linear_first:
             shifts = _channel_shift_table(out_channels, grid.offsets, -1, x.device)
-            _mm(grad_out, w, wt_strides, None, dx, channels_last, grid, in_channels, out_channels,
-                m_on_output_grid=False, source_strided=True, k_shift=shifts,
-                group_offsets_on_n=None, n_sign=1)
+            _mm(
+                grad_out,
+                w,
+                wt_strides,
+                None,
+                dx,
+                channels_last,
+                grid,
+                in_channels,
+                out_channels,
+                m_on_output_grid=False,
+                source_strided=True,
+                k_shift=shifts,
+                group_offsets_on_n=None,
+                n_sign=1,
+            )
         else:
-            _mm(grad_out, w, wt_strides, None, dx, channels_last, grid, in_channels, out_channels,
-                m_on_output_grid=False, source_strided=True, k_shift=None,
-                group_offsets_on_n=grid.offsets, n_sign=-1)
+            _mm(
+                grad_out,
+                w,
+                wt_strides,
+                None,
+                dx,
+                channels_last,
+                grid,
+                in_channels,
+                out_channels,
+                m_on_output_grid=False,
+                source_strided=True,
+                k_shift=None,
+                group_offsets_on_n=grid.offsets,
+                n_sign=-1,
+            )
 
     dw, db = empty, empty
     if need_weight_grad or has_bias:
-        dw_full, db_full = _weight_grad(grad_out, x, grid, out_channels, in_channels,
-                                        has_bias, linear_first, channels_last)
+        dw_full, db_full = _weight_grad(
+            grad_out, x, grid, out_channels, in_channels, has_bias, linear_first, channels_last
+        )
         if need_weight_grad:
             dw = dw_full.to(weight.dtype)
         if has_bias:
@@ -412,8 +583,14 @@ def ssc_backward(
 
 
 def _weight_grad(
-    grad_out: Tensor, x: Tensor, grid: _Grid, out_channels: int, in_channels: int,
-    has_bias: bool, linear_first: bool, channels_last: bool,
+    grad_out: Tensor,
+    x: Tensor,
+    grid: _Grid,
+    out_channels: int,
+    in_channels: int,
+    has_bias: bool,
+    linear_first: bool,
+    channels_last: bool,
 ) -> tuple[Tensor, Tensor]:
     """``dW`` and ``db`` in fp32 via split-reduction partial sums."""
     batch = x.shape[0]
@@ -448,12 +625,33 @@ def _weight_grad(
     upcast, precision = _dot_settings(x.dtype)
     launch = (triton.cdiv(out_channels, block_p), triton.cdiv(in_channels, block_r), splits)
     _ssc_wgrad_kernel[launch](
-        grad_out, x, p_shift, r_shift, dw_parts, db_parts,
-        out_channels, in_channels, m, per_split, total_blocks,
-        grid.H, grid.W, grid.WO, grid.SH, grid.SW,
-        *_layout_strides(grad_out, channels_last), *_layout_strides(x, channels_last),
-        M_ON_OUTPUT_GRID=not linear_first, SHIFT_P=linear_first, SHIFT_R=not linear_first,
-        HAS_BIAS=has_bias, UPCAST_DOT=upcast, PRECISION=precision,
-        BLOCK_P=block_p, BLOCK_R=block_r, BLOCK_M=block_m, num_warps=warps,
+        grad_out,
+        x,
+        p_shift,
+        r_shift,
+        dw_parts,
+        db_parts,
+        out_channels,
+        in_channels,
+        m,
+        per_split,
+        total_blocks,
+        grid.H,
+        grid.W,
+        grid.WO,
+        grid.SH,
+        grid.SW,
+        *_layout_strides(grad_out, channels_last),
+        *_layout_strides(x, channels_last),
+        M_ON_OUTPUT_GRID=not linear_first,
+        SHIFT_P=linear_first,
+        SHIFT_R=not linear_first,
+        HAS_BIAS=has_bias,
+        UPCAST_DOT=upcast,
+        PRECISION=precision,
+        BLOCK_P=block_p,
+        BLOCK_R=block_r,
+        BLOCK_M=block_m,
+        num_warps=warps,
     )
     return dw_parts.sum(0), db_parts.sum(0)
