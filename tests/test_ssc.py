@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import sepkit.ops.ssc as ssc_module
+import sepkit.ops.ssc_backend as backend_module
+import sepkit.ops.ssc_pytorch as pytorch_module
 from sepkit.nn import SSCConv1d, SSCConv2d, SSCLinear, from_module, swap_to_ssc
-from sepkit.ops import relative_context, ssc_reference, use_backend
-from sepkit.ops.ssc import ssc_op
+from sepkit.ops import relative_context, ssc_layer, ssc_reference, use_backend
+from sepkit.ops.ssc_layout import group_offsets
+from sepkit.ops.ssc_op import ssc_op
 
 
 def oracle_relative_context(x: torch.Tensor, kernel_size: tuple[int, ...], dilation: tuple[int, ...]) -> torch.Tensor:
@@ -129,7 +131,7 @@ def test_strided_run_path_and_its_adjoint_match_the_oracle(
     grad = torch.randn(2, channels, length, dtype=torch.float64)
     expected = oracle_relative_context(x, (kernel_size,), (dilation,))
     (expected_adjoint,) = torch.autograd.grad(expected, x, grad)
-    offsets = ssc_module.group_offsets((kernel_size,), (dilation,))
+    offsets = group_offsets((kernel_size,), (dilation,))
     adjoint = tuple((-s,) for (s,) in offsets)
     layout = (-1, (-2,)) if channels_last else (1, (2,))
 
@@ -142,10 +144,10 @@ def test_strided_run_path_and_its_adjoint_match_the_oracle(
         source = native(x if offs is offsets else grad)
         out = torch.full_like(source, float("nan"))  # every position must be written
         channel_dim, spatial_dims = layout[0] % 3, (layout[1][0] % 3,)
-        took_fast_path = ssc_module._relative_context_1d_runs(source, channel_dim, spatial_dims, offs, out)
+        took_fast_path = pytorch_module._relative_context_1d_runs(source, channel_dim, spatial_dims, offs, out)
         assert took_fast_path == fast
         if not fast:
-            out = ssc_module._apply_relative_context(source, channel_dim, spatial_dims, offs)
+            out = pytorch_module._apply_relative_context(source, channel_dim, spatial_dims, offs)
         assert torch.allclose(out, native(want), atol=1e-12)
 
 
@@ -177,7 +179,7 @@ def test_eager_layer_gradients_match_the_autograd_composition(channels_last, str
     w = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     b = torch.randn(5, dtype=torch.float64, requires_grad=True)
     config = ((3,), (2,), (stride,), False, channels_last)
-    y = ssc_module.ssc_layer(x, w, b, *config)
+    y = ssc_layer(x, w, b, *config)
     grad = torch.randn_like(y)
     got = torch.autograd.grad(y, (x, w, b), grad)
     expected = torch.autograd.grad(ssc_reference(x, w, b, *config), (x, w, b), grad)
@@ -365,7 +367,7 @@ def test_custom_op_opcheck_on_cpu():
         (x.detach().transpose(1, 2).contiguous().requires_grad_(), 2, [1], [4], [1], True),
         (image, 1, [2, 3], [3, 3], [1, 1], False),
     ]:
-        torch.library.opcheck(ssc_module.relative_context_op, args)
+        torch.library.opcheck(pytorch_module.relative_context_op, args)
 
 
 def test_torch_compile_traces_the_custom_op_and_the_layer():
@@ -399,14 +401,14 @@ def test_torch_compile_traces_the_custom_op_and_the_layer():
 
 def test_backend_resolution(monkeypatch):
     x = torch.randn(1, 3, 4)
-    assert ssc_module.resolve_backend(x) == "reference"
-    monkeypatch.setenv(ssc_module.BACKEND_ENV, "triton")
-    assert ssc_module.resolve_backend(x) == "triton"
+    assert backend_module.resolve_backend(x) == "reference"
+    monkeypatch.setenv(backend_module.BACKEND_ENV, "triton")
+    assert backend_module.resolve_backend(x) == "triton"
     with use_backend("reference"):
-        assert ssc_module.resolve_backend(x) == "reference"
-    assert ssc_module.resolve_backend(x) == "triton"
-    monkeypatch.setenv(ssc_module.BACKEND_ENV, "fast")
+        assert backend_module.resolve_backend(x) == "reference"
+    assert backend_module.resolve_backend(x) == "triton"
+    monkeypatch.setenv(backend_module.BACKEND_ENV, "fast")
     with pytest.raises(ValueError, match="SEPKIT_SSC_BACKEND='fast'"):
-        ssc_module.resolve_backend(x)
+        backend_module.resolve_backend(x)
     with pytest.raises(ValueError, match="unknown SSC backend"):
-        ssc_module.set_backend("cuda")
+        backend_module.set_backend("cuda")

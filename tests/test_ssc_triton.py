@@ -28,7 +28,7 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from sepkit.nn import SSCConv1d, SSCLinear  # noqa: E402
 from sepkit.ops import ssc_reference, use_backend  # noqa: E402
-from sepkit.ops.ssc import ssc_reference_backward  # noqa: E402
+from sepkit.ops.ssc_pytorch import ssc_reference_backward  # noqa: E402
 
 INTERPRETED_HERE = isinstance(triton.language.zeros, InterpretedFunction)
 needs_interpreter = pytest.mark.skipif(

@@ -15,7 +15,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from sepkit.ops.ssc import IntOrTuple, as_tuple, ssc_layer
+from sepkit.ops.ssc import ssc_layer
+from sepkit.ops.ssc_layout import IntOrTuple, as_tuple
 
 
 class _SSCBase(nn.Module):

@@ -1,4 +1,6 @@
-"""Fused Triton kernels for the SSC layer (forward and backward), see :mod:`sepkit.ops.ssc`.
+"""Fused Triton kernels for the SSC layer (forward and backward), dispatched to by
+:mod:`sepkit.ops.ssc_op`; the group layout comes from :mod:`sepkit.ops.ssc_layout`, the only
+sepkit module this one imports.
 
 Every SSC product is one of two GEMM shapes with the relative context folded into a load:
 
@@ -45,7 +47,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sepkit.ops.ssc import group_bounds, group_offsets
+from sepkit.ops.ssc_layout import group_bounds, group_offsets
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
@@ -457,7 +459,7 @@ def ssc_forward(
     linear_first: bool,
     channels_last: bool,
 ) -> Tensor:
-    """Fused SSC forward; shapes as :func:`sepkit.ops.ssc.ssc_reference`."""
+    """Fused SSC forward; shapes as :func:`sepkit.ops.ssc_pytorch.ssc_reference`."""
     _check_device(x, weight)
     x = x.contiguous()
     weight = weight.contiguous().to(x.dtype)
