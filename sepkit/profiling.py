@@ -135,7 +135,19 @@ def profile_main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="input length in seconds (default 4)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--device", default="cpu", help="device to profile on: cpu (default), cuda, cuda:1, ...")
     args = parser.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        print(f"sepkit profile: --device {args.device!r}: {error}", file=sys.stderr)
+        return 2
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"sepkit profile: --device {args.device!r}: CUDA is not available", file=sys.stderr)
+        return 2
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        print(f"sepkit profile: --device {args.device!r}: only {torch.cuda.device_count()} GPU(s)", file=sys.stderr)
+        return 2
 
     from rich.console import Console
     from rich.table import Table
@@ -144,13 +156,14 @@ def profile_main(argv: list[str]) -> int:
     if args.model != "all" and args.model not in list_models():
         print(f"sepkit profile: unknown model {args.model!r}; available: {', '.join(list_models())}", file=sys.stderr)
         return 2
-    table = Table(title=f"{args.seconds:g} s input, batch {args.batch}")
+    on_device = "" if device.type == "cpu" else f" on {device}"
+    table = Table(title=f"{args.seconds:g} s input, batch {args.batch}{on_device}")
     for column in ("model", "parameters", "MACs", "peak memory (inference)", "peak memory (train step)"):
         table.add_column(column, justify="left" if column == "model" else "right")
     results = {}
     for name in names:
         config = load_model_config(args.config, name) if args.config else {}
-        stats = profile_model(build_model(name, **config), args.seconds, args.batch)
+        stats = profile_model(build_model(name, **config).to(device), args.seconds, args.batch)
         results[name] = stats
         table.add_row(
             name,
