@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sepkit.cli import main
 from sepkit.models import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -67,3 +68,13 @@ def test_failing_step_is_recorded_and_the_next_step_still_runs(tmp_path: Path) -
     assert "not-a-precision" in steps["train_conv_tasnet"]["log_tail"]
     assert steps["profile"]["status"] == "passed"
     assert (out / "train_conv_tasnet.log").read_text().endswith(steps["train_conv_tasnet"]["log_tail"])
+
+
+def test_profile_device_option_rejects_an_unusable_device(capsys) -> None:
+    # No such GPU here (no CUDA on a CPU machine, or fewer than 100 GPUs): one-line error,
+    # exit status 2, before any model is built.
+    assert main(["profile", "conv_tasnet", "--device", "cuda:99"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("sepkit profile: --device 'cuda:99': ") and "\n" not in error
+    assert main(["profile", "conv_tasnet", "--device", "tpu7"]) == 2
+    assert "sepkit profile: --device 'tpu7'" in capsys.readouterr().err

@@ -3,14 +3,17 @@ test_ssc_triton.py)."""
 
 from __future__ import annotations
 
+import ast
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import sepkit.ops
 import sepkit.ops.ssc_backend as backend_module
 import sepkit.ops.ssc_pytorch as pytorch_module
 from sepkit.nn import SSCConv1d, SSCConv2d, SSCLinear, from_module, swap_to_ssc
@@ -412,3 +415,33 @@ def test_backend_resolution(monkeypatch):
         backend_module.resolve_backend(x)
     with pytest.raises(ValueError, match="unknown SSC backend"):
         backend_module.set_backend("cuda")
+
+
+def test_ops_modules_import_without_cycles_and_triton_needs_only_the_layout():
+    # Import graph of sepkit/ops read from the source (lazy imports inside functions
+    # included): the Triton kernels depend on the group layout alone, and no module reaches
+    # itself again.
+    ops_dir = Path(sepkit.ops.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in ops_dir.glob("*.py"):
+        module = f"sepkit.ops.{path.stem}" if path.stem != "__init__" else "sepkit.ops"
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sepkit.ops"):
+                # ``from sepkit.ops import ssc_triton`` imports the submodule (the package
+                # itself is initialised before any of its modules runs).
+                submodules = {f"sepkit.ops.{a.name}" for a in node.names if (ops_dir / f"{a.name}.py").exists()}
+                imported |= submodules if node.module == "sepkit.ops" and submodules else {node.module}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names if alias.name.startswith("sepkit.ops")}
+        graph[module] = imported - {module}
+    assert graph["sepkit.ops.ssc_triton"] == {"sepkit.ops.ssc_layout"}
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        for child in graph.get(start, set()) - seen:
+            if child == target or reaches(child, target, seen | {child}):
+                return True
+        return False
+
+    cyclic = [module for module in graph if module != "sepkit.ops" and reaches(module, module, set())]
+    assert cyclic == []
