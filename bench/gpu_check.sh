@@ -18,4 +18,7 @@ if ! command -v "$python" >/dev/null 2>&1; then
     exit 2
 fi
 export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
-exec timeout --kill-after=5 470 "$python" bench/gpu_check.py "$@"
+if command -v timeout >/dev/null 2>&1; then
+    exec timeout --kill-after=5 470 "$python" bench/gpu_check.py "$@"
+fi
+exec "$python" bench/gpu_check.py "$@"
