@@ -1,6 +1,6 @@
 """Corpus recipes: turn the corpora on the user's disk into mixture tables (one row
 per mixture) that :mod:`sepkit.data.mixtures` renders, on the fly or into the
-official folder layouts. Entry point: ``sepkit prepare`` (:mod:`sepkit.prepare`).
+official folder layouts. Entry point: ``sepkit prepare`` (:mod:`data_prep.cli`).
 
 ==============  ==========================================================  ==================================
 recipe          inputs                                                      exactness vs the official files

@@ -1,19 +1,96 @@
-"""``sepkit`` command line: train | separate | evaluate | prepare | profile."""
+"""``sepkit`` command line: the built-in commands train | separate | evaluate | profile,
+and commands that other packages add as plugins (``sepkit prepare`` from data_prep).
+
+A plugin is a callable ``main(argv: list[str]) -> int`` registered in an installed
+distribution's metadata under the entry-point group ``sepkit.commands``, e.g. in
+pyproject.toml::
+
+    [project.entry-points."sepkit.commands"]
+    prepare = "data_prep.cli:main"
+
+This keeps the dependency one way: data_prep imports sepkit, and sepkit finds
+``prepare`` in packaging metadata without naming data_prep anywhere in its code. The
+first line of the plugin's docstring is its summary in ``sepkit --help``.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, distributions
 
-USAGE = """usage: sepkit <command> [options]
+PLUGIN_GROUP = "sepkit.commands"
 
-commands:
-  train      train a model from a LightningCLI YAML recipe (sepkit train --config recipes/...yaml)
-  separate   separate wav/flac files or folders with a checkpoint
-  evaluate   SI-SDR(i) of a checkpoint on a test table or folder: per-utterance CSV + summary
-  prepare    build WSJ0-2mix/3mix, LibriMix, WHAM!, WHAMR! or your own corpus
-  profile    parameters, MACs and peak memory of a model
+BUILTIN_COMMANDS = {
+    "train": "train a model from a LightningCLI YAML recipe (sepkit train --config recipes/...yaml)",
+    "separate": "separate wav/flac files or folders with a checkpoint",
+    "evaluate": "SI-SDR(i) of a checkpoint on a test table or folder: per-utterance CSV + summary",
+    "profile": "parameters, MACs and peak memory of a model",
+}
 
-Run `sepkit <command> --help` for the options of a command."""
+
+class CommandError(Exception):
+    """A plugin command that is ambiguous or cannot be loaded; the message is one line."""
+
+
+def plugin_entry_points() -> dict[str, list[EntryPoint]]:
+    """Installed ``sepkit.commands`` entry points by command name, distinct targets only.
+
+    A name with more than one target is kept with all of them so that running it can say
+    which plugins clash; names of built-in commands are left out, a plugin cannot replace one.
+    """
+    found: dict[str, list[EntryPoint]] = {}
+    # Every metadata record on sys.path, not entry_points(group=...): that keeps only the
+    # first record per distribution name, so a stale sepkit.egg-info left in a source
+    # checkout by an older install would hide the installed record whenever the checkout
+    # is on sys.path (python -m pytest, python -m sepkit.cli run from its root).
+    for distribution in distributions():
+        for entry_point in distribution.entry_points.select(group=PLUGIN_GROUP):
+            if entry_point.name in BUILTIN_COMMANDS:
+                continue
+            targets = found.setdefault(entry_point.name, [])
+            # The same distribution seen twice (an editable install and its source tree)
+            # lists the same target twice: that is not a clash.
+            if all(known.value != entry_point.value for known in targets):
+                targets.append(entry_point)
+    return found
+
+
+def load_plugin(name: str, targets: list[EntryPoint]) -> Callable[[list[str]], int]:
+    """Import the plugin command ``name``; raises CommandError with a one-line reason."""
+    if len(targets) > 1:
+        raise CommandError(
+            f"command {name!r} is registered by more than one plugin in entry-point group {PLUGIN_GROUP!r}: "
+            + ", ".join(target.value for target in targets)
+        )
+    target = targets[0]
+    try:
+        command = target.load()
+    except Exception as err:  # any failure inside the plugin's import is reported, not raised
+        reason = " ".join(f"{type(err).__name__}: {err}".split())
+        raise CommandError(f"command {name!r} could not be loaded from {target.value}: {reason}") from err
+    if not callable(command):
+        raise CommandError(f"command {name!r}: {target.value} is a {type(command).__name__}, not a callable main(argv)")
+    return command
+
+
+def usage() -> str:
+    """The ``sepkit --help`` text: built-in commands, then each installed plugin with its summary."""
+    lines = [f"  {name:<10} {summary}" for name, summary in BUILTIN_COMMANDS.items()]
+    for name, targets in sorted(plugin_entry_points().items()):
+        try:
+            doc = (load_plugin(name, targets).__doc__ or "").strip()
+            # Docstrings are sentences; the command list is lower-case fragments.
+            summary = doc.splitlines()[0].rstrip(".") if doc else f"(plugin {targets[0].value})"
+            summary = summary[:1].lower() + summary[1:]
+        except CommandError as err:
+            summary = f"unavailable: {err}"
+        lines.append(f"  {name:<10} {summary}")
+    return (
+        "usage: sepkit <command> [options]\n\ncommands:\n"
+        + "\n".join(lines)
+        + "\n\nRun `sepkit <command> --help` for the options of a command."
+    )
 
 
 def train_main(argv: list[str]) -> int:
@@ -98,9 +175,10 @@ def train_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``sepkit <command> [options]`` (``argv`` defaults to ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(usage())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "train":
@@ -117,12 +195,21 @@ def main(argv: list[str] | None = None) -> int:
         from sepkit.profiling import profile_main
 
         return profile_main(rest)
-    if command == "prepare":
-        from sepkit.prepare import main as prepare_main
-
-        return prepare_main(rest)
-    print(f"sepkit: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+    plugins = plugin_entry_points()
+    if command not in plugins:
+        print(
+            f"sepkit: unknown command {command!r}: neither built in nor an installed plugin of entry-point group "
+            f"{PLUGIN_GROUP!r} (plugins come from installed package metadata: reinstall the package that provides it)"
+            f"\n\n{usage()}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        plugin_main = load_plugin(command, plugins[command])
+    except CommandError as err:
+        print(f"sepkit: {err}", file=sys.stderr)
+        return 2
+    return plugin_main(rest)
 
 
 if __name__ == "__main__":

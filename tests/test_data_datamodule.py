@@ -9,9 +9,9 @@ import torch
 from conftest import TINY_MODEL
 from fixtures.fake_corpora import make_merl_lists, make_wsj0
 
+from data_prep.cli import main
 from sepkit.data.datamodule import SeparationDataModule
 from sepkit.data.dynamic import DynamicMixingDataset
-from sepkit.prepare import main
 from sepkit.training import SeparationModule
 
 

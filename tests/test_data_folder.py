@@ -11,8 +11,8 @@ import soundfile as sf
 from fixtures.fake_corpora import make_speaker_folders
 from scipy.signal import resample_poly
 
+from data_prep.cli import main
 from sepkit.data.mixtures import read_table, render
-from sepkit.prepare import main
 
 
 def test_folder_recipe(tmp_path):

@@ -13,8 +13,8 @@ import soundfile as sf
 from fixtures.fake_corpora import make_librimix_metadata, make_librispeech
 from scipy.signal import resample_poly
 
+from data_prep.cli import main
 from sepkit.data.mixtures import hann_crossfade_extend, read_table, render, render_outputs
-from sepkit.prepare import main
 
 
 def reference_extend(noise: np.ndarray, target: int) -> np.ndarray:

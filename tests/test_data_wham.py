@@ -15,8 +15,8 @@ import soundfile as sf
 from fixtures.fake_corpora import make_merl_lists, make_reverb_params, make_wham_noise, make_wsj0
 from scipy.signal import resample_poly
 
+from data_prep.cli import main
 from sepkit.data.mixtures import read_table, render
-from sepkit.prepare import main
 
 
 def _quantize(x: np.ndarray) -> np.ndarray:

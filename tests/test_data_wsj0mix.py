@@ -17,9 +17,9 @@ from fixtures.fake_corpora import make_merl_lists, make_wsj0, read_levels, read_
 from scipy.signal import resample_poly
 
 from data_prep import common, wsj0mix
+from data_prep.cli import main
 from data_prep.common import PinnedFile, PrepareError, download_pinned
 from sepkit.data.mixtures import read_table, render
-from sepkit.prepare import main
 
 
 def reference_wsj0mix(pairs, levels, wsj0_root: Path, rate: int, mode: str) -> list[np.ndarray]:

@@ -6,6 +6,10 @@ By default only the mixture tables are written (``--metadata-only``): training r
 the mixtures on the fly from them. ``--write`` also writes every file of the official
 layout with the same renderer. Both record what they built in
 ``<out>/prepare_manifest.json``, which ``sepkit prepare verify <out>`` checks.
+
+The ``sepkit`` command reaches :func:`main` through the ``sepkit.commands`` entry-point
+group declared in pyproject.toml: corpus recipes are the outermost layer, so they may
+import sepkit but sepkit never imports them (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -308,6 +312,11 @@ def verify(directory: Path, official: Path | None, samples: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Build WSJ0-2mix/3mix, LibriMix, WHAM!, WHAMR! or your own corpus.
+
+    ``sepkit prepare``: ``argv`` holds the arguments after the command name; returns the
+    exit status. The first docstring line is the summary ``sepkit --help`` shows.
+    """
     args = build_parser().parse_args(argv)
     try:
         if args.command == "verify":
