@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny recipe that trains in seconds on the CPU."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,96 @@ def run_sepkit(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Comple
 @pytest.fixture
 def recipe(tmp_path):
     return tiny_recipe(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# Strict skip gate (`--allowed-skips FILE`): the README test command, which `.ci/run`
+# executes, passes it so that a test which silently stops running fails CI instead of
+# turning into one more "s" in the progress line. Every skip or xfail whose reason matches
+# no pattern of FILE is listed at the end of the run and turns the exit status into a
+# failure. FILE holds one regular expression per line, searched in the reason text, each
+# followed by `  # why this may skip`; blank lines and whole-line comments are ignored.
+# ---------------------------------------------------------------------------------------
+
+ALLOWED_SKIPS_OPTION = "--allowed-skips"
+ALLOW_LIST_SEPARATOR = "  # "
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        ALLOWED_SKIPS_OPTION,
+        metavar="FILE",
+        default=None,
+        help="fail the run on any skip or xfail whose reason matches no regular expression in FILE",
+    )
+
+
+def read_allowed_skips(path: Path) -> list[re.Pattern[str]]:
+    """Patterns of an allow-list file; every pattern must carry its justification."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise pytest.UsageError(f"{path}: cannot read the skip allow-list ({error.strerror})") from None
+    patterns = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        pattern, separator, why = line.partition(ALLOW_LIST_SEPARATOR)
+        if not separator or not why.strip():
+            raise pytest.UsageError(f"{path}:{number}: allow-list entry without '{ALLOW_LIST_SEPARATOR}why' comment")
+        try:
+            patterns.append(re.compile(pattern.strip()))
+        except re.error as error:
+            raise pytest.UsageError(f"{path}:{number}: not a regular expression ({error})") from None
+    return patterns
+
+
+def skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str | None:
+    """The reason of a skipped or xfailed test or module, else ``None``."""
+    if hasattr(report, "wasxfail"):  # xfail, and a non-strict xfail that passed
+        return f"xfail: {report.wasxfail}"
+    if not report.skipped:
+        return None
+    if isinstance(report.longrepr, tuple):  # (file, line, "Skipped: reason")
+        return report.longrepr[2].removeprefix("Skipped: ")
+    return str(report.longrepr)
+
+
+class SkipGate:
+    """Collects skips whose reason no allow-list pattern matches; fails the session on them."""
+
+    def __init__(self, allowed: list[re.Pattern[str]], source: Path) -> None:
+        self.allowed = allowed
+        self.source = source
+        self.unexpected: list[tuple[str, str]] = []
+
+    def record(self, report: pytest.CollectReport | pytest.TestReport) -> None:
+        reason = skip_reason(report)
+        if reason is not None and not any(pattern.search(reason) for pattern in self.allowed):
+            self.unexpected.append((report.nodeid, reason))
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self.record(report)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Skip marks and fixtures skip in the "setup" phase, pytest.skip() and xfails in "call".
+        self.record(report)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.unexpected and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.unexpected:
+            return
+        terminalreporter.section("skips not on the allow-list", sep="=", red=True, bold=True)
+        terminalreporter.line(f"{len(self.unexpected)} skip(s) match no pattern of {self.source}:")
+        for nodeid, reason in self.unexpected:
+            terminalreporter.line(f"UNEXPECTED SKIP {nodeid or '<session>'}: {reason}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    allow_list = config.getoption(ALLOWED_SKIPS_OPTION)
+    if allow_list is not None:
+        path = Path(allow_list)
+        config.pluginmanager.register(SkipGate(read_allowed_skips(path), path), "sepkit-skip-gate")
