@@ -1,5 +1,7 @@
-"""GC3 (Luo, Han & Mesgarani, 2021): group communication with a context codec, a wrapper
-that turns a separator backbone into an ultra-lightweight one.
+"""GC3 (Luo, Han & Mesgarani, "Group Communication with Context Codec for Ultra-Lightweight
+Source Separation", arXiv:2012.07291, 2020; IEEE/ACM TASLP 2021 as "... for Lightweight
+Source Separation"): group communication with a context codec, a wrapper that turns a
+separator backbone into an ultra-lightweight one.
 
 Group communication splits the N encoder channels into K groups of M = N/K channels; one
 small module, shared by all groups, processes each group, and a group-communication
@@ -7,8 +9,8 @@ module (TAC by default, BiLSTM as option) mixes the groups before every layer. T
 context codec summarises each 50%-overlapping context of C frames into one vector (so
 the backbone sees a sequence C/2 times shorter) and expands the backbone's output back.
 
-The layout follows the authors' code as described in ``shared/specs/gc3.md``, the only
-reading that reproduces the paper's counts exactly: GC3-DPRNN 123,772 (TAC, K=16, L_s=8),
+The layout follows the authors' released code (yluo42/GC3 on GitHub), the only reading
+that reproduces the paper's counts exactly: GC3-DPRNN 123,772 (TAC, K=16, L_s=8),
 56,298 (TAC, K=32, L_s=14), 124,120 (BiLSTM group communication, K=16), GC3-TCN 191,168.
 """
 
@@ -17,13 +19,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sepkit.models.conv_tasnet import TemporalBlock
-from sepkit.models.dprnn import DPRNNBlock
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder
 from sepkit.models.registry import register_model
-from sepkit.models.sudormrf import UConvBlock
 from sepkit.nn.dual_path import chunk, overlap_add
+from sepkit.nn.dual_path_rnn import DPRNNBlock
+from sepkit.nn.tcn import TemporalBlock
+from sepkit.nn.uconv import UConvBlock
 
 GROUP_COMMS = ("tac", "blstm")
 BACKBONES = ("dprnn", "tcn", "sudormrf")
