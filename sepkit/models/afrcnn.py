@@ -225,7 +225,7 @@ class SourceMixingDecoder(nn.Module):
         return self.deconv(rep.reshape(batch, n_src * n_filters, frames))
 
 
-@register_model("afrcnn")
+@register_model("afrcnn", small_config=dict(n_filters=16, bottleneck=8, channels=8, n_stages=2, n_blocks=2))
 class AFRCNN(EncoderMaskerDecoder):
     """A-FRCNN. Defaults are A-FRCNN-16 (paper Table 3): S=5 stages, C=Bc=N=512,
     encoder/decoder kernel 21 stride 10, SC unfolding, concatenation fusion, 8 kHz:

@@ -66,7 +66,9 @@ class TCNMasker(nn.Module):
         return masks.view(batch, self.n_src, self.n_filters, frames)
 
 
-@register_model("conv_tasnet")
+@register_model(
+    "conv_tasnet", small_config=dict(n_filters=16, bottleneck=8, hidden=16, skip_channels=8, n_blocks=2, n_repeats=1)
+)
 class ConvTasNet(EncoderMaskerDecoder):
     """Conv-TasNet. Defaults are the paper's best non-causal model (Table II):
     N=512, L=16 (stride 8), B=128, H=512, Sc=128, P=3, X=8, R=3, gLN, sigmoid masks:

@@ -171,7 +171,9 @@ class DPRCNetMasker(nn.Module):
         self.input_norm = make_norm(norm, n_filters)
         self.bottleneck = nn.Conv1d(n_filters, bottleneck, 1)
         # Stochastic depth grows linearly over all blocks (ConvNeXt's schedule).
-        rates = torch.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+        # Computed on the CPU whatever the default device, so that the model can also be
+        # built on the meta device (counting parameters without allocating them).
+        rates = torch.linspace(0.0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages = []
         in_channels = bottleneck
         for width, depth in zip(dims, depths):
@@ -202,7 +204,10 @@ class DPRCNetMasker(nn.Module):
         return masks.view(x.shape[0], self.n_src, self.n_filters, frames)
 
 
-@register_model("dprcnet")
+@register_model(
+    "dprcnet",
+    small_config=dict(n_filters=16, bottleneck=8, chunk_size=10, hop=5, dims=(8, 12), depths=(1, 1), hidden=8),
+)
 class DPRCNet(EncoderMaskerDecoder):
     """DP-RCNet. Defaults are the paper's model (§3.2): N=256, L=16, stride 8, B=64,
     chunk 96 / hop 48, stage widths 16/32/64/128 with 3/3/9/3 blocks, BiLSTM hidden 128

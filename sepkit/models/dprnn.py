@@ -90,7 +90,12 @@ class DPRNNMasker(nn.Module):
         return masks.reshape(batch, self.n_src, self.n_filters, frames)
 
 
-@register_model("dprnn")
+@register_model(
+    "dprnn",
+    small_config=dict(
+        n_filters=16, kernel_size=8, stride=4, bottleneck=8, hidden_size=8, n_blocks=1, chunk_size=10, hop=5
+    ),
+)
 class DPRNN(EncoderMaskerDecoder):
     """DPRNN-TasNet. Defaults are the paper's best model: N=64 filters, L=2 (stride 1),
     bottleneck 64, 6 blocks, BiLSTM 128 per direction, chunk K=250, hop 125, gLN,

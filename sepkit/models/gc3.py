@@ -273,10 +273,14 @@ class GC3Masker(nn.Module):
         self.group_size = group_size
         self.context_size = context_size
         # Channel index of every (group, position in group); overlapping groups repeat channels.
-        index = torch.arange(0, n_filters - group_size + 1, int(group_hop))[:, None] + torch.arange(group_size)
-        self.register_buffer("group_index", index.reshape(-1), persistent=False)
+        # Counted on the CPU (bincount has no meta kernel), then placed on the default
+        # device, so that the model can also be built on the meta device.
+        starts = torch.arange(0, n_filters - group_size + 1, int(group_hop), device="cpu")
+        index = starts[:, None] + torch.arange(group_size, device="cpu")
         count = torch.bincount(index.reshape(-1), minlength=n_filters).float()
-        self.register_buffer("channel_count", count, persistent=False)
+        device = torch.get_default_device()
+        self.register_buffer("group_index", index.reshape(-1).to(device), persistent=False)
+        self.register_buffer("channel_count", count.to(device), persistent=False)
         self.n_group_slots = index.shape[0]
 
         self.input_norm = nn.GroupNorm(1, n_filters)
@@ -329,7 +333,12 @@ class GC3Masker(nn.Module):
         return merged / self.channel_count[:, None]
 
 
-@register_model("gc3")
+@register_model(
+    "gc3",
+    small_config=dict(
+        n_filters=16, n_groups=4, context_size=4, codec_hidden=16, backbone_hidden=16, n_layers=2, chunk_size=4
+    ),
+)
 class GC3(EncoderMaskerDecoder):
     """GC3-equipped TasNet. Defaults are the paper's GC3-DPRNN with TAC (Table III):
     16 kHz, encoder N=128 filters of 32 samples (2 ms) with stride 16, K=16 groups

@@ -101,7 +101,20 @@ class SepFormerMasker(nn.Module):
         return masks.reshape(batch, self.n_src, self.n_filters, frames)
 
 
-@register_model("sepformer")
+@register_model(
+    "sepformer",
+    small_config=dict(
+        n_filters=16,
+        d_model=8,
+        n_heads=2,
+        d_ffn=16,
+        n_repeats=1,
+        n_intra_layers=1,
+        n_inter_layers=1,
+        chunk_size=10,
+        hop=5,
+    ),
+)
 class SepFormer(EncoderMaskerDecoder):
     """SepFormer. Defaults are the paper's model (SpeechBrain's WSJ0-2mix recipe): encoder
     256 filters, kernel 16, stride 8, ReLU; chunk 250, hop 125; 2 repeats of 8 intra + 8

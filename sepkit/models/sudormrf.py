@@ -104,7 +104,9 @@ class SuDoRMRFDecoder(nn.Module):
         return self.deconv(rep.reshape(batch, n_src * n_filters, frames))
 
 
-@register_model("sudormrf")
+@register_model(
+    "sudormrf", small_config=dict(n_filters=16, bottleneck=8, hidden_channels=16, n_blocks=2, upsampling_depth=3)
+)
 class SuDoRMRF(EncoderMaskerDecoder):
     """SuDoRM-RF. Defaults are the paper's 1.0x model: encoder kernel 21, stride 10, 512
     bases with bias and ReLU; bottleneck C=128, C_U=512, 16 U-ConvBlocks of depth 5
