@@ -84,12 +84,6 @@ def best_permutation(pairwise: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(perm).to(pairwise.device)
 
 
-def reorder(estimates: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Reorder ``[batch, n_src, ...]`` estimates so source ``j`` matches target ``j``."""
-    index = perm.view(*perm.shape, *([1] * (estimates.dim() - 2))).expand_as(estimates)
-    return torch.gather(estimates, 1, index)
-
-
 def pit_si_sdr(estimates: torch.Tensor, targets: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
     """Utterance-level PIT SI-SDR.
 

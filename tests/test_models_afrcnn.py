@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ def n_params(model: nn.Module) -> int:
 
 
 # Paper Tables 3 and 5 print 6.1 M / 1.7 M / 4.0 / 5.1 / 7.2 M; the exact figures are those
-# of the released code (shared/specs/a-frcnn.md §5), which only one layout reproduces.
+# of the released code (Hu et al.'s A-FRCNN repository), which only one layout reproduces.
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
@@ -113,6 +112,17 @@ def test_default_pads_to_multiple_of_160() -> None:
     assert [model.padded_length(n) for n in (1, 160, 161, 24000, 32079)] == [160, 160, 320, 24000, 32160]
 
 
+def test_centred_encoder_refuses_a_stride_whose_decoder_falls_short() -> None:
+    # Odd kernel 21, stride 15: time / 15 frames decode to time - 15 + 21 samples, 4 short of
+    # the 10 cropped on the left plus the input (the output came back 4 samples short).
+    with pytest.raises(ValueError, match="stride 15"):
+        build_model("afrcnn", **{**TINY, "n_stages": 2}, kernel_size=21, stride=15)
+    # Stride 11 = 21 - 21 // 2 still reaches every sample, on and off the 44-sample grid.
+    model = build_model("afrcnn", **{**TINY, "n_stages": 2}, kernel_size=21, stride=11).eval()
+    for length in (1, 44, 1001, 1012):
+        assert model(torch.randn(1, length)).shape == (1, 2, length)
+
+
 @pytest.mark.parametrize("length", [1, 41, 1001])
 @pytest.mark.parametrize("n_src", [1, 3])
 @pytest.mark.parametrize("decoder", ["official", "shared"])
@@ -163,7 +173,6 @@ def test_ssc_preset_globs_match_pointwise_layers(preset: str) -> None:
             assert module.kernel_size == (1,) and module.groups == 1
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sepkit.nn.swap") is None, reason="sepkit.nn.swap not merged yet")
 @pytest.mark.parametrize("preset", ["pointwise", "fusion"])
 def test_ssc_preset_swap_runs(preset: str) -> None:
     model = build_model("afrcnn", **TINY, ssc={"preset": preset, "kernel_size": 3})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -207,7 +206,6 @@ def test_ssc_preset_globs_match_pointwise_layers(preset: str) -> None:
                 assert set(module.kernel_size) == {1} and module.groups == 1
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sepkit.nn.swap") is None, reason="sepkit.nn.swap not merged yet")
 @pytest.mark.parametrize("preset", PRESETS)
 def test_ssc_preset_swap_runs(preset: str) -> None:
     # Wider than TINY: a 2-D SSC of kernel 3 needs at least 9 input channels.

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from sepkit.models import build_model
-from sepkit.models.dprnn import DPRNNBlock
-from sepkit.models.sepformer import SepFormerBlock, TransformerLayer, TransformerStack, sinusoidal_positions
+from sepkit.models.sepformer import SepFormerBlock
+from sepkit.nn.dual_path_rnn import DPRNNBlock
+from sepkit.nn.transformer import TransformerLayer, TransformerStack, sinusoidal_positions
 
 TINY = {
     "dprnn": dict(n_filters=16, kernel_size=8, stride=4, bottleneck=8, hidden_size=8, n_blocks=2, chunk_size=16, hop=8),
@@ -222,7 +223,6 @@ def test_ssc_presets_name_existing_linear_layers(name: str, config: dict, preset
 
 @pytest.mark.parametrize("name, config, preset", SSC_CASES)
 def test_ssc_preset_swap_runs_forward_and_backward(name: str, config: dict, preset: str) -> None:
-    pytest.importorskip("sepkit.nn.swap", reason="the SSC swap (sepkit.nn.swap) is not on this branch yet")
     model = build_model(name, ssc={"preset": preset, "kernel_size": 3}, **config)
     plain = build_model(name, **config)
     swapped = [entry.path for entry in model.ssc_report.swapped]

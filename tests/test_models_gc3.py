@@ -4,7 +4,6 @@ direct formulations, context codec shapes, group overlap, lengths, SSC presets."
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -35,7 +34,7 @@ def n_params(model: nn.Module) -> int:
 
 
 # Paper Tables III and V print 123.8K / 56.3K / 124.1K / 191.2K; the exact figures are the
-# spec's recount of the authors' code (shared/specs/gc3.md §10).
+# recount of the authors' released code.
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
@@ -255,7 +254,6 @@ def test_ssc_preset_globs_match_pointwise_layers(backbone: str, group_comm: str,
             assert fnmatch.filter(names, pattern), f"{preset}: exclude {pattern} matches nothing"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sepkit.nn.swap") is None, reason="sepkit.nn.swap not merged yet")
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_ssc_preset_swap_runs(backbone: str, preset: str) -> None:

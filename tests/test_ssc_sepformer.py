@@ -3,16 +3,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
-from sepkit.models import build_model, list_models
+from sepkit.models import build_model
 from sepkit.nn import SSCLinear
-
-pytestmark = pytest.mark.skipif(
-    "sepformer" not in list_models(), reason="SepFormer (models issue) is not registered on this branch"
-)
 
 
 class ChannelsLastConv1d(nn.Module):

@@ -3,7 +3,7 @@
 from sepkit.models.asteroid_compat import from_asteroid
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder
-from sepkit.models.registry import build_model, list_models, register_model
+from sepkit.models.registry import build_model, list_models, register_model, small_config
 
 __all__ = [
     "ConvDecoder",
@@ -13,4 +13,5 @@ __all__ = [
     "from_asteroid",
     "list_models",
     "register_model",
+    "small_config",
 ]

@@ -1,9 +1,10 @@
-"""A-FRCNN (Hu et al., NeurIPS 2021): an asynchronous fully recurrent convolutional
-network, i.e. one multi-scale block (bottom-up pass, local fusion of adjacent stages,
-global fusion into the bottom stage) unfolded ``B`` times with tied weights.
+"""A-FRCNN (Hu, Li, Zhang, Luo, Lemercier & Gerkmann, "Speech Separation Using an
+Asynchronous Fully Recurrent Convolutional Neural Network", NeurIPS 2021): one multi-scale
+block (bottom-up pass, local fusion of adjacent stages, global fusion into the bottom
+stage) unfolded ``B`` times with tied weights.
 
-The layout follows the released model code (see ``shared/specs/a-frcnn.md``), which is
-the only reading that reproduces the paper's parameter counts: 6,134,793 for the default
+The layout follows the authors' released model code (JusperLee/AFRCNN-For-Speech-Separation
+on GitHub), which is the only reading that reproduces the paper's parameter counts: 6,134,793 for the default
 model whatever ``B`` is, 1,739,785 for the "sum" variant, 4,018,183 / 5,076,488 /
 7,193,098 for S = 3 / 4 / 6 stages.
 """
@@ -224,7 +225,7 @@ class SourceMixingDecoder(nn.Module):
         return self.deconv(rep.reshape(batch, n_src * n_filters, frames))
 
 
-@register_model("afrcnn")
+@register_model("afrcnn", small_config=dict(n_filters=16, bottleneck=8, channels=8, n_stages=2, n_blocks=2))
 class AFRCNN(EncoderMaskerDecoder):
     """A-FRCNN. Defaults are A-FRCNN-16 (paper Table 3): S=5 stages, C=Bc=N=512,
     encoder/decoder kernel 21 stride 10, SC unfolding, concatenation fusion, 8 kHz:
@@ -292,8 +293,6 @@ class AFRCNN(EncoderMaskerDecoder):
     ) -> None:
         if decoder not in DECODERS:
             raise ValueError(f"AFRCNN: decoder must be one of {DECODERS}, got {decoder!r}")
-        if kernel_size < stride:
-            raise ValueError(f"AFRCNN: kernel_size {kernel_size} must be >= stride {stride}")
         encoder = ConvEncoder(n_filters, kernel_size, stride)
         synthesis: nn.Module = (
             SourceMixingDecoder(n_filters, n_src, kernel_size, stride)
@@ -318,19 +317,7 @@ class AFRCNN(EncoderMaskerDecoder):
             decoder=synthesis,
             n_src=n_src,
             sample_rate=sample_rate,
+            # lcm with 2**n_stages keeps every stage length exact.
             length_multiple=math.lcm(stride, 2**n_stages),
+            centered=True,
         )
-
-    def padded_length(self, length: int) -> int:
-        """Next multiple of ``lcm(stride, 2**n_stages)`` (the centred encoder needs only
-        ``time % stride == 0``; the power of two keeps every stage length exact)."""
-        multiple = self.length_multiple
-        return multiple * max(1, math.ceil(length / multiple))
-
-    def separate_padded(self, wav: Tensor) -> Tensor:
-        """``[batch, time]`` with ``time % stride == 0`` -> ``[batch, n_src, time]``."""
-        edge = self.encoder.kernel_size // 2
-        rep = self.encoder(F.pad(wav, (edge, edge)))
-        masks = self.masker(rep)
-        est = self.decoder(masks * rep.unsqueeze(1))
-        return est[..., edge : edge + wav.shape[-1]]

@@ -7,59 +7,18 @@ from torch import Tensor, nn
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder
 from sepkit.models.registry import register_model
-from sepkit.nn.depthwise import DepthwiseConv1d
+from sepkit.nn.activations import make_activation
 from sepkit.nn.norms import make_norm
-
-MASK_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
-
-
-class TemporalBlock(nn.Module):
-    """One 1-D conv block: 1x1 up to ``hidden`` -> PReLU -> norm -> depthwise dilated
-    conv -> PReLU -> norm, with a 1x1 residual output and an optional 1x1 skip output.
-
-    Input ``[batch, bottleneck, frames]``; returns ``(residual, skip)`` of shapes
-    ``[batch, bottleneck, frames]`` and ``[batch, skip_channels, frames]`` (skip is
-    ``None`` when ``skip_channels == 0``).
-    """
-
-    def __init__(
-        self,
-        bottleneck: int,
-        hidden: int,
-        skip_channels: int,
-        kernel_size: int,
-        dilation: int,
-        norm: str,
-        causal: bool,
-    ) -> None:
-        super().__init__()
-        self.causal = causal
-        # Non-causal: symmetric padding; causal: all padding on the left, trimmed after.
-        self.pad = (kernel_size - 1) * dilation
-        self.in_conv = nn.Conv1d(bottleneck, hidden, 1)
-        self.act1 = nn.PReLU()
-        self.norm1 = make_norm(norm, hidden)
-        self.depthwise = DepthwiseConv1d(
-            hidden, kernel_size, dilation=dilation, padding=self.pad if causal else self.pad // 2
-        )
-        self.act2 = nn.PReLU()
-        self.norm2 = make_norm(norm, hidden)
-        self.res_conv = nn.Conv1d(hidden, bottleneck, 1)
-        self.skip_conv = nn.Conv1d(hidden, skip_channels, 1) if skip_channels > 0 else None
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        y = self.norm1(self.act1(self.in_conv(x)))
-        y = self.depthwise(y)
-        if self.causal and self.pad > 0:
-            y = y[..., : -self.pad]
-        y = self.norm2(self.act2(y))
-        skip = self.skip_conv(y) if self.skip_conv is not None else None
-        return self.res_conv(y), skip
+from sepkit.nn.tcn import TemporalBlock
 
 
 class TCNMasker(nn.Module):
     """Conv-TasNet's separator: norm -> 1x1 bottleneck -> R repeats of X dilated blocks
     (dilation ``2**x``) -> PReLU -> 1x1 to ``n_src * n_filters`` -> mask nonlinearity.
+
+    With the skip path on, the masks read only the summed skips, so the last block's
+    residual 1x1 feeds nothing and gets no gradient; it is kept, as in the reference
+    layout, and counted in the published 5,050,545.
 
     Input ``[batch, n_filters, frames]``; output masks ``[batch, n_src, n_filters, frames]``.
     """
@@ -79,8 +38,6 @@ class TCNMasker(nn.Module):
         mask_activation: str = "sigmoid",
     ) -> None:
         super().__init__()
-        if mask_activation not in MASK_ACTIVATIONS:
-            raise ValueError(f"mask_activation must be one of {sorted(MASK_ACTIVATIONS)}")
         self.n_src = n_src
         self.n_filters = n_filters
         self.input_norm = make_norm(norm, n_filters)
@@ -93,7 +50,7 @@ class TCNMasker(nn.Module):
         self.use_skip = skip_channels > 0
         self.output_act = nn.PReLU()
         self.mask_conv = nn.Conv1d(skip_channels if self.use_skip else bottleneck, n_src * n_filters, 1)
-        self.mask_act = MASK_ACTIVATIONS[mask_activation]()
+        self.mask_act = make_activation(mask_activation, "mask_activation")
 
     def forward(self, rep: Tensor) -> Tensor:
         x = self.bottleneck(self.input_norm(rep))
@@ -109,7 +66,9 @@ class TCNMasker(nn.Module):
         return masks.view(batch, self.n_src, self.n_filters, frames)
 
 
-@register_model("conv_tasnet")
+@register_model(
+    "conv_tasnet", small_config=dict(n_filters=16, bottleneck=8, hidden=16, skip_channels=8, n_blocks=2, n_repeats=1)
+)
 class ConvTasNet(EncoderMaskerDecoder):
     """Conv-TasNet. Defaults are the paper's best non-causal model (Table II):
     N=512, L=16 (stride 8), B=128, H=512, Sc=128, P=3, X=8, R=3, gLN, sigmoid masks:

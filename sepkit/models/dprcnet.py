@@ -1,9 +1,11 @@
-"""DP-RCNet (Yang & Bao, 2022): ConvNeXt-style blocks whose depthwise conv is replaced by a
-BiLSTM, applied dual-path (intra-chunk, then inter-chunk) in four stages of widths
-16/32/64/128 without any downsampling between stages.
+"""DP-RCNet (Yang & Bao, "Embedding Recurrent Layers with Dual-Path Strategy in a Variant
+of Convolutional Network for Speaker-Independent Speech Separation", INTERSPEECH 2022):
+ConvNeXt-style blocks whose depthwise conv is replaced by a BiLSTM, applied dual-path
+(intra-chunk, then inter-chunk) in four stages of widths 16/32/64/128 without any
+downsampling between stages.
 
-The layout follows ``shared/specs/dp-rcnet.md``, the reading that reproduces the paper's
-9.2 M parameters exactly (9,179,696) and its 76.6 G MACs for 4 s at 8 kHz.
+The paper's figures are not in its text; the layout here is the reading of §2 that
+reproduces its 9.2 M parameters exactly (9,179,696) and its 76.6 G MACs for 4 s at 8 kHz.
 """
 
 from __future__ import annotations
@@ -16,29 +18,12 @@ from torch import Tensor, nn
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder
 from sepkit.models.registry import register_model
+from sepkit.nn.drop_path import DropPath
 from sepkit.nn.dual_path import chunk, overlap_add
 from sepkit.nn.norms import make_norm
 
 AXES = ("intra", "inter")
 RESIDUALS = ("sub_block", "block")
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: in training, zero a whole sample's branch with probability ``p``
-    and rescale the kept ones by ``1 / (1 - p)``. Identity in eval mode or for ``p = 0``."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"DropPath: drop probability must be in [0, 1), got {p}")
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
 
 
 class RecurrentConvNeXtBranch(nn.Module):
@@ -186,7 +171,9 @@ class DPRCNetMasker(nn.Module):
         self.input_norm = make_norm(norm, n_filters)
         self.bottleneck = nn.Conv1d(n_filters, bottleneck, 1)
         # Stochastic depth grows linearly over all blocks (ConvNeXt's schedule).
-        rates = torch.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+        # Computed on the CPU whatever the default device, so that the model can also be
+        # built on the meta device (counting parameters without allocating them).
+        rates = torch.linspace(0.0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages = []
         in_channels = bottleneck
         for width, depth in zip(dims, depths):
@@ -217,7 +204,10 @@ class DPRCNetMasker(nn.Module):
         return masks.view(x.shape[0], self.n_src, self.n_filters, frames)
 
 
-@register_model("dprcnet")
+@register_model(
+    "dprcnet",
+    small_config=dict(n_filters=16, bottleneck=8, chunk_size=10, hop=5, dims=(8, 12), depths=(1, 1), hidden=8),
+)
 class DPRCNet(EncoderMaskerDecoder):
     """DP-RCNet. Defaults are the paper's model (§3.2): N=256, L=16, stride 8, B=64,
     chunk 96 / hop 48, stage widths 16/32/64/128 with 3/3/9/3 blocks, BiLSTM hidden 128

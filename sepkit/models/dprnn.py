@@ -7,70 +7,13 @@ from torch import Tensor, nn
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder
 from sepkit.models.registry import register_model
+from sepkit.nn.activations import make_activation
 from sepkit.nn.dual_path import CHUNK_PADDINGS, ChunkPadding, chunk, overlap_add
+from sepkit.nn.dual_path_rnn import DPRNNBlock
+from sepkit.nn.mask_heads import gated_head_convs, gated_masks
 from sepkit.nn.norms import make_norm
 
-MASK_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
 OUTPUT_HEADS = ("gated", "direct")
-RNN_TYPES = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}
-
-
-class DPRNNBlock(nn.Module):
-    """One dual-path block: an intra-chunk RNN along ``chunk_size`` then an inter-chunk
-    RNN along ``n_chunks``, each followed by a linear projection back to ``channels``, a
-    norm, and a residual connection (Luo et al. 2020, Fig. 1).
-
-    Input and output ``[batch, channels, chunk_size, n_chunks]``.
-
-    Stable signature (reused by GC3 / DP-RCNet):
-    ``DPRNNBlock(channels, hidden_size, norm="gLN", bidirectional_inter=True,
-    rnn_type="LSTM", dropout=0.0)``.
-
-    Args:
-        channels: feature size N of the chunked sequence.
-        hidden_size: RNN hidden units per direction.
-        norm: norm after each projection (``sepkit.nn.norms.make_norm``); "gLN" here
-            normalises over channels, chunk positions and chunks, per utterance.
-        bidirectional_inter: the intra RNN is always bidirectional; a causal model
-            uses a unidirectional inter RNN (with "cLN").
-        rnn_type: "LSTM", "GRU" or "RNN".
-        dropout: dropout on the RNN outputs, before each projection (0 in the paper).
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        hidden_size: int,
-        norm: str = "gLN",
-        bidirectional_inter: bool = True,
-        rnn_type: str = "LSTM",
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        if rnn_type not in RNN_TYPES:
-            raise ValueError(f"DPRNNBlock: rnn_type must be one of {sorted(RNN_TYPES)}, got {rnn_type!r}")
-        rnn = RNN_TYPES[rnn_type]
-        self.intra_rnn = rnn(channels, hidden_size, batch_first=True, bidirectional=True)
-        self.intra_proj = nn.Linear(2 * hidden_size, channels)
-        self.intra_norm = make_norm(norm, channels)
-        inter_directions = 2 if bidirectional_inter else 1
-        self.inter_rnn = rnn(channels, hidden_size, batch_first=True, bidirectional=bidirectional_inter)
-        self.inter_proj = nn.Linear(inter_directions * hidden_size, channels)
-        self.inter_norm = make_norm(norm, channels)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch, channels, chunk_size, n_chunks = x.shape
-        # Intra: every chunk is one sequence of length chunk_size.
-        intra = x.permute(0, 3, 2, 1).reshape(batch * n_chunks, chunk_size, channels)
-        intra = self.intra_proj(self.dropout(self.intra_rnn(intra)[0]))
-        intra = intra.reshape(batch, n_chunks, chunk_size, channels).permute(0, 3, 2, 1)
-        x = x + self.intra_norm(intra)
-        # Inter: every position inside a chunk is one sequence across chunks.
-        inter = x.permute(0, 2, 3, 1).reshape(batch * chunk_size, n_chunks, channels)
-        inter = self.inter_proj(self.dropout(self.inter_rnn(inter)[0]))
-        inter = inter.reshape(batch, chunk_size, n_chunks, channels).permute(0, 3, 1, 2)
-        return x + self.inter_norm(inter)
 
 
 class DPRNNMasker(nn.Module):
@@ -107,8 +50,6 @@ class DPRNNMasker(nn.Module):
         super().__init__()
         if output_head not in OUTPUT_HEADS:
             raise ValueError(f"DPRNN: output_head must be one of {OUTPUT_HEADS}, got {output_head!r}")
-        if mask_activation not in MASK_ACTIVATIONS:
-            raise ValueError(f"DPRNN: mask_activation must be one of {sorted(MASK_ACTIVATIONS)}")
         if chunk_padding not in CHUNK_PADDINGS:
             raise ValueError(f"DPRNN: chunk_padding must be one of {CHUNK_PADDINGS}, got {chunk_padding!r}")
         if not 0 < hop <= chunk_size:
@@ -130,10 +71,8 @@ class DPRNNMasker(nn.Module):
             self.output_conv = nn.Conv2d(bottleneck, n_src * n_filters, 1)
         else:
             self.output_conv = nn.Conv2d(bottleneck, n_src * bottleneck, 1)
-            self.output_tanh = nn.Conv1d(bottleneck, bottleneck, 1)
-            self.output_gate = nn.Conv1d(bottleneck, bottleneck, 1)
-            self.mask_conv = nn.Conv1d(bottleneck, n_filters, 1, bias=False)
-        self.mask_act = MASK_ACTIVATIONS[mask_activation]()
+            self.output_tanh, self.output_gate, self.mask_conv = gated_head_convs(bottleneck, n_filters)
+        self.mask_act = make_activation(mask_activation, "mask_activation")
 
     def forward(self, rep: Tensor) -> Tensor:
         batch, _, frames = rep.shape
@@ -147,12 +86,16 @@ class DPRNNMasker(nn.Module):
         _, _, chunk_size, n_chunks = x.shape
         x = x.reshape(batch * self.n_src, self.bottleneck_channels, chunk_size, n_chunks)
         x = overlap_add(x, self.hop, frames, self.chunk_padding)
-        x = self.output_tanh(x).tanh() * self.output_gate(x).sigmoid()
-        masks = self.mask_act(self.mask_conv(x))
+        masks = self.mask_act(gated_masks(x, self.output_tanh, self.output_gate, self.mask_conv))
         return masks.reshape(batch, self.n_src, self.n_filters, frames)
 
 
-@register_model("dprnn")
+@register_model(
+    "dprnn",
+    small_config=dict(
+        n_filters=16, kernel_size=8, stride=4, bottleneck=8, hidden_size=8, n_blocks=1, chunk_size=10, hop=5
+    ),
+)
 class DPRNN(EncoderMaskerDecoder):
     """DPRNN-TasNet. Defaults are the paper's best model: N=64 filters, L=2 (stride 1),
     bottleneck 64, 6 blocks, BiLSTM 128 per direction, chunk K=250, hop 125, gLN,

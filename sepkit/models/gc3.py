@@ -1,5 +1,7 @@
-"""GC3 (Luo, Han & Mesgarani, 2021): group communication with a context codec, a wrapper
-that turns a separator backbone into an ultra-lightweight one.
+"""GC3 (Luo, Han & Mesgarani, "Group Communication with Context Codec for Ultra-Lightweight
+Source Separation", arXiv:2012.07291, 2020; IEEE/ACM TASLP 2021 as "... for Lightweight
+Source Separation"): group communication with a context codec, a wrapper that turns a
+separator backbone into an ultra-lightweight one.
 
 Group communication splits the N encoder channels into K groups of M = N/K channels; one
 small module, shared by all groups, processes each group, and a group-communication
@@ -7,8 +9,8 @@ module (TAC by default, BiLSTM as option) mixes the groups before every layer. T
 context codec summarises each 50%-overlapping context of C frames into one vector (so
 the backbone sees a sequence C/2 times shorter) and expands the backbone's output back.
 
-The layout follows the authors' code as described in ``shared/specs/gc3.md``, the only
-reading that reproduces the paper's counts exactly: GC3-DPRNN 123,772 (TAC, K=16, L_s=8),
+The layout follows the authors' released code (yluo42/GC3 on GitHub), the only reading
+that reproduces the paper's counts exactly: GC3-DPRNN 123,772 (TAC, K=16, L_s=8),
 56,298 (TAC, K=32, L_s=14), 124,120 (BiLSTM group communication, K=16), GC3-TCN 191,168.
 """
 
@@ -17,13 +19,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sepkit.models.conv_tasnet import TemporalBlock
-from sepkit.models.dprnn import DPRNNBlock
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder
 from sepkit.models.registry import register_model
-from sepkit.models.sudormrf import UConvBlock
 from sepkit.nn.dual_path import chunk, overlap_add
+from sepkit.nn.dual_path_rnn import DPRNNBlock
+from sepkit.nn.tcn import TemporalBlock
+from sepkit.nn.uconv import UConvBlock
 
 GROUP_COMMS = ("tac", "blstm")
 BACKBONES = ("dprnn", "tcn", "sudormrf")
@@ -271,10 +273,14 @@ class GC3Masker(nn.Module):
         self.group_size = group_size
         self.context_size = context_size
         # Channel index of every (group, position in group); overlapping groups repeat channels.
-        index = torch.arange(0, n_filters - group_size + 1, int(group_hop))[:, None] + torch.arange(group_size)
-        self.register_buffer("group_index", index.reshape(-1), persistent=False)
+        # Counted on the CPU (bincount has no meta kernel), then placed on the default
+        # device, so that the model can also be built on the meta device.
+        starts = torch.arange(0, n_filters - group_size + 1, int(group_hop), device="cpu")
+        index = starts[:, None] + torch.arange(group_size, device="cpu")
         count = torch.bincount(index.reshape(-1), minlength=n_filters).float()
-        self.register_buffer("channel_count", count, persistent=False)
+        device = torch.get_default_device()
+        self.register_buffer("group_index", index.reshape(-1).to(device), persistent=False)
+        self.register_buffer("channel_count", count.to(device), persistent=False)
         self.n_group_slots = index.shape[0]
 
         self.input_norm = nn.GroupNorm(1, n_filters)
@@ -327,7 +333,12 @@ class GC3Masker(nn.Module):
         return merged / self.channel_count[:, None]
 
 
-@register_model("gc3")
+@register_model(
+    "gc3",
+    small_config=dict(
+        n_filters=16, n_groups=4, context_size=4, codec_hidden=16, backbone_hidden=16, n_layers=2, chunk_size=4
+    ),
+)
 class GC3(EncoderMaskerDecoder):
     """GC3-equipped TasNet. Defaults are the paper's GC3-DPRNN with TAC (Table III):
     16 kHz, encoder N=128 filters of 32 samples (2 ms) with stride 16, K=16 groups

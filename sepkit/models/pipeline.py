@@ -23,8 +23,15 @@ class EncoderMaskerDecoder(nn.Module):
         n_src: number of sources.
         sample_rate: sample rate the model was designed/trained for, in Hz.
         length_multiple: the padded input length must also be a multiple of this (e.g.
-            A-FRCNN's 160 samples, SuDoRM-RF's ``lcm(stride, 2**depth)``); 1 means no
+            A-FRCNN's 160 samples, SuDoRM-RF's ``stride * 2**(depth - 1)``); 1 means no
             extra constraint.
+        centered: centred encoder framing (SuDoRM-RF's and A-FRCNN's reference code): the
+            padded input ``[batch, time]`` gets ``e = kernel_size // 2`` zeros on both
+            sides before the encoder, so frame ``t`` is centred on sample ``t * stride``
+            and ``frames = time / stride`` (``+ 1`` for an even kernel); the decoder's
+            ``[batch, n_src, (frames - 1) * stride + kernel_size]`` is cropped to samples
+            ``e .. e + time``. The input is padded on the right only to a multiple of
+            ``length_multiple``, which must then be a multiple of ``stride``.
     """
 
     def __init__(
@@ -35,24 +42,43 @@ class EncoderMaskerDecoder(nn.Module):
         n_src: int,
         sample_rate: int = 8000,
         length_multiple: int = 1,
+        centered: bool = False,
     ) -> None:
         super().__init__()
         if n_src < 1:
             raise ValueError(f"n_src must be >= 1, got {n_src}")
+        if centered:
+            kernel, stride = encoder.kernel_size, encoder.stride
+            if length_multiple % stride:
+                raise ValueError(
+                    f"centred encoder: length_multiple {length_multiple} is not a multiple of stride {stride}"
+                )
+            # An odd kernel gives time / stride frames, so the decoder rebuilds only
+            # time - stride + kernel samples, which must reach e + time (an even kernel
+            # gives one more frame and always reaches).
+            if kernel % 2 and stride > kernel - kernel // 2:
+                raise ValueError(
+                    f"centred encoder: stride {stride} > kernel_size - kernel_size // 2 = {kernel - kernel // 2} "
+                    "leaves the decoded signal shorter than the input"
+                )
         self.encoder = encoder
         self.masker = masker
         self.decoder = decoder
         self.n_src = n_src
         self.sample_rate = sample_rate
         self.length_multiple = length_multiple
+        self.centered = centered
 
     def padded_length(self, length: int) -> int:
         """Smallest ``L >= length`` the encoder covers with no sample left over.
 
-        The encoder frames ``(L - kernel) // stride + 1`` and the decoder rebuilds
+        Centred framing: the next multiple of ``length_multiple`` (at least one). Otherwise
+        the encoder frames ``(L - kernel) // stride + 1`` and the decoder rebuilds
         ``(frames - 1) * stride + kernel`` samples, which equals ``L`` exactly when
         ``(L - kernel) % stride == 0``.
         """
+        if self.centered:
+            return self.length_multiple * max(1, math.ceil(length / self.length_multiple))
         kernel, stride = self.encoder.kernel_size, self.encoder.stride
         padded = max(length, kernel)
         padded = kernel + math.ceil((padded - kernel) / stride) * stride
@@ -81,7 +107,10 @@ class EncoderMaskerDecoder(nn.Module):
         return est[..., :length]
 
     def separate_padded(self, wav: torch.Tensor) -> torch.Tensor:
-        """``[batch, time]`` already on the encoder's grid -> ``[batch, n_src, time]``."""
-        rep = self.encoder(wav)
+        """``[batch, time]`` already on the encoder's grid (``time == padded_length(time)``)
+        -> ``[batch, n_src, time]``."""
+        edge = self.encoder.kernel_size // 2 if self.centered else 0
+        rep = self.encoder(F.pad(wav, (edge, edge)))
         masks = self.masker(rep)
-        return self.decoder(masks * rep.unsqueeze(1))
+        est = self.decoder(masks * rep.unsqueeze(1))
+        return est[..., edge : edge + wav.shape[-1]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -18,16 +18,27 @@ import torch
 ModelBuilder = Callable[..., torch.nn.Module]
 
 _REGISTRY: dict[str, ModelBuilder] = {}
+_SMALL_CONFIGS: dict[str, dict[str, Any]] = {}
 _DISCOVERED = False
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Class/function decorator that makes ``build_model(name, **config)`` work."""
+def register_model(name: str, *, small_config: Mapping[str, Any]) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Class/function decorator that makes ``build_model(name, **config)`` work.
+
+    Args:
+        name: the registered name.
+        small_config: constructor arguments of a tiny instance of the model (a few
+            thousand parameters, any input length, every code path of the default
+            configuration), on which tests/test_model_contract.py checks the shared
+            contract of every model in seconds on a CPU. Required, so a new model cannot
+            be registered without one.
+    """
 
     def decorator(builder: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY and _REGISTRY[name] is not builder:
             raise ValueError(f"model name {name!r} is registered twice")
         _REGISTRY[name] = builder
+        _SMALL_CONFIGS[name] = copy.deepcopy(dict(small_config))
         return builder
 
     return decorator
@@ -50,6 +61,14 @@ def list_models() -> list[str]:
     """Names accepted by :func:`build_model`, sorted."""
     _discover()
     return sorted(_REGISTRY)
+
+
+def small_config(name: str) -> dict[str, Any]:
+    """A copy of the tiny test configuration model ``name`` registered with."""
+    _discover()
+    if name not in _SMALL_CONFIGS:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return copy.deepcopy(_SMALL_CONFIGS[name])
 
 
 def build_model(name: str, ssc: dict[str, Any] | None = None, **config: Any) -> torch.nn.Module:

@@ -2,103 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder
 from sepkit.models.registry import register_model
 from sepkit.nn.dual_path import chunk, overlap_add
+from sepkit.nn.mask_heads import gated_head_convs, gated_masks
 from sepkit.nn.norms import make_norm
-
-
-def sinusoidal_positions(length: int, d_model: int, like: Tensor) -> Tensor:
-    """Sinusoidal position table ``[length, d_model]`` (Vaswani et al.): sine on even,
-    cosine on odd features. Computed per call, so sequence length is unbounded."""
-    position = torch.arange(length, dtype=like.dtype, device=like.device).unsqueeze(1)
-    inv_freq = torch.exp(
-        torch.arange(0, d_model, 2, dtype=like.dtype, device=like.device) * (-math.log(10000.0) / d_model)
-    )
-    angles = position * inv_freq
-    return torch.stack((angles.sin(), angles.cos()), dim=-1).reshape(length, d_model)
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention, ``[batch, length, d_model]`` in and out."""
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"SepFormer: d_model {d_model} is not divisible by n_heads {n_heads}")
-        self.n_heads = n_heads
-        self.dropout = dropout
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch, length, d_model = x.shape
-        q, k, v = self.qkv(x).reshape(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(batch, length, d_model))
-
-
-class FeedForward(nn.Module):
-    """Position-wise feed-forward: linear up to ``d_ffn`` -> ReLU -> dropout -> linear."""
-
-    def __init__(self, d_model: int, d_ffn: int, dropout: float) -> None:
-        super().__init__()
-        self.linear_in = nn.Linear(d_model, d_ffn)
-        self.linear_out = nn.Linear(d_ffn, d_model)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.linear_out(self.dropout(torch.relu(self.linear_in(x))))
-
-
-class TransformerLayer(nn.Module):
-    """Transformer encoder layer, ``[batch, length, d_model]``; pre-norm (``norm_first``,
-    the SepFormer setting) or post-norm."""
-
-    def __init__(self, d_model: int, n_heads: int, d_ffn: int, dropout: float, norm_first: bool) -> None:
-        super().__init__()
-        self.norm_first = norm_first
-        self.attention_norm = nn.LayerNorm(d_model, eps=1e-6)
-        self.attention = SelfAttention(d_model, n_heads, dropout)
-        self.ffn_norm = nn.LayerNorm(d_model, eps=1e-6)
-        self.ffn = FeedForward(d_model, d_ffn, dropout)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.norm_first:
-            x = x + self.dropout(self.attention(self.attention_norm(x)))
-            return x + self.dropout(self.ffn(self.ffn_norm(x)))
-        x = self.attention_norm(x + self.dropout(self.attention(x)))
-        return self.ffn_norm(x + self.dropout(self.ffn(x)))
-
-
-class TransformerStack(nn.Module):
-    """Sinusoidal positions added at the input, ``n_layers`` transformer layers, a final
-    LayerNorm. ``[batch, length, d_model]`` in and out."""
-
-    def __init__(
-        self, n_layers: int, d_model: int, n_heads: int, d_ffn: int, dropout: float, norm_first: bool, positional: bool
-    ) -> None:
-        super().__init__()
-        self.positional = positional
-        self.layers = nn.ModuleList(
-            TransformerLayer(d_model, n_heads, d_ffn, dropout, norm_first) for _ in range(n_layers)
-        )
-        self.final_norm = nn.LayerNorm(d_model, eps=1e-6)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.positional:
-            x = x + sinusoidal_positions(x.shape[1], x.shape[2], x)
-        for layer in self.layers:
-            x = layer(x)
-        return self.final_norm(x)
+from sepkit.nn.transformer import TransformerStack
 
 
 class SepFormerBlock(nn.Module):
@@ -174,9 +87,7 @@ class SepFormerMasker(nn.Module):
         )
         self.output_act = nn.PReLU()
         self.output_conv = nn.Conv2d(d_model, n_src * d_model, 1)
-        self.output_tanh = nn.Conv1d(d_model, d_model, 1)
-        self.output_gate = nn.Conv1d(d_model, d_model, 1)
-        self.mask_conv = nn.Conv1d(d_model, n_filters, 1, bias=False)
+        self.output_tanh, self.output_gate, self.mask_conv = gated_head_convs(d_model, n_filters)
 
     def forward(self, rep: Tensor) -> Tensor:
         batch, _, frames = rep.shape
@@ -186,12 +97,24 @@ class SepFormerMasker(nn.Module):
         x = self.output_conv(self.output_act(x))
         _, _, chunk_size, n_chunks = x.shape
         x = overlap_add(x.reshape(batch * self.n_src, self.d_model, chunk_size, n_chunks), self.hop, frames)
-        x = self.output_tanh(x).tanh() * self.output_gate(x).sigmoid()
-        masks = torch.relu(self.mask_conv(x))
+        masks = torch.relu(gated_masks(x, self.output_tanh, self.output_gate, self.mask_conv))
         return masks.reshape(batch, self.n_src, self.n_filters, frames)
 
 
-@register_model("sepformer")
+@register_model(
+    "sepformer",
+    small_config=dict(
+        n_filters=16,
+        d_model=8,
+        n_heads=2,
+        d_ffn=16,
+        n_repeats=1,
+        n_intra_layers=1,
+        n_inter_layers=1,
+        chunk_size=10,
+        hop=5,
+    ),
+)
 class SepFormer(EncoderMaskerDecoder):
     """SepFormer. Defaults are the paper's model (SpeechBrain's WSJ0-2mix recipe): encoder
     256 filters, kernel 16, stride 8, ReLU; chunk 250, hop 125; 2 repeats of 8 intra + 8

@@ -5,93 +5,14 @@ upsampling, on a learned filterbank with a padded encoder."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sepkit.models.filterbanks import ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder
 from sepkit.models.registry import register_model
+from sepkit.nn.uconv import UConvBlock, global_norm
 
 DECODER_MODES = ("grouped", "joint", "shared")
-
-
-def _global_norm(channels: int) -> nn.GroupNorm:
-    # GroupNorm with one group is gLN (statistics over channels and time per utterance,
-    # per-channel gain and bias); eps as in the reference code.
-    return nn.GroupNorm(1, channels, eps=1e-8)
-
-
-class UConvBlock(nn.Module):
-    """One U-ConvBlock on ``[batch, channels, frames]`` (same shape out).
-
-    1x1 conv up to ``hidden_channels`` -> norm -> PReLU; a depthwise k5 conv, then
-    ``upsampling_depth - 1`` depthwise k5 stride-2 convs (each followed by a norm);
-    nearest x2 upsampling summed from coarse to fine; norm -> PReLU; 1x1 conv back to
-    ``channels``; residual. The original block adds a norm after that conv and a final
-    norm -> PReLU after the residual; the improved block (``improved=True``) has neither.
-
-    Any frame count works: an upsampled level is cropped to its finer neighbour.
-
-    Stable signature (reused by GC3):
-    ``UConvBlock(channels, hidden_channels, upsampling_depth=5, improved=False,
-    final_prelu_per_channel=None)``.
-
-    Args:
-        channels: C, the bottleneck width of the stack (the reference's ``out_channels``).
-        hidden_channels: C_U, the expanded width inside the block (``in_channels``).
-        upsampling_depth: number of resolutions; the paper's Q=4 downsamplings is 5.
-        improved: SuDoRM-RF++ block (no output norm/activation, single PReLU after the
-            input projection).
-        final_prelu_per_channel: per-channel PReLU after the pyramid. Defaults to the
-            official code (True for the original block, False for the improved one);
-            Asteroid's improved block uses True.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        hidden_channels: int,
-        upsampling_depth: int = 5,
-        improved: bool = False,
-        final_prelu_per_channel: bool | None = None,
-    ) -> None:
-        super().__init__()
-        if upsampling_depth < 1:
-            raise ValueError(f"UConvBlock: upsampling_depth must be >= 1, got {upsampling_depth}")
-        if final_prelu_per_channel is None:
-            final_prelu_per_channel = not improved
-        self.improved = improved
-        self.in_conv = nn.Conv1d(channels, hidden_channels, 1)
-        self.in_norm = _global_norm(hidden_channels)
-        self.in_act = nn.PReLU(1 if improved else hidden_channels)
-        self.depthwise = nn.ModuleList(
-            nn.Conv1d(
-                hidden_channels, hidden_channels, 5, stride=1 if level == 0 else 2, padding=2, groups=hidden_channels
-            )
-            for level in range(upsampling_depth)
-        )
-        self.depthwise_norms = nn.ModuleList(_global_norm(hidden_channels) for _ in range(upsampling_depth))
-        self.final_norm = _global_norm(hidden_channels)
-        self.final_act = nn.PReLU(hidden_channels if final_prelu_per_channel else 1)
-        self.out_conv = nn.Conv1d(hidden_channels, channels, 1)
-        if not improved:
-            self.out_norm = _global_norm(channels)
-            self.block_norm = _global_norm(channels)
-            self.block_act = nn.PReLU(channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.in_act(self.in_norm(self.in_conv(x)))
-        levels = []
-        for conv, norm in zip(self.depthwise, self.depthwise_norms):
-            y = norm(conv(y))
-            levels.append(y)
-        merged = levels[-1]
-        for finer in reversed(levels[:-1]):
-            merged = finer + merged.repeat_interleave(2, dim=-1)[..., : finer.shape[-1]]
-        out = self.out_conv(self.final_act(self.final_norm(merged)))
-        if self.improved:
-            return out + x
-        return self.block_act(self.block_norm(self.out_norm(out) + x))
 
 
 class SuDoRMRFMasker(nn.Module):
@@ -119,7 +40,7 @@ class SuDoRMRFMasker(nn.Module):
         self.n_src = n_src
         self.n_filters = n_filters
         self.improved = improved
-        self.input_norm = _global_norm(n_filters)
+        self.input_norm = global_norm(n_filters)
         self.bottleneck = nn.Conv1d(n_filters, bottleneck, 1)
         self.blocks = nn.Sequential(
             *(
@@ -138,7 +59,7 @@ class SuDoRMRFMasker(nn.Module):
             # The official model defines a norm for the mask input that its forward never
             # applies. It is kept, unused, so that the parameter count (2,662,022 for
             # 1.0x, the published 2.66M) and the official state-dict layout match.
-            self.unused_mask_input_norm = _global_norm(n_filters)
+            self.unused_mask_input_norm = global_norm(n_filters)
 
     def forward(self, rep: Tensor) -> Tensor:
         x = self.blocks(self.bottleneck(self.input_norm(rep)))
@@ -183,7 +104,9 @@ class SuDoRMRFDecoder(nn.Module):
         return self.deconv(rep.reshape(batch, n_src * n_filters, frames))
 
 
-@register_model("sudormrf")
+@register_model(
+    "sudormrf", small_config=dict(n_filters=16, bottleneck=8, hidden_channels=16, n_blocks=2, upsampling_depth=3)
+)
 class SuDoRMRF(EncoderMaskerDecoder):
     """SuDoRM-RF. Defaults are the paper's 1.0x model: encoder kernel 21, stride 10, 512
     bases with bias and ReLU; bottleneck C=128, C_U=512, 16 U-ConvBlocks of depth 5
@@ -236,11 +159,6 @@ class SuDoRMRF(EncoderMaskerDecoder):
         normalize_input: bool = True,
         sample_rate: int = 8000,
     ) -> None:
-        if stride > kernel_size // 2 + 1:
-            raise ValueError(
-                f"SuDoRM-RF: stride {stride} > kernel_size // 2 + 1 = {kernel_size // 2 + 1} "
-                "leaves the padded decoder shorter than the input"
-            )
         if decoder is None:
             decoder = "joint" if improved else "grouped"
         if encoder_bias is None:
@@ -263,9 +181,9 @@ class SuDoRMRF(EncoderMaskerDecoder):
             n_src=n_src,
             sample_rate=sample_rate,
             length_multiple=stride * 2 ** (upsampling_depth - 1),
+            centered=True,
         )
         self.normalize_input = normalize_input
-        self.edge = kernel_size // 2
         # SSC swap group of the 1x1 convolutions; the output layer differs by variant.
         pointwise = ["masker.bottleneck", "masker.blocks.*.in_conv", "masker.blocks.*.out_conv"]
         if improved:
@@ -273,11 +191,6 @@ class SuDoRMRF(EncoderMaskerDecoder):
         elif bottleneck != n_filters:
             pointwise.append("masker.reshape_conv")
         self.ssc_presets = {"pointwise": {"include": pointwise}}
-
-    def padded_length(self, length: int) -> int:
-        """The reference pads the input with zeros up to a multiple of its block grid."""
-        multiple = self.length_multiple
-        return max(1, -(-length // multiple)) * multiple
 
     def forward(self, wav: Tensor) -> Tensor:
         """Separate ``[batch, time]`` (or ``[batch, 1, time]`` / ``[time]``) into
@@ -291,10 +204,3 @@ class SuDoRMRF(EncoderMaskerDecoder):
         scale = wav.std(dim=-1, keepdim=True, correction=0) + 1e-8
         est = super().forward((wav - mean) / scale)
         return est * scale.reshape(-1, 1, 1) + mean.reshape(-1, 1, 1) / self.n_src
-
-    def separate_padded(self, wav: Tensor) -> Tensor:
-        """``[batch, time]`` with ``time`` on the block grid -> ``[batch, n_src, time]``."""
-        length = wav.shape[-1]
-        rep = self.encoder(F.pad(wav, (self.edge, self.edge)))
-        masks = self.masker(rep)
-        return self.decoder(masks * rep.unsqueeze(1))[..., self.edge : self.edge + length]

@@ -40,12 +40,6 @@ def _padding(frames: int, chunk_size: int, hop: int, padding: str) -> tuple[int,
     raise ValueError(f"dual_path: unknown padding {padding!r}; expected one of {CHUNK_PADDINGS}")
 
 
-def n_chunks(frames: int, chunk_size: int, hop: int, padding: ChunkPadding = "overlap") -> int:
-    """Number of chunks ``chunk`` produces for a sequence of ``frames`` frames."""
-    left, right = _padding(frames, chunk_size, hop, padding)
-    return (left + frames + right - chunk_size) // hop + 1
-
-
 def chunk(x: torch.Tensor, chunk_size: int, hop: int, padding: ChunkPadding = "overlap") -> torch.Tensor:
     """``[batch, channels, frames]`` -> ``[batch, channels, chunk_size, n_chunks]``."""
     left, right = _padding(x.shape[-1], chunk_size, hop, padding)

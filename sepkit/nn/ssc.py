@@ -1,4 +1,4 @@
-"""SSC layers (shift split channels, ../shared/papers/ssc-layer.md): drop-in replacements
+"""SSC layers ("SSC Layer - A Replacement for Convolutional Layers", anonymous, under review): drop-in replacements
 for ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` with local context at the parameter count
 of a pointwise layer.
 

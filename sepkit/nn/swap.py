@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -43,9 +43,6 @@ class SSCSwapReport:
     swapped: list[SwappedLayer] = field(default_factory=list)
     params_before: int = 0
     params_after: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def __str__(self) -> str:
         lines = [f"SSC swap: {len(self.swapped)} layers"]
