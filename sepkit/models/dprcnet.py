@@ -1,5 +1,5 @@
 """DP-RCNet (Yang & Bao, "Embedding Recurrent Layers with Dual-Path Strategy in a Variant
-of Convolutional Network for Speaker-Independent Speech Separation", INTERSPEECH 2022):
+of Convolutional Network for Speaker-Independent Speech Separation", arXiv:2203.13574, 2022):
 ConvNeXt-style blocks whose depthwise conv is replaced by a BiLSTM, applied dual-path
 (intra-chunk, then inter-chunk) in four stages of widths 16/32/64/128 without any
 downsampling between stages.
