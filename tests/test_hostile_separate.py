@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 from conftest import TINY_MODEL, sepkit_command, subprocess_env
 
-from sepkit.audio import AUDIO_SUFFIXES, MAX_RESAMPLED_SAMPLES, AudioError, resample
+from sepkit.audio import AUDIO_SUFFIXES, MAX_RESAMPLED_SAMPLES, AudioError, resample, write_audio_atomic
 from sepkit.checkpoint import CheckpointError, load_model, save_model
 from sepkit.cli import main
 from sepkit.fileio import atomic_output, write_text_atomic
@@ -266,6 +266,18 @@ def test_checkpoint_with_nan_weights_is_refused(model_file, tmp_path, capsys):
     assert separate(broken, tmp_path / "in", "-o", tmp_path / "out") == 2
     one_line_error(capsys.readouterr().err, str(broken), "NaN or infinity")
     assert not list((tmp_path / "out").glob("*.wav"))
+
+
+def test_non_finite_audio_is_never_written(tmp_path):
+    target = tmp_path / "out" / "x_s1.wav"
+    write_wav(target, noise(0))
+    before = target.read_bytes()
+    samples = noise(1)
+    samples[7] = np.inf
+    with pytest.raises(AudioError, match=r"x_s1\.wav: output has 1 non-finite sample"):
+        write_audio_atomic(target, samples, RATE, subtype="FLOAT")
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x_s1.wav"]
 
 
 # ---------------------------------------------------------------------------------
