@@ -1,7 +1,15 @@
-"""Audio I/O (soundfile), resampling (scipy ``resample_poly``) and channel policy."""
+"""Audio I/O (soundfile), resampling (scipy ``resample_poly``) and channel policy.
+
+Bounds that keep a tiny but hostile file from exhausting memory: sample rates must lie
+in ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]`` Hz (a header claiming 1 Hz would otherwise be
+upsampled 8000x), and one resampling call produces at most ``MAX_RESAMPLED_SAMPLES``
+samples per channel (about 9 hours at 8 kHz, 2 GiB as float64).
+"""
 
 from __future__ import annotations
 
+import struct
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,11 +19,55 @@ from scipy.signal import resample_poly
 
 from sepkit.fileio import atomic_output
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+# Suffixes of the formats libsndfile (through soundfile) reads; folders are searched for these.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".caf", ".w64", ".rf64", ".au")
+
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 384_000
+MAX_RESAMPLED_SAMPLES = 2**28
+
+# Subtypes that store values beyond [-1, 1) without clipping them.
+_UNCLIPPED_SUBTYPES = ("FLOAT", "DOUBLE", "VORBIS", "OPUS")
 
 
 class AudioError(ValueError):
     """An audio file is unreadable, empty or otherwise unusable; the message names it."""
+
+
+class AudioWarning(UserWarning):
+    """A usable audio file with a problem worth knowing (truncated data, clipped output); names the file."""
+
+
+def check_sample_rate(rate: int, source: str | Path) -> None:
+    """Raise :class:`AudioError` naming ``source`` unless ``rate`` is a supported rate in Hz."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"{source}: sample rate {rate} Hz is outside the supported {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
+        )
+
+
+def require_finite(samples: np.ndarray, source: str | Path, what: str = "audio") -> None:
+    """Raise :class:`AudioError` naming ``source`` if ``samples`` holds NaN or infinity."""
+    bad = int(np.count_nonzero(~np.isfinite(samples)))
+    if bad:
+        raise AudioError(f"{source}: {what} has {bad} non-finite sample(s) (NaN or infinity)")
+
+
+def _wav_missing_bytes(path: Path) -> int:
+    """Bytes a RIFF/WAVE file's ``data`` chunk promises beyond the end of the file (0 if
+    complete or not a plain RIFF file)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        if handle.read(12)[:4] != b"RIFF":
+            return 0
+        while True:
+            header = handle.read(8)
+            if len(header) < 8:
+                return 0
+            chunk_id, chunk_size = header[:4], struct.unpack("<I", header[4:])[0]
+            if chunk_id == b"data":
+                return max(0, handle.tell() + chunk_size - size)
+            handle.seek(chunk_size + (chunk_size & 1), 1)
 
 
 def read_audio(
@@ -34,7 +86,12 @@ def read_audio(
         ``(samples, sample_rate)``.
 
     Raises:
-        AudioError: the file is missing, unreadable or has no samples.
+        AudioError: the file is missing, unreadable, has no samples or a sample rate
+            outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``.
+
+    Warns:
+        AudioWarning: a wav file whose header promises more audio than the file holds
+            (what is there is returned).
     """
     path = Path(path)
     if not path.is_file():
@@ -43,6 +100,14 @@ def read_audio(
         data, rate = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as err:
         raise AudioError(f"{path}: cannot read audio ({err})") from err
+    check_sample_rate(rate, path)
+    if path.suffix.lower() == ".wav" and (missing := _wav_missing_bytes(path)):
+        warnings.warn(
+            f"{path}: truncated file, the header promises {missing} more byte(s) of audio than it holds; "
+            "reading what is there",
+            AudioWarning,
+            stacklevel=2,
+        )
     if data.shape[0] == 0:
         raise AudioError(f"{path}: file has no samples")
     if channel_policy == "mix":
@@ -54,30 +119,55 @@ def read_audio(
     return np.ascontiguousarray(mono, dtype=np.float32), int(rate)
 
 
-def resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+def resample(x: np.ndarray, orig_rate: int, new_rate: int, source: str | Path = "audio") -> np.ndarray:
     """Polyphase resampling along the last axis (what the official LibriMix and
-    wsj0-mix Python ports use, so our mixtures match theirs)."""
+    wsj0-mix Python ports use, so our mixtures match theirs).
+
+    Raises:
+        AudioError: a rate outside the supported range, or an output longer than
+            ``MAX_RESAMPLED_SAMPLES``; the message names ``source``.
+    """
     if orig_rate == new_rate:
         return x
+    check_sample_rate(orig_rate, source)
+    check_sample_rate(new_rate, source)
+    out_length = -(-x.shape[-1] * new_rate // orig_rate)
+    if out_length > MAX_RESAMPLED_SAMPLES:
+        raise AudioError(
+            f"{source}: resampling {x.shape[-1]} samples from {orig_rate} to {new_rate} Hz would give {out_length} "
+            f"samples, more than the limit of {MAX_RESAMPLED_SAMPLES}; split the recording"
+        )
     ratio = Fraction(new_rate, orig_rate)
     return resample_poly(x, ratio.numerator, ratio.denominator, axis=-1)
 
 
 def write_audio_atomic(path: str | Path, samples: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:
     """Write ``[time]`` or ``[time, channels]`` audio to ``path`` via a temp file and
-    rename, so an interrupted write never leaves a truncated file behind."""
+    rename, so an interrupted write never leaves a truncated file behind.
+
+    Raises:
+        AudioError: ``samples`` holds NaN or infinity (nothing is written).
+
+    Warns:
+        AudioWarning: an integer subtype (e.g. PCM_16) clips samples outside ``[-1, 1)``.
+    """
+    require_finite(samples, path, what="output")
     suffix = Path(path).suffix.lower().lstrip(".")
     file_format = suffix.upper() if suffix.upper() in sf.available_formats() else "WAV"
+    effective_subtype = subtype or sf.default_subtype(file_format)
+    if effective_subtype not in _UNCLIPPED_SUBTYPES:
+        clipped = int(np.count_nonzero((samples >= 1.0) | (samples < -1.0)))
+        if clipped:
+            warnings.warn(
+                f"{path}: {clipped} sample(s) outside [-1, 1) clipped by subtype {effective_subtype}; "
+                "use FLOAT to keep them",
+                AudioWarning,
+                stacklevel=2,
+            )
     with atomic_output(path) as tmp:
         sf.write(tmp, samples, sample_rate, subtype=subtype, format=file_format)
 
 
-def list_audio_files(inputs: list[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) into a sorted list of audio files."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES))
-        else:
-            files.append(item)
-    return files
+def list_audio_files(folder: str | Path) -> list[Path]:
+    """Audio files (by :data:`AUDIO_SUFFIXES`, any case) anywhere under ``folder``, sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())

@@ -10,12 +10,17 @@ Two layouts are accepted by :func:`load_model`:
 
 from __future__ import annotations
 
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from sepkit import __version__
+from sepkit.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from sepkit.fileio import atomic_output
 from sepkit.models import build_model
 
@@ -40,22 +45,137 @@ def save_model(model: torch.nn.Module, path: str | Path) -> None:
         torch.save(payload, tmp)
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild a model from a sepkit checkpoint or model file (weights_only load)."""
-    path = Path(path)
+class CheckpointError(ValueError):
+    """A checkpoint or model file cannot be used; the one-line message names the file."""
+
+
+class _AllocationBudget(TorchDispatchMode):
+    """Refuses tensor factories (``empty``, ``zeros``, ...) once the bytes they create
+    add up to more than ``budget``. Each factory's size is worked out on the meta
+    device first, so an oversized request fails before anything is allocated."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__()
+        self.budget = budget
+        self.allocated = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if any(argument.name == "device" for argument in func._schema.arguments):
+            planned = func(*args, **{**kwargs, "device": torch.device("meta")})
+            for tensor in tree_flatten(planned)[0]:
+                if isinstance(tensor, torch.Tensor):
+                    self.allocated += tensor.untyped_storage().nbytes()
+            if self.allocated > self.budget:
+                raise MemoryError(f"model construction needs more than {self.budget} bytes")
+        return func(*args, **kwargs)
+
+
+def _checked_rate(value: Any, path: Path, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_SAMPLE_RATE <= value <= MAX_SAMPLE_RATE:
+        raise CheckpointError(
+            f"{path}: {where} sample rate {value!r} is not an integer in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
+        )
+    return value
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` onto the CPU, with torch's errors turned into
+    one-line :class:`CheckpointError` messages (never its advice to disable
+    ``weights_only``)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise ValueError(f"{path}: not a loadable checkpoint ({err})") from err
-    meta = payload.get("sepkit") if isinstance(payload, dict) else None
-    if meta is None:
-        raise ValueError(f"{path}: not a sepkit checkpoint (no 'sepkit' entry with model name and config)")
-    model = build_model(meta["model_name"], **meta["model_config"])
-    state = payload["state_dict"]
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types; none of its text (or advice) reaches the user
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if unsafe:
+            problem = f"refused, the file holds a Python object ({unsafe.group(1)}) beyond plain weights and settings"
+        elif zipfile.is_zipfile(path):
+            problem = f"corrupt checkpoint ({type(err).__name__})"
+        elif path.read_bytes()[:4] == b"PK\x03\x04":
+            problem = "truncated or corrupt checkpoint (an incomplete zip archive)"
+        else:
+            problem = "not a torch checkpoint"
+        raise CheckpointError(f"{path}: {problem}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a sepkit checkpoint (holds a {type(payload).__name__}, not a dict)")
+    return payload
+
+
+def _model_state(payload: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: no 'state_dict' with the model weights")
     if any(key.startswith(_PREFIX) for key in state):
         state = {key[len(_PREFIX) :]: value for key, value in state.items() if key.startswith(_PREFIX)}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: weight {key!r} is not a tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: weight {key!r} holds NaN or infinity")
+    return state
+
+
+def _check_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    stored = {key: tuple(value.shape) for key, value in state.items()}
+    missing, unexpected = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match the stored model config "
+            f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})"
+        )
+    wrong = [key for key in expected if expected[key] != stored[key]]
+    if wrong:
+        key = wrong[0]
+        raise CheckpointError(
+            f"{path}: {len(wrong)} weight shape(s) do not match the stored model config, "
+            f"e.g. {key!r} is {list(stored[key])}, the config builds {list(expected[key])}"
+        )
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild a model from a sepkit checkpoint or model file (weights_only load) and
+    move it to ``map_location``.
+
+    The stored config is first built on the meta device (no memory) and its weight
+    names and shapes are compared with the file's, so a small file with a huge config
+    is refused before anything big is allocated. Weights with NaN or infinity and
+    sample rates outside the supported range are refused too.
+
+    Raises:
+        CheckpointError: any problem with the file, in one line naming it.
+    """
+    path = Path(path)
+    payload = _read_payload(path)
+    meta = payload.get("sepkit")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not a sepkit checkpoint (no 'sepkit' entry with model name and config)")
+    name, config = meta.get("model_name"), meta.get("model_config")
+    if not isinstance(name, str) or not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the 'sepkit' entry lacks a model name and config")
+    if "sample_rate" in meta:
+        _checked_rate(meta["sample_rate"], path, "stored")
+    state = _model_state(payload, path)
+    stored_bytes = sum(value.untyped_storage().nbytes() for value in state.values())
+    try:
+        try:
+            with torch.device("meta"):
+                _check_shapes(build_model(name, **config), state, path)
+        except NotImplementedError:
+            pass  # the constructor computes with tensor values; the budgeted build below checks it
+        # The weights fix the model's size; allow for buffers and constructor scratch.
+        with _AllocationBudget(2 * stored_bytes + 64 * 2**20):
+            model = build_model(name, **config)
+    except CheckpointError:
+        raise
+    except Exception as err:  # an unknown name or a config the constructor rejects
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: cannot build model {name!r} from the stored config ({message})") from None
+    _checked_rate(getattr(model, "sample_rate", None), path, "model")
+    _check_shapes(model, state, path)
     model.load_state_dict(state)
-    model.eval()
-    return model
+    return model.to(map_location).eval()

@@ -1,30 +1,82 @@
-"""Atomic file output: readers never see a half-written file."""
+"""Atomic file output: readers never see a half-written file.
+
+Temp files are named ``.sepkit-<pid>-<random>.tmp`` beside their target: short (the
+target's own name may already use the 255-byte limit), recognisable as sepkit's, and
+tied to the writing process so that a later run can tell a leftover of a killed run
+(:func:`remove_stale_temp_files`) from a write in progress.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+TEMP_PREFIX = ".sepkit-"
+TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-[A-Za-z0-9_]+{re.escape(TEMP_SUFFIX)}$")
+
+
+def _current_umask() -> int:
+    # The umask can only be read by setting it; restore it at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write to. On success it replaces
-    ``path`` in one rename; on any error (or interruption) it is removed and ``path``
-    keeps its previous content."""
+    """Yield a temporary path beside ``path`` to write to. On success it gets the mode
+    a plain ``open`` would give (``0o666 & ~umask``) and replaces ``path`` in one
+    rename; on any error (or interruption) it is removed and ``path`` keeps its
+    previous content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates 0600 files; outputs (datasets, separated audio) are meant to
+        # be as readable as anything else the user writes.
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete sepkit temp files in ``folder`` (not recursive) whose writing process is
+    gone, e.g. after a SIGKILL. Only names matching sepkit's own temp pattern are
+    touched. Returns the removed paths."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or not entry.is_file() or entry.is_symlink():
+            continue
+        pid = int(match.group(1))
+        if _process_alive(pid):  # a write in progress (this process included)
+            continue
+        entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
