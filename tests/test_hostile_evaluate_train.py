@@ -233,6 +233,25 @@ def test_missing_source_file_in_a_table_fails_only_that_row(tmp_path, capsys):
         assert_scored(rows[name], oracle_scores(checkpoint, mixture, sources[name]))
 
 
+def test_table_row_at_another_rate_fails_only_that_row(tmp_path, capsys):
+    rng = np.random.default_rng(11)
+    (tmp_path / "wav").mkdir()
+    specs = []
+    for name, rate in [("a", RATE), ("wide", 16000), ("c", RATE)]:
+        pair = speech_like(rng)
+        for i, signal in enumerate(pair):
+            sf.write(tmp_path / "wav" / f"{name}{i}.wav", signal, rate, subtype="FLOAT")
+        specs.append(MixtureSpec(name, rate, 2400, [SourceSpec(f"wav/{name}0.wav"), SourceSpec(f"wav/{name}1.wav")]))
+    table = tmp_path / "test.csv"
+    write_table(table, specs)
+    code, _, err = evaluate(capsys, tiny_checkpoint(tmp_path), "--data", table, "--out-dir", tmp_path / "out")
+    assert code == 1
+    failed = strict_json(tmp_path / "out" / "summary.json")["failed"]
+    assert [(f["id"], f["file"]) for f in failed] == [("wide", str(table))]
+    assert "16000 Hz" in failed[0]["reason"] and "wide: " in err
+    assert list(read_rows(tmp_path / "out" / "per_utterance.csv")) == ["a", "c"]
+
+
 def test_unwritable_output_folder_is_refused_before_any_work(tmp_path, capsys):
     rng = np.random.default_rng(6)
     split = write_split(tmp_path / "split", {"a": speech_like(rng)})
