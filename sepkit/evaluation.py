@@ -44,7 +44,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from sepkit.audio import AudioError, read_audio
+from sepkit.audio import read_audio
 from sepkit.data.datasets import MixtureTableDataset, SegmentedDataset, WrittenMixtureDataset
 from sepkit.fileio import write_text_atomic
 from sepkit.inference import separate
@@ -226,7 +226,7 @@ def evaluate_dataset(
             rows.append({"id": utterance.id, **score_utterance(estimate, mixture, references, silent_reference_db)})
         except Exception as err:  # any problem with one utterance; the others still count
             file = err.file if isinstance(err, UtteranceError) and err.file is not None else utterance.origin
-            reason = str(err) if isinstance(err, (UtteranceError, AudioError)) else f"{type(err).__name__}: {err}"
+            reason = str(err) if isinstance(err, UtteranceError) else f"{type(err).__name__}: {err}"
             failures.append(Failure(utterance.id, str(file), reason))
             print(f"sepkit evaluate: {utterance.id}: {reason}", file=sys.stderr)
         if task is not None:
