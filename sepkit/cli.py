@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, distributions
+from pathlib import Path
 
 PLUGIN_GROUP = "sepkit.commands"
 
@@ -93,12 +94,44 @@ def usage() -> str:
     )
 
 
+def config_file_problem(argv: list[str]) -> str | None:
+    """One line naming the first ``--config``/``-c`` file in ``argv`` that is empty, not
+    YAML, or not a mapping, else ``None``. LightningCLI answers those with its whole usage
+    text and an error that names no file ("Unexpected config")."""
+    import yaml
+
+    for flag, value in zip(argv, argv[1:] + [""]):
+        if flag.startswith("--config="):
+            value = flag.partition("=")[2]
+        elif flag not in ("-c", "--config"):
+            continue
+        path = Path(value)
+        if not path.is_file():  # inline YAML, or a missing file that jsonargparse names itself
+            continue
+        try:
+            config = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            return f"{path}: not a valid YAML file ({where}{getattr(err, 'problem', None) or err})"
+        if config is None:
+            return f"{path}: config file is empty (expected a YAML mapping with trainer:, model: and data: blocks)"
+        if not isinstance(config, dict):
+            return f"{path}: config file holds a {type(config).__name__}, expected a YAML mapping (trainer:, model:, data:)"
+    return None
+
+
 def train_main(argv: list[str]) -> int:
+    problem = config_file_problem(argv)
+    if problem is not None:
+        print(f"sepkit train: error: {problem}", file=sys.stderr)
+        return 2
+
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.cli import LightningCLI
 
     from sepkit.data.datamodule import SeparationDataModule
-    from sepkit.training import SeparationModule
+    from sepkit.training import NonFiniteError, SeparationModule
 
     class SepkitCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -166,11 +199,17 @@ def train_main(argv: list[str]) -> int:
         )
     finally:
         sys.argv = saved_argv
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
-    if cli.config.test_after_fit and cli.datamodule.paths["test"] is not None and not cli.trainer.interrupted:
-        checkpoint = cli.trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint is not None else ""
-        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+        if cli.config.test_after_fit and cli.datamodule.paths["test"] is not None and not cli.trainer.interrupted:
+            checkpoint = cli.trainer.checkpoint_callback
+            best = checkpoint.best_model_path if checkpoint is not None else ""
+            cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
+    except NonFiniteError as err:
+        # Every rank raises at the same step; one line is enough.
+        if cli.trainer.is_global_zero:
+            print(f"sepkit train: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,13 +9,54 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from sepkit import __version__
 from sepkit.losses import pit_si_sdr, si_sdr
 from sepkit.models import build_model
 
 LR_SCHEDULES = ("plateau", "cosine")
+
+
+_DIVERGENCE_HINTS = {
+    "training": "the run diverged: restart with a lower --model.lr (best.ckpt, if any, is the best state before it)",
+    "validation": "the model diverged, or the validation data holds NaN/Inf samples",
+    "test": "the test data holds NaN/Inf samples, or the model overflows on it",
+}
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or the weights became NaN or Inf: the run stops instead of training on, or
+    saving, garbage. The message names the stage and the step."""
+
+
+def check_finite_loss(
+    loss: torch.Tensor, stage: str, step: int, epoch: int, batch_idx: int, strategy: Strategy
+) -> None:
+    """Raise :class:`NonFiniteError` if ``loss`` (a scalar) is NaN or Inf on any rank.
+
+    The decision is reduced over the ranks of ``strategy`` (one tiny all-reduce under DDP)
+    so that every process stops at the same step instead of one waiting in a collective
+    for the others.
+    """
+    if strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach())), all=True):
+        return
+    value = loss.item()
+    what = "non-finite on another rank" if math.isfinite(value) else str(value)
+    raise NonFiniteError(
+        f"{stage} loss is {what} at step {step} (epoch {epoch}, {stage} batch {batch_idx}); {_DIVERGENCE_HINTS[stage]}"
+    )
+
+
+def check_finite_weights(state_dict: dict[str, torch.Tensor], step: int) -> None:
+    """Raise :class:`NonFiniteError` if any floating-point tensor of ``state_dict`` holds
+    NaN or Inf, naming how many and the first one."""
+    bad = [name for name, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise NonFiniteError(
+            f"refusing to save a checkpoint at step {step}: {len(bad)} of {len(state_dict)} weight tensors "
+            f"are not finite (first: {bad[0]})"
+        )
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_ratio: float) -> float:
@@ -49,6 +90,17 @@ class SeparationModule(L.LightningModule):
             official recipe clamps at 30 dB, so easy batches stop pushing further).
 
     Gradient clipping is the Trainer's ``gradient_clip_val`` (5 in the recipes).
+
+    Divergence: a NaN or Inf training, validation or test loss raises
+    :class:`NonFiniteError` naming the step (``sepkit train`` turns it into one line and
+    exit code 1). The validation check runs inside ``validation_step``, i.e. before
+    ``ModelCheckpoint`` sees the epoch's ``val/loss``, so a NaN monitor never produces a
+    ``best.ckpt``; and any checkpoint whose weights are not finite is refused when it is
+    about to be written (``last.ckpt`` and every-n-steps saves included). So after a
+    divergence ``best.ckpt`` is the best validated state before it, and ``last.ckpt`` the
+    last state saved before the non-finite loss appeared: finite, but possibly already
+    blowing up (it may be the very state whose next loss was NaN), so restart from
+    ``best.ckpt`` (or from scratch) with a lower learning rate rather than resuming it.
     """
 
     def __init__(
@@ -114,12 +166,15 @@ class SeparationModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         mixture, sources = batch
         loss, _ = self._loss(self(mixture), sources)
+        check_finite_loss(loss, "training", self.global_step, self.current_epoch, batch_idx, self.trainer.strategy)
         self.log("train/loss", loss, prog_bar=True, batch_size=mixture.shape[0])
         return loss
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> None:
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, prefix: str) -> None:
         mixture, sources = batch
         loss, score = self._loss(self(mixture), sources)
+        stage = "validation" if prefix == "val" else "test"
+        check_finite_loss(loss, stage, self.global_step, self.current_epoch, batch_idx, self.trainer.strategy)
         baseline = si_sdr(mixture.unsqueeze(1).expand_as(sources), sources).mean(-1)
         batch_size = mixture.shape[0]
         self.log(f"{prefix}/loss", loss, prog_bar=prefix == "val", sync_dist=True, batch_size=batch_size)
@@ -127,10 +182,10 @@ class SeparationModule(L.LightningModule):
         self.log(f"{prefix}/si_sdri", (score - baseline).mean(), prog_bar=True, sync_dist=True, batch_size=batch_size)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        self._evaluate(batch, batch_idx, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self._evaluate(batch, batch_idx, "test")
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -152,6 +207,8 @@ class SeparationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called for every checkpoint (weights-only ones too), before it is written.
+        check_finite_weights(checkpoint["state_dict"], self.global_step)
         # What `sepkit separate` needs to rebuild the model without this class.
         checkpoint["sepkit"] = {
             "version": __version__,
