@@ -10,15 +10,19 @@ of :mod:`sepkit.data.mixtures`.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import pickle
 import shutil
 import sys
 import tempfile
 import urllib.request
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from sepkit.data.mixtures import MixtureSpec, write_outputs, write_table
@@ -177,6 +181,71 @@ def file_is_complete(path: Path, spec: MixtureSpec) -> bool:
         return False
     subtype = "PCM_16" if spec.quantize else "FLOAT"
     return info.samplerate == spec.sample_rate and info.frames == spec.length and info.subtype == subtype
+
+
+# --- numpy archives without pickle ----------------------------------------------------------------------
+
+# What a pickled numpy array of strings or numbers needs, and nothing else: the array
+# and dtype constructors (numpy 1.x and 2.x module names) and numpy scalars.
+_ARRAY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays of plain values; any other global (a payload) is refused."""
+
+    def find_class(self, module: str, name: str) -> type:
+        if (module, name) in _ARRAY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: only numpy arrays of strings and numbers")
+
+
+def _plain(value: object) -> bool:
+    """Whether ``value``, an element of an unpickled object array, is data and not an object."""
+    if isinstance(value, np.ndarray):
+        return not value.dtype.hasobject
+    return isinstance(value, (str, bytes, int, float, np.generic)) and not isinstance(value, np.object_)
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, without running any code it may carry.
+
+    Numeric and string members are read with ``allow_pickle=False``; object arrays
+    (the official WHAM! ``utterance_id`` is one) are unpickled by a reader that admits
+    only numpy's array and dtype constructors, and must hold only strings and numbers.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with archive.open(member) as raw:
+                    handle = io.BytesIO(raw.read())
+                version = np.lib.format.read_magic(handle)
+                if version == (1, 0):
+                    _, _, dtype = np.lib.format.read_array_header_1_0(handle)
+                elif version == (2, 0):
+                    _, _, dtype = np.lib.format.read_array_header_2_0(handle)
+                else:
+                    raise ValueError(f"member {member} has .npy format version {version}, expected 1.0 or 2.0")
+                if dtype.hasobject:
+                    array = _ArrayOnlyUnpickler(handle).load()
+                    if not isinstance(array, np.ndarray) or not all(_plain(v) for v in array.reshape(-1)):
+                        raise ValueError(f"member {member} is not an array of strings and numbers")
+                else:
+                    handle.seek(0)
+                    array = np.lib.format.read_array(handle, allow_pickle=False)
+                arrays[member[: -len(".npy")]] = array
+    except (zipfile.BadZipFile, ValueError, pickle.UnpicklingError, EOFError, OSError) as err:
+        raise PrepareError(f"{path}: cannot read this .npz file safely ({err})") from None
+    return arrays
 
 
 def _write_one(job: tuple[MixtureSpec, Path, dict[str, str]]) -> int:

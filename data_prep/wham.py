@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from data_prep.common import PrepareError, SplitPlan, require_dir, require_file
+from data_prep.common import PrepareError, SplitPlan, load_npz, require_dir, require_file
 from data_prep.wsj0 import resolve_utterances, utterance_key
 from data_prep.wsj0mix import mixture_name, read_mix_list, resampled_length
 from sepkit.data.mixtures import MixtureSpec, SourceSpec
@@ -67,9 +67,9 @@ def read_pairs(lists_dir: Path, split: str) -> dict[str, list[str]]:
 
 
 def load_scaling(wham_noise: Path, split: str) -> dict[str, np.ndarray]:
+    """The arrays of ``scaling_<split>.npz``, read without pickle (see :func:`data_prep.common.load_npz`)."""
     path = require_file(wham_noise / "metadata" / f"scaling_{split}.npz", "WHAM! scaling file")
-    with np.load(path, allow_pickle=True) as npz:
-        data = {key: npz[key] for key in npz.files}
+    data = load_npz(path)
     for key in ("utterance_id", "speech_start_sample_16k"):
         if key not in data:
             raise PrepareError(f"{path}: missing key {key!r}")

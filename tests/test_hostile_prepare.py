@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from fixtures.fake_corpora import (
+    make_merl_lists,
+    make_reverb_params,
+    make_wham_noise,
+    make_wsj0,
+)
 
 from sepkit.data.mixtures import MixtureSpec, SourceSpec, read_table, write_table
+from sepkit.prepare import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +36,73 @@ def snapshot(root: Path, skip: Path | None = None) -> dict[str, str]:
     return digests
 
 
-# --- 11. errors a person can act on: values of a mixture table -------------------------------------
+# --- 1. code execution through the WHAM! scaling npz ---------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this runs ``exec`` on code that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.fixture(scope="module")
+def wham_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile_wham")
+    wsj0 = root / "wsj0"
+    paths = make_wsj0(wsj0)
+    lists = root / "lists"
+    make_merl_lists(lists, paths, 2, count=2)
+    wham = root / "wham_noise"
+    make_wham_noise(wham, wsj0, lists)
+    make_reverb_params(root / "reverb", lists)
+    return wsj0, lists, wham
+
+
+def _wham_argv(command: str, wsj0: Path, noise: Path, lists: Path, out: Path, extra: list[str]) -> list[str]:
+    argv = [command, "--wsj0", str(wsj0), "--wham-noise", str(noise), "--lists", str(lists), "--splits", "tt"]
+    return argv + extra + ["--out", str(out), "--no-progress"]
+
+
+def _copy_noise_with_scaling(wham: Path, target: Path, **replace: np.ndarray) -> Path:
+    shutil.copytree(wham, target)
+    scaling = dict(np.load(wham / "metadata" / "scaling_tt.npz"))
+    scaling.update(replace)
+    np.savez(target / "metadata" / "scaling_tt.npz", **scaling)
+    return target
+
+
+@pytest.mark.parametrize("command", ["wham", "whamr"])
+def test_scaling_npz_pickle_payload_is_not_run(wham_corpus, tmp_path, capsys, command):
+    wsj0, lists, wham = wham_corpus
+    marker = tmp_path / "payload_ran"
+    ids = np.load(wham / "metadata" / "scaling_tt.npz")["utterance_id"]
+    payload = np.array([_Payload(marker)] + list(ids[1:]), dtype=object)
+    noise = _copy_noise_with_scaling(wham, tmp_path / "wham_noise", utterance_id=payload)
+    extra = ["--reverb-params", str(wsj0.parent / "reverb")] if command == "whamr" else []
+    assert main(_wham_argv(command, wsj0, noise, lists, tmp_path / "out", extra)) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    assert "scaling_tt.npz" in err and "builtins.exec" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_scaling_npz_with_object_array_ids_still_loads(wham_corpus, tmp_path):
+    # guard, not a regression test: the official files hold utterance_id as an object array of str
+    wsj0, lists, wham = wham_corpus
+    ids = np.load(wham / "metadata" / "scaling_tt.npz")["utterance_id"]
+    noise = _copy_noise_with_scaling(wham, tmp_path / "wham_noise", utterance_id=np.array(list(ids), dtype=object))
+    out = tmp_path / "out"
+    assert main(_wham_argv("wham", wsj0, noise, lists, out, [])) == 0
+    assert sorted(s.mixture_id for s in read_table(out / "wav8k/min/tt_sep_clean.csv")) == sorted(
+        Path(i).stem for i in ids
+    )
+
+
+# --- 11. errors a person can act on ---------------------------------------------------------------------
 
 
 def _table_with_source(tmp_path: Path, source: str) -> Path:
