@@ -9,13 +9,17 @@ of :mod:`sepkit.data.mixtures`.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import os
 import pickle
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
 import urllib.request
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
@@ -248,6 +252,38 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+# --- worker processes -----------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: the worker ends when the ``sepkit prepare`` process that
+    started it dies (even by SIGKILL), instead of blocking forever on its task queue.
+    Linux delivers SIGKILL on the parent's death (``PR_SET_PDEATHSIG``); elsewhere, or
+    if the parent died before that was set, a thread polls the parent pid."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """A process pool whose workers exit when this process dies."""
+    return ProcessPoolExecutor(max_workers=jobs, initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+
 def _write_one(job: tuple[MixtureSpec, Path, dict[str, str]]) -> int:
     spec, directory, folders = job
     write_outputs(spec, directory, folders)
@@ -320,7 +356,7 @@ def execute(plans: list[SplitPlan], write: bool, jobs: int = 1, dry_run: bool = 
             _write_one(job)
             bar.update(1)
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        with worker_pool(jobs) as pool:
             for done in pool.map(_write_one, todo, chunksize=max(1, len(todo) // (jobs * 8))):
                 bar.update(done)
     bar.close()

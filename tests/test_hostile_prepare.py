@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +22,7 @@ import soundfile as sf
 from fixtures.fake_corpora import (
     make_merl_lists,
     make_reverb_params,
+    make_speaker_folders,
     make_wham_noise,
     make_wsj0,
 )
@@ -100,6 +106,63 @@ def test_scaling_npz_with_object_array_ids_still_loads(wham_corpus, tmp_path):
     assert sorted(s.mixture_id for s in read_table(out / "wav8k/min/tt_sep_clean.csv")) == sorted(
         Path(i).stem for i in ids
     )
+
+
+# --- 10. leftovers: killing the parent of a --jobs run ------------------------------------------------
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_killed_prepare_leaves_no_worker_processes(tmp_path):
+    sources = tmp_path / "speakers"
+    make_speaker_folders(sources, n_speakers=6, per_speaker=4)
+    argv = ["folder", "--sources", str(sources), "--splits", "train", "--fractions", "1", "--n-mixtures", "3000"]
+    argv += ["--write", "--jobs", "2", "--no-progress", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    parent = subprocess.Popen([sys.executable, "-m", "sepkit.prepare", *argv], env=env, cwd=REPO)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        mix = tmp_path / "out" / "2speakers" / "wav8000" / "min" / "train" / "mix"
+        while time.monotonic() < deadline and parent.poll() is None:
+            workers |= _children(parent.pid)
+            if len(workers) >= 2 and mix.is_dir() and any(mix.glob("*.wav")):
+                break
+            time.sleep(0.05)
+        assert parent.poll() is None and len(workers) >= 2, "the run ended before its workers could be seen"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)]
+    finally:
+        for pid in workers:  # only the processes this test started
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
 
 
 # --- 11. errors a person can act on ---------------------------------------------------------------------
