@@ -60,22 +60,20 @@ def output_file(root: Path, directory: Path, name: str, suffix: str = ".wav") ->
     return path
 
 
-def resolve_source(path: str, base: Path | None, roots: Sequence[Path], what: str = "source") -> Path:
+def resolve_source(path: str, base: Path | None, roots: Sequence[Path], what: str = "source path") -> Path:
     """The file ``path`` names (relative paths start at ``base``), if it resolves inside one of ``roots``."""
     if not path:
-        raise UnsafePathError(f"{what} path is empty")
+        raise UnsafePathError(f"{what} is empty")
     if "\0" in path:
-        raise UnsafePathError(f"{what} path {path!r} contains a NUL character")
+        raise UnsafePathError(f"{what} {path!r} contains a NUL character")
     candidate = Path(path)
     if not candidate.is_absolute():
         if base is None:
-            raise UnsafePathError(f"{what} path {path!r} is relative but there is no base folder to resolve it")
+            raise UnsafePathError(f"{what} {path!r} is relative but there is no base folder to resolve it")
         candidate = Path(base) / candidate
     if not any(is_inside(candidate, root) for root in roots):
         shown = ", ".join(str(r) for r in roots) or "(none)"
-        raise UnsafePathError(
-            f"{what} path {path!r} resolves to {candidate.resolve()}, outside the allowed roots {shown}"
-        )
+        raise UnsafePathError(f"{what} {path!r} resolves to {candidate.resolve()}, outside the allowed roots {shown}")
     return candidate
 
 
