@@ -16,18 +16,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from data_prep.common import PrepareError, SplitPlan, download_pinned, ensure_outside, execute, human_bytes, require_dir
-from sepkit.data.mixtures import read_table, render_outputs
+from data_prep.common import (
+    PrepareError,
+    SplitPlan,
+    claim_output,
+    download_pinned,
+    ensure_outside,
+    execute,
+    human_bytes,
+    require_dir,
+    run_parameters,
+    update_manifest,
+)
+from sepkit.data.mixtures import render_outputs
+from sepkit.data.paths import MANIFEST, read_checked_table
 
-MANIFEST = "prepare_manifest.json"
 _TRUST_HELP = "accept downloaded metadata whose checksum is not pinned yet (prints the sha256 to pin)"
 
 
@@ -55,6 +64,11 @@ def _common(parser: argparse.ArgumentParser, rates: list[int], modes: list[str])
     parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     parser.add_argument("--dry-run", action="store_true", help="plan and estimate, write nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild split folders of --out prepared with other parameters (their old audio files are removed)",
+    )
 
 
 def _metadata(args: argparse.Namespace, given: Path | None, pinned, label: str) -> Path:
@@ -223,25 +237,6 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
     raise AssertionError(args.command)
 
 
-def _update_manifest(out: Path, plans: list[SplitPlan], written: bool) -> None:
-    path = out / MANIFEST
-    manifest = json.loads(path.read_text()) if path.is_file() else {"splits": {}}
-    for plan in plans:
-        manifest["splits"][str(plan.directory.relative_to(out))] = {
-            "name": plan.name,
-            "folders": plan.folders,
-            "tables": [str(t.relative_to(out)) for t in plan.tables],
-            "mixtures": len(plan.specs),
-            "written": written
-            or manifest["splits"].get(str(plan.directory.relative_to(out)), {}).get("written", False),
-        }
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=out)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(manifest, handle, indent=1)
-    os.replace(tmp, path)
-
-
 def _snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     noise = float(np.sum((reference - estimate) ** 2))
     return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(reference**2)) / noise)
@@ -256,7 +251,10 @@ def verify(directory: Path, official: Path | None, samples: int) -> int:
     problems = 0
     for rel, entry in sorted(manifest["splits"].items()):
         split_dir = directory / rel
-        specs = read_table(directory / entry["tables"][0])
+        try:
+            specs = read_checked_table(directory / entry["tables"][0])
+        except ValueError as err:  # a malformed or unsafe row: one line, not a traceback
+            raise PrepareError(str(err)) from None
         hours = sum(s.length / s.sample_rate for s in specs) / 3600
         lengths = [s.length for s in specs]
         line = f"{entry['name']}: {len(specs)} mixtures, {hours:.3f} h, length {min(lengths, default=0)}..{max(lengths, default=0)}"
@@ -321,14 +319,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "verify":
             return 1 if verify(args.directory, args.official, args.samples) else 0
+        # paths from the command line: absolute, so tables work from any folder
+        for name, value in vars(args).items():
+            if isinstance(value, Path):
+                setattr(args, name, value.absolute())
+        parameters = run_parameters(vars(args))
         plans = _plans(args)
-        summary = execute(plans, write=args.write, jobs=args.jobs, dry_run=args.dry_run, progress=not args.no_progress)
+        claim_output(args.out, plans, parameters, args.force, args.dry_run)
+        summary = execute(
+            plans, args.write, args.jobs, dry_run=args.dry_run, progress=not args.no_progress, force=args.force
+        )
         if args.command == "librimix" and args.write and not args.dry_run:
             from data_prep.librimix import write_official_csvs
 
             write_official_csvs(plans, args.types)
         if not args.dry_run:
-            _update_manifest(args.out, plans, args.write)
+            update_manifest(args.out, plans, args.write, parameters)
     except PrepareError as err:
         print(f"sepkit prepare {args.command}: error: {err}", file=sys.stderr)
         return 2

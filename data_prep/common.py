@@ -9,19 +9,31 @@ of :mod:`sepkit.data.mixtures`.
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import hashlib
+import io
+import json
 import os
+import pickle
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
 import urllib.request
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
-from sepkit.data.mixtures import MixtureSpec, write_outputs, write_table
+from sepkit.data.mixtures import MixtureSpec, RowValueError, check_row_values, write_outputs, write_table
+from sepkit.data.paths import MANIFEST, UnsafePathError, check_spec_paths, is_inside, output_file
+from sepkit.fileio import write_text_atomic
 
 WAV_HEADER_BYTES = 44
 
@@ -41,6 +53,10 @@ class SplitPlan:
         folders: output name -> sub-folder of ``directory`` (``{"mix_clean": "mix", ...}``).
         tables: file name -> rows, mixture tables written next to ``directory``
             (one per task when a corpus defines several).
+        out: the ``--out`` folder; every output path must resolve inside it
+            (default: ``directory``).
+        roots: the folders source paths may point into (the input corpora and the
+            caches this run writes under ``out``); anything else is refused.
     """
 
     name: str
@@ -48,6 +64,8 @@ class SplitPlan:
     specs: list[MixtureSpec]
     folders: dict[str, str]
     tables: dict[Path, list[MixtureSpec]] = field(default_factory=dict)
+    out: Path | None = None
+    roots: tuple[Path, ...] = ()
 
     def expected_files(self, spec: MixtureSpec) -> list[Path]:
         return [self.directory / folder / f"{spec.mixture_id}.wav" for folder in self.folders.values()]
@@ -179,18 +197,258 @@ def file_is_complete(path: Path, spec: MixtureSpec) -> bool:
     return info.samplerate == spec.sample_rate and info.frames == spec.length and info.subtype == subtype
 
 
+# --- metadata that decides which files are read and written -------------------------------------------
+
+
+def validate_plans(plans: list[SplitPlan]) -> None:
+    """Refuse a plan with a row no recipe should produce: an id that is not a plain file
+    name, a source outside the plan's roots, an output resolving outside ``--out``, a
+    length, position or gain out of range. Runs before anything is written."""
+    for plan in plans:
+        out = plan.out if plan.out is not None else plan.directory
+        for spec in plan.specs:
+            try:
+                check_row_values(spec)
+                check_spec_paths(spec, Path.cwd(), plan.roots)
+                for folder in plan.folders.values():
+                    output_file(out, plan.directory / folder, spec.mixture_id)
+            except (UnsafePathError, RowValueError) as err:
+                raise PrepareError(f"{plan.name}: mixture {spec.mixture_id!r}: {err}") from None
+        for table in plan.tables:
+            if not is_inside(table, out):
+                raise PrepareError(f"{plan.name}: table {table} resolves outside the output folder {out}")
+
+
+def _stray_outputs(plan: SplitPlan, folders: set[str]) -> list[Path]:
+    """Audio files sepkit would write in ``folders`` of ``plan.directory`` whose id is not in the plan."""
+    expected = {f"{spec.mixture_id}.wav" for spec in plan.specs}
+    return [
+        path
+        for folder in sorted(folders)
+        for path in sorted((plan.directory / folder).glob("*.wav"))
+        if path.name not in expected
+    ]
+
+
+def plan_digest(plan: SplitPlan) -> str:
+    """sha256 of everything that decides a split's files: its folders and every row."""
+    rows = sorted((dataclasses.asdict(spec) for spec in plan.specs), key=lambda row: row["mixture_id"])
+    text = json.dumps({"folders": plan.folders, "rows": rows}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_manifest(out: Path) -> dict:
+    """``out/prepare_manifest.json`` (``{"splits": {}}`` when there is none yet)."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return {"splits": {}}
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as err:
+        raise PrepareError(f"{path}: not a readable prepare manifest ({err})") from err
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise PrepareError(f"{path}: not a prepare manifest (no 'splits' table)")
+    return manifest
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    """Replace ``out/prepare_manifest.json`` atomically."""
+    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
+
+
+def _differences(before: dict, now: dict) -> str:
+    """The options that changed between two runs, for the refusal message."""
+    keys = sorted(set(before) | set(now))
+    changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
+    return "; ".join(changed) if changed else "same options, but the input corpora or metadata differ"
+
+
+def claim_output(out: Path, plans: list[SplitPlan], parameters: dict, force: bool, dry_run: bool) -> None:
+    """Refuse to reuse a split folder of ``out`` prepared with other parameters unless
+    ``force``, then record this run in the manifest before anything else is written.
+
+    A split whose rows or folders differ from what the manifest recorded (other options,
+    or other inputs) would mix old and new files. With ``force`` its old audio files
+    (``*.wav`` in the folders sepkit writes there, old and new) are removed. Recording
+    the run first means a run killed midway is resumed, and a different one refused,
+    like a finished one.
+    """
+    validate_plans(plans)  # a hostile row is refused before --force removes anything
+    manifest = read_manifest(out)
+    changed = []
+    for plan in plans:
+        entry = manifest["splits"].get(str(plan.directory.relative_to(out)))
+        if entry is None or entry.get("rows_sha256") == plan_digest(plan):
+            continue
+        if not force:
+            raise PrepareError(
+                f"{plan.directory} was prepared with other parameters "
+                f"({_differences(entry.get('parameters', {}), parameters)}); pass --force to rebuild it "
+                "(its audio files are removed), or choose another --out"
+            )
+        changed.append((plan, entry))
+    if dry_run:
+        return
+    for plan, entry in changed:
+        for folder in sorted(set(plan.folders.values()) | set(entry.get("folders", {}).values())):
+            for path in sorted((plan.directory / folder).glob("*.wav")):
+                path.unlink()
+    update_manifest(out, plans, False, parameters)
+
+
+def update_manifest(out: Path, plans: list[SplitPlan], written: bool, parameters: dict) -> None:
+    """Record what ``plans`` built in ``out/prepare_manifest.json``: per split its folders,
+    tables, mixture count, whether the audio is written (kept from an earlier run only if
+    its rows were the same), the options and a digest of the rows (see
+    :func:`claim_output`); and the folders its tables may read from."""
+    manifest = read_manifest(out)
+    roots = set(manifest.get("roots", []))
+    for plan in plans:
+        rel = str(plan.directory.relative_to(out))
+        previous = manifest["splits"].get(rel, {})
+        digest = plan_digest(plan)
+        manifest["splits"][rel] = {
+            "name": plan.name,
+            "folders": plan.folders,
+            "tables": [str(t.relative_to(out)) for t in plan.tables],
+            "mixtures": len(plan.specs),
+            "written": written or (previous.get("written", False) and previous.get("rows_sha256") == digest),
+            "parameters": parameters,
+            "rows_sha256": digest,
+        }
+        roots.update(str(Path(r).absolute()) for r in plan.roots)
+    manifest["roots"] = sorted(roots)
+    write_manifest(out, manifest)
+
+
+def run_parameters(args: dict) -> dict:
+    """The options of a ``sepkit prepare`` run that can change what it writes (JSON-ready)."""
+    ignored = {"out", "write", "metadata_only", "jobs", "dry_run", "no_progress", "force", "trust_unpinned_download"}
+    return {
+        key: str(value) if isinstance(value, Path) else value
+        for key, value in sorted(args.items())
+        if key not in ignored
+    }
+
+
+# --- numpy archives without pickle ----------------------------------------------------------------------
+
+# What a pickled numpy array of strings or numbers needs, and nothing else: the array
+# and dtype constructors (numpy 1.x and 2.x module names) and numpy scalars.
+_ARRAY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays of plain values; any other global (a payload) is refused."""
+
+    def find_class(self, module: str, name: str) -> type:
+        if (module, name) in _ARRAY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: only numpy arrays of strings and numbers")
+
+
+def _plain(value: object) -> bool:
+    """Whether ``value``, an element of an unpickled object array, is data and not an object."""
+    if isinstance(value, np.ndarray):
+        return not value.dtype.hasobject
+    return isinstance(value, (str, bytes, int, float, np.generic)) and not isinstance(value, np.object_)
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, without running any code it may carry.
+
+    Numeric and string members are read with ``allow_pickle=False``; object arrays
+    (the official WHAM! ``utterance_id`` is one) are unpickled by a reader that admits
+    only numpy's array and dtype constructors, and must hold only strings and numbers.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with archive.open(member) as raw:
+                    handle = io.BytesIO(raw.read())
+                version = np.lib.format.read_magic(handle)
+                if version == (1, 0):
+                    _, _, dtype = np.lib.format.read_array_header_1_0(handle)
+                elif version == (2, 0):
+                    _, _, dtype = np.lib.format.read_array_header_2_0(handle)
+                else:
+                    raise ValueError(f"member {member} has .npy format version {version}, expected 1.0 or 2.0")
+                if dtype.hasobject:
+                    array = _ArrayOnlyUnpickler(handle).load()
+                    if not isinstance(array, np.ndarray) or not all(_plain(v) for v in array.reshape(-1)):
+                        raise ValueError(f"member {member} is not an array of strings and numbers")
+                else:
+                    handle.seek(0)
+                    array = np.lib.format.read_array(handle, allow_pickle=False)
+                arrays[member[: -len(".npy")]] = array
+    except (zipfile.BadZipFile, ValueError, pickle.UnpicklingError, EOFError, OSError) as err:
+        raise PrepareError(f"{path}: cannot read this .npz file safely ({err})") from None
+    return arrays
+
+
+# --- worker processes -----------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: the worker ends when the ``sepkit prepare`` process that
+    started it dies (even by SIGKILL), instead of blocking forever on its task queue.
+    Linux delivers SIGKILL on the parent's death (``PR_SET_PDEATHSIG``); elsewhere, or
+    if the parent died before that was set, a thread polls the parent pid."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """A process pool whose workers exit when this process dies."""
+    return ProcessPoolExecutor(max_workers=jobs, initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+
 def _write_one(job: tuple[MixtureSpec, Path, dict[str, str]]) -> int:
     spec, directory, folders = job
     write_outputs(spec, directory, folders)
     return 1
 
 
-def execute(plans: list[SplitPlan], write: bool, jobs: int = 1, dry_run: bool = False, progress: bool = True) -> dict:
+def execute(
+    plans: list[SplitPlan],
+    write: bool,
+    jobs: int = 1,
+    dry_run: bool = False,
+    progress: bool = True,
+    force: bool = False,
+) -> dict:
     """Write the tables of ``plans`` and, with ``write``, every output file.
 
-    Finished files (see :func:`file_is_complete`) are skipped, so an interrupted run
-    resumes where it stopped. Before writing, the free disk space is checked against
-    the estimate for the files still missing.
+    Every row is checked first (:func:`validate_plans`). Finished files (see
+    :func:`file_is_complete`) are skipped, so an interrupted run resumes where it
+    stopped. Audio files in a split's folders that are not in its table (left by a run
+    with other parameters) are refused, or removed with ``force``. Before writing, the
+    free disk space is checked against the estimate for the files still missing.
 
     Returns:
         a summary dict (counts, estimated bytes, files written / skipped).
@@ -209,6 +467,17 @@ def execute(plans: list[SplitPlan], write: bool, jobs: int = 1, dry_run: bool = 
             raise PrepareError(
                 f"{plan.name}: mixture id {duplicate!r} occurs more than once; output files would collide"
             )
+    validate_plans(plans)
+    for plan in plans:
+        strays = _stray_outputs(plan, set(plan.folders.values()))
+        if strays and not force:
+            raise PrepareError(
+                f"{plan.directory}: {len(strays)} audio file(s) not in this split's table, e.g. {strays[0]}: "
+                "left by a run with other parameters; pass --force to remove them, or choose another --out"
+            )
+        if strays and not dry_run:
+            for path in strays:
+                path.unlink()
     if dry_run:
         return summary
     for plan in plans:
@@ -251,7 +520,7 @@ def execute(plans: list[SplitPlan], write: bool, jobs: int = 1, dry_run: bool = 
             _write_one(job)
             bar.update(1)
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        with worker_pool(jobs) as pool:
             for done in pool.map(_write_one, todo, chunksize=max(1, len(todo) // (jobs * 8))):
                 bar.update(done)
     bar.close()

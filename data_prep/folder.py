@@ -28,15 +28,26 @@ from data_prep.common import PrepareError, SplitPlan
 from data_prep.wsj0mix import resampled_length
 from sepkit.audio import AUDIO_SUFFIXES
 from sepkit.data.mixtures import MixtureSpec, SourceSpec
+from sepkit.data.paths import is_inside
 
 LEVEL_SPREAD_DB = 2.5
 
 
 def list_speakers(root: Path) -> dict[str, list[Path]]:
-    """``{speaker folder name: sorted audio files below it}``; speakers without audio are ignored."""
+    """``{speaker folder name: sorted audio files below it}``; speakers without audio are ignored.
+
+    Every file's header is read here, so a corrupt or unreadable utterance stops the
+    run before anything is written, with one line naming it (the run refuses rather
+    than skipping it: a skipped file would silently change which mixtures are drawn).
+    Files that resolve outside ``root`` (symlinks) are refused too.
+    """
     speakers = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        for path in files:
+            if not is_inside(path, root):
+                raise PrepareError(f"{path}: resolves to {path.resolve()}, outside --sources {root}")
+            _frames_and_rate(path)
         if files:
             speakers[folder.name] = files
     if not speakers:
@@ -53,8 +64,19 @@ def split_speakers(speakers: list[str], names: list[str], fractions: list[float]
     return {name: sorted(order[bounds[k] : bounds[k + 1]]) for k, name in enumerate(names)}
 
 
+def _frames_and_rate(path: Path) -> tuple[int, int]:
+    try:
+        info = sf.info(str(path))
+        return int(info.frames), int(info.samplerate)
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise PrepareError(f"{path}: cannot read audio ({err})") from None
+
+
 def _rms(path: Path) -> float:
-    data, _ = sf.read(str(path), dtype="float64", always_2d=True)
+    try:
+        data, _ = sf.read(str(path), dtype="float64", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise PrepareError(f"{path}: cannot read audio ({err})") from None
     value = float(np.sqrt(np.mean(data[:, 0] ** 2))) if len(data) else 0.0
     if value == 0.0:
         raise PrepareError(f"{path}: silent or empty utterance (RMS 0) cannot be level-normalised")
@@ -96,8 +118,7 @@ def build_plans(
         for path in {f for _, _, files, _ in draws for f in files}:
             if path not in rms_cache:
                 rms_cache[path] = _rms(path)
-                info = sf.info(str(path))
-                info_cache[path] = (int(info.frames), int(info.samplerate))
+                info_cache[path] = _frames_and_rate(path)
         for rate in sample_rates:
             for mode in modes:
                 specs = []
@@ -126,6 +147,8 @@ def build_plans(
                         specs=specs,
                         folders={"mix_clean": "mix", **{f"s{i + 1}": f"s{i + 1}" for i in range(n_src)}},
                         tables={base / f"{split}.csv": specs},
+                        out=out,
+                        roots=(sources,),
                     )
                 )
     return plans

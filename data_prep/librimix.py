@@ -49,6 +49,7 @@ from scipy.signal import resample_poly
 from data_prep.common import PinnedFile, PrepareError, SplitPlan, require_file
 from sepkit.audio import write_audio_atomic
 from sepkit.data.mixtures import MixtureSpec, SourceSpec
+from sepkit.data.paths import UnsafePathError, check_name, resolve_source
 
 LIBRI_RATE = 16000
 SUBSETS = {"train-clean-360": "train-360", "train-clean-100": "train-100", "dev-clean": "dev", "test-clean": "test"}
@@ -145,8 +146,20 @@ def build_plans(
             rows = read_metadata(csv_path, n_src)
             # lengths at 16 kHz, read once per subset
             prepared = []
-            for row in rows:
-                paths = [librispeech / row[f"source_{i + 1}_path"] for i in range(n_src)]
+            aug_root = out / "wham_noise_augmented"
+            for line, row in enumerate(rows, start=2):
+                try:
+                    check_name(row["mixture_ID"], "mixture_ID")
+                    paths = [
+                        resolve_source(row[f"source_{i + 1}_path"], librispeech, [librispeech], f"source_{i + 1}_path")
+                        for i in range(n_src)
+                    ]
+                    if noisy:
+                        # a missing speed-perturbed noise is generated below aug_root: that path must stay there too
+                        resolve_source(row["noise_path"], wham_noise, [wham_noise], "noise_path")
+                        resolve_source(row["noise_path"], aug_root, [aug_root], "noise_path")
+                except UnsafePathError as err:
+                    raise PrepareError(f"{csv_path}: row {line - 1} (line {line}): {err}") from None
                 for path in paths:
                     if not path.is_file():
                         raise PrepareError(f"LibriSpeech file not found: {path} (--librispeech {librispeech})")
@@ -155,9 +168,7 @@ def build_plans(
                 if noisy:
                     noise_path = wham_noise / row["noise_path"]
                     if not noise_path.is_file():
-                        noise_path = augmented_noise(
-                            wham_noise, row["noise_path"], out / "wham_noise_augmented", dry_run
-                        )
+                        noise_path = augmented_noise(wham_noise, row["noise_path"], aug_root, dry_run)
                 prepared.append((row, paths, lengths16, noise_path))
             for rate in sample_rates:
                 if not 0 < rate <= LIBRI_RATE:
@@ -207,6 +218,8 @@ def build_plans(
                             specs=specs,
                             folders=folders,
                             tables=tables,
+                            out=out,
+                            roots=tuple(r for r in (librispeech, wham_noise, aug_root) if r is not None),
                         )
                     )
     if not plans:

@@ -33,10 +33,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from data_prep.common import PrepareError, SplitPlan, require_dir, require_file
+from data_prep.common import PrepareError, SplitPlan, load_npz, require_dir, require_file
 from data_prep.wsj0 import resolve_utterances, utterance_key
 from data_prep.wsj0mix import mixture_name, read_mix_list, resampled_length
 from sepkit.data.mixtures import MixtureSpec, SourceSpec
+from sepkit.data.paths import UnsafePathError, check_name
 
 SPLITS = ("tr", "cv", "tt")
 NOISE_RATE = 16000
@@ -67,9 +68,9 @@ def read_pairs(lists_dir: Path, split: str) -> dict[str, list[str]]:
 
 
 def load_scaling(wham_noise: Path, split: str) -> dict[str, np.ndarray]:
+    """The arrays of ``scaling_<split>.npz``, read without pickle (see :func:`data_prep.common.load_npz`)."""
     path = require_file(wham_noise / "metadata" / f"scaling_{split}.npz", "WHAM! scaling file")
-    with np.load(path, allow_pickle=True) as npz:
-        data = {key: npz[key] for key in npz.files}
+    data = load_npz(path)
     for key in ("utterance_id", "speech_start_sample_16k"):
         if key not in data:
             raise PrepareError(f"{path}: missing key {key!r}")
@@ -92,6 +93,11 @@ def wham_rows(
     scaling = load_scaling(wham_noise, split)
     pairs = read_pairs(lists_dir, split)
     names = [Path(str(u)).stem for u in scaling["utterance_id"]]
+    for number, name in enumerate(names):
+        try:
+            check_name(name, "utterance_id")
+        except UnsafePathError as err:
+            raise PrepareError(f"scaling_{split}.npz: entry {number}: {err}") from None
     absent = [n for n in names if n not in pairs]
     if absent:
         raise PrepareError(f"{len(absent)} WHAM! utterance(s) of {split} are not in the speaker list, e.g. {absent[0]}")
@@ -138,6 +144,11 @@ def wham_rows(
     return rows
 
 
+def wham_roots(wsj0: Path, wham_noise: Path, out: Path) -> tuple[Path, ...]:
+    """Where WHAM! rows may read: WSJ0, the noise package, the decoded-WSJ0 cache."""
+    return (wsj0, wham_noise, out / "wsj0_wav")
+
+
 def task_tables(base: Path, split: str, specs: list[MixtureSpec], tasks: list[str]) -> dict[Path, list[MixtureSpec]]:
     tables = {}
     for task in tasks:
@@ -170,6 +181,8 @@ def build_plans(
                     specs=specs,
                     folders=dict(FOLDERS),
                     tables=task_tables(base, split, specs, tasks),
+                    out=out,
+                    roots=wham_roots(wsj0, wham_noise, out),
                 )
             )
     return plans

@@ -51,7 +51,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.common import PrepareError, SplitPlan, require_file
-from data_prep.wham import SPLITS, wham_rows
+from data_prep.wham import SPLITS, wham_roots, wham_rows
 from sepkit.data.mixtures import MixtureSpec, signal_samples
 
 SIM_RATE = 16000
@@ -213,6 +213,8 @@ def build_plans(
                     specs=reverb_specs,
                     folders=dict(FOLDERS),
                     tables=tables,
+                    out=out,
+                    roots=(*wham_roots(wsj0, wham_noise, out), out / "rirs"),
                 )
             )
     return plans

@@ -19,13 +19,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from data_prep.common import PrepareError
+from data_prep.common import PrepareError, worker_pool
 from sepkit.audio import write_audio_atomic
 
 WSJ0_SUFFIXES = (".wav", ".wv1", ".wv2")
@@ -219,6 +218,6 @@ def resolve_utterances(
             for job in conversions:
                 _convert(job)
         else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
+            with worker_pool(jobs) as pool:
                 list(pool.map(_convert, conversions, chunksize=16))
     return resolved

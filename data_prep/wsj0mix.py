@@ -145,6 +145,8 @@ def build_plans(
                         specs=specs,
                         folders=folders,
                         tables={base / f"{split}.csv": specs},
+                        out=out,
+                        roots=(wsj0, out / "wsj0_wav"),
                     )
                 )
     return plans

@@ -11,7 +11,7 @@ import torch
 from fixtures.fake_corpora import make_speaker_folders
 from torch.utils.data import DataLoader
 
-from data_prep.common import execute
+from data_prep.common import execute, update_manifest
 from data_prep.folder import build_plans
 from sepkit.data.dynamic import DynamicMixingDataset, DynamicMixingEpochCallback
 
@@ -22,6 +22,8 @@ def tables(tmp_path_factory):
     make_speaker_folders(root / "speakers", n_speakers=8, per_speaker=3)
     plans = build_plans(root / "speakers", root / "out", 2, [8000], ["min"], ["train", "valid"], [0.75, 0.25], [8, 2])
     execute(plans, write=False, progress=False)
+    # the manifest declares the corpus the tables read from (absolute paths elsewhere are refused)
+    update_manifest(root / "out", plans, written=False, parameters={})
     base = root / "out" / "2speakers" / "wav8000" / "min"
     return base / "train.csv", base / "valid.csv", root / "speakers"
 

@@ -13,6 +13,8 @@ Both crop training segments the same way: the window start is a pure function of
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from sepkit.audio import read_audio
-from sepkit.data.mixtures import MixtureSpec, read_table, render
+from sepkit.data.mixtures import MixtureSpec, render
+from sepkit.data.paths import MANIFEST, read_checked_table
 
 
 class SegmentedDataset(Dataset):
@@ -71,11 +74,16 @@ class SegmentedDataset(Dataset):
 class MixtureTableDataset(SegmentedDataset):
     """Mixtures rendered on the fly from a mixture table (see :mod:`sepkit.data.mixtures`).
 
+    Every row is checked when the table is read (see :func:`sepkit.data.paths.read_checked_table`):
+    source paths must resolve inside ``root``, the corpora recorded by the ``sepkit
+    prepare`` run that wrote the table, or ``allowed_roots``.
+
     Args:
         table: mixture-table CSV.
         root: folder that relative source paths start from (default: the table's folder).
         sample_rate: expected rate; a row with another rate is an error.
         n_src: expected number of sources.
+        allowed_roots: further folders absolute source paths may point into.
     """
 
     def __init__(
@@ -84,12 +92,13 @@ class MixtureTableDataset(SegmentedDataset):
         root: str | Path | None = None,
         sample_rate: int | None = None,
         n_src: int | None = None,
+        allowed_roots: Sequence[str | Path] = (),
         **segment_args,
     ) -> None:
         super().__init__(**segment_args)
         self.table = Path(table)
         self.root = Path(root) if root is not None else self.table.parent
-        self.rows: list[MixtureSpec] = read_table(self.table)
+        self.rows: list[MixtureSpec] = read_checked_table(self.table, self.root, allowed_roots)
         for row in self.rows:
             if sample_rate is not None and row.sample_rate != sample_rate:
                 raise ValueError(
@@ -109,8 +118,12 @@ class MixtureTableDataset(SegmentedDataset):
 
 
 class WrittenMixtureDataset(SegmentedDataset):
-    """Mixtures read from a written folder: ``<root>/<mixture_folder>/*.wav`` with the
-    matching ``<root>/s1 .. s<n_src>/<same name>``.
+    """Mixtures read from a written folder: ``<root>/<mixture_folder>/<id>.wav`` with the
+    matching ``<root>/s1 .. s<n_src>/<id>.wav``.
+
+    The ids are the rows of the split's mixture table when the folder was written by
+    ``sepkit prepare`` (found through its ``prepare_manifest.json``), so files left by
+    another run are never read; folders from elsewhere (the official scripts) are listed.
 
     Args:
         root: the split's folder (e.g. ``wav8k/min/tt``).
@@ -134,7 +147,16 @@ class WrittenMixtureDataset(SegmentedDataset):
         self.mixture_dir = self.root / mixture_folder
         if not self.mixture_dir.is_dir():
             raise FileNotFoundError(f"{self.mixture_dir}: mixture folder not found")
-        self.names = sorted(p.name for p in self.mixture_dir.glob("*.wav"))
+        table = split_table(self.root)
+        if table is not None:
+            self.names = sorted(f"{spec.mixture_id}.wav" for spec in read_checked_table(table))
+            missing = [n for n in self.names if not (self.mixture_dir / n).is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"{self.mixture_dir}: {len(missing)} mixture(s) of {table} not written, e.g. {missing[0]}"
+                )
+        else:
+            self.names = sorted(p.name for p in self.mixture_dir.glob("*.wav"))
         if not self.names:
             raise FileNotFoundError(f"{self.mixture_dir}: no .wav mixtures")
         for i in range(1, n_src + 1):
@@ -161,3 +183,19 @@ class WrittenMixtureDataset(SegmentedDataset):
         mixture = self._read(self.mixture_dir / name)
         sources = np.stack([self._read(self.root / f"s{i}" / name) for i in range(1, self.n_src + 1)])
         return mixture, sources
+
+
+def split_table(split_dir: str | Path) -> Path | None:
+    """The mixture table of a split folder written by ``sepkit prepare``, from the
+    ``prepare_manifest.json`` above it; ``None`` for folders it did not write."""
+    split_dir = Path(split_dir).resolve()
+    for folder in split_dir.parents:
+        manifest = folder / MANIFEST
+        if not manifest.is_file():
+            continue
+        try:
+            entry = json.loads(manifest.read_text())["splits"].get(str(split_dir.relative_to(folder)))
+        except (OSError, ValueError, KeyError, AttributeError) as err:
+            raise ValueError(f"{manifest}: not a readable prepare manifest ({err})") from None
+        return folder / entry["tables"][0] if entry and entry.get("tables") else None
+    return None

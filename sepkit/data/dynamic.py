@@ -49,7 +49,7 @@ from scipy.signal import resample_poly
 from torch.utils.data import Dataset
 
 from sepkit.audio import AUDIO_SUFFIXES
-from sepkit.data.mixtures import read_table
+from sepkit.data.paths import read_checked_table
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ class Utterance:
 
 def _table_utterances(table: str | Path) -> list[tuple[str, str]]:
     found = []
-    for spec in read_table(table):
+    # paths checked against the table's roots like every table read (sepkit.data.paths)
+    for spec in read_checked_table(table):
         for i, src in enumerate(spec.sources):
             path = src.path if Path(src.path).is_absolute() else str(Path(table).parent / src.path)
             speaker = spec.extra.get(f"s{i + 1}_speaker") or Path(path).parent.name

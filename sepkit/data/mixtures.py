@@ -68,6 +68,11 @@ from sepkit.audio import AudioError, resample
 from sepkit.fileio import atomic_output
 
 LIBRIMIX_CROSSFADE = 8001  # half of a 16001-sample Hann window (0.5 s at 16 kHz)
+# Bounds of a sane row, checked when a table is read so a typo or a hostile table never
+# reaches np.zeros(length): rates up to 384 kHz, signals up to an hour.
+MAX_SAMPLE_RATE = 384000
+MAX_SECONDS = 3600
+MAX_SOURCES = 64
 INT16_SCALE = 32768.0
 QUANTIZERS = ("int16", "int16_floor")
 
@@ -182,28 +187,45 @@ def _spec_to_row(spec: MixtureSpec) -> dict[str, str]:
     return row
 
 
+class RowValueError(ValueError):
+    """A value of a mixture row is out of range; ``column`` names the offending column."""
+
+    def __init__(self, column: str, problem: str) -> None:
+        super().__init__(f"column {column}: {problem}")
+        self.column = column
+
+
 def _row_to_spec(row: dict[str, str]) -> MixtureSpec:
     def value(key: str) -> str:
         return row.get(key) or ""
+
+    def number(key: str, default: float | None, kind: type = int) -> float | int | None:
+        text = value(key)
+        try:
+            return kind(text) if text else default
+        except ValueError:
+            raise RowValueError(key, f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
 
     def signal(prefix: str) -> SourceSpec:
         stop = value(f"{prefix}_stop")
         return SourceSpec(
             path=row[f"{prefix}_path"],
-            gain=float(value(f"{prefix}_gain") or 1.0),
-            start=int(value(f"{prefix}_start") or 0),
-            offset=int(value(f"{prefix}_offset") or 0),
-            stop=int(stop) if stop else None,
-            extend_to=int(value(f"{prefix}_extend_to") or 0),
+            gain=number(f"{prefix}_gain", 1.0, float),
+            start=number(f"{prefix}_start", 0),
+            offset=number(f"{prefix}_offset", 0),
+            stop=number(f"{prefix}_stop", 0) if stop else None,
+            extend_to=number(f"{prefix}_extend_to", 0),
             quantize=value(f"{prefix}_quantize") in ("1", "True", "true"),
-            post_gain=float(value(f"{prefix}_post_gain") or 1.0),
-            channel=int(value(f"{prefix}_channel") or 0),
-            pad_to=int(value(f"{prefix}_pad_to") or 0),
+            post_gain=number(f"{prefix}_post_gain", 1.0, float),
+            channel=number(f"{prefix}_channel", 0),
+            pad_to=number(f"{prefix}_pad_to", 0),
             rir=value(f"{prefix}_rir"),
             anechoic_rir=value(f"{prefix}_anechoic_rir"),
         )
 
-    n_src = int(row["n_src"])
+    n_src = number("n_src", 0)
+    if not 1 <= n_src <= MAX_SOURCES:
+        raise RowValueError("n_src", f"{n_src} is not in [1, {MAX_SOURCES}]")
     prefixes = [f"s{i + 1}" for i in range(n_src)] + ["noise"]
     known = set(_BASE_COLUMNS) | set(_ROW_DEFAULTS)
     known |= {f"{p}_{n}" for p in prefixes for n in ["path", *_SOURCE_DEFAULTS]}
@@ -213,20 +235,48 @@ def _row_to_spec(row: dict[str, str]) -> MixtureSpec:
     quantize = value("quantize")
     if quantize not in ("", *QUANTIZERS):
         raise ValueError(f"quantize must be empty, int16 or int16_floor, got {quantize!r}")
-    peak = value("peak_normalize")
     return MixtureSpec(
         mixture_id=row["mixture_id"],
-        sample_rate=int(row["sample_rate"]),
-        length=int(row["length"]),
+        sample_rate=number("sample_rate", 0),
+        length=number("length", 0),
         sources=[signal(f"s{i + 1}") for i in range(n_src)],
         noise=signal("noise") if value("noise_path") else None,
         gain_stage=gain_stage,
-        peak_normalize=float(peak) if peak else None,
+        peak_normalize=number("peak_normalize", None, float),
         quantize=quantize,
         mixture=value("mixture"),
         targets=value("targets"),
         extra={k: v for k, v in row.items() if k not in known and v not in (None, "")},
     )
+
+
+def check_row_values(spec: MixtureSpec) -> None:
+    """Refuse rates, lengths, positions and gains no recipe produces (negative, absurdly
+    large, not finite) before anything is allocated from them; raises :class:`RowValueError`."""
+    if not 0 < spec.sample_rate <= MAX_SAMPLE_RATE:
+        raise RowValueError("sample_rate", f"{spec.sample_rate} Hz is not in (0, {MAX_SAMPLE_RATE}]")
+    if spec.n_src < 1:
+        raise RowValueError("n_src", f"{spec.n_src} sources")
+    longest = MAX_SECONDS * MAX_SAMPLE_RATE  # file-rate frames: the file's rate is not known here
+    if not 0 < spec.length <= MAX_SECONDS * spec.sample_rate:
+        raise RowValueError("length", f"{spec.length} samples is not in (0, {MAX_SECONDS} s at {spec.sample_rate} Hz]")
+    if spec.peak_normalize is not None and not (np.isfinite(spec.peak_normalize) and spec.peak_normalize > 0):
+        raise RowValueError("peak_normalize", f"{spec.peak_normalize} is not a positive finite number")
+    signals = [(f"s{i + 1}", src) for i, src in enumerate(spec.sources)]
+    if spec.noise is not None:
+        signals.append(("noise", spec.noise))
+    for prefix, src in signals:
+        for name in ("gain", "post_gain"):
+            if not np.isfinite(getattr(src, name)):
+                raise RowValueError(f"{prefix}_{name}", f"{getattr(src, name)} is not finite")
+        if not 0 <= src.offset <= spec.length:
+            raise RowValueError(f"{prefix}_offset", f"{src.offset} is not in [0, length = {spec.length}]")
+        for name in ("start", "extend_to", "pad_to", "stop"):
+            value = getattr(src, name)
+            if value is not None and not 0 <= value <= longest:
+                raise RowValueError(f"{prefix}_{name}", f"{value} frames is not in [0, {longest}]")
+        if src.channel < 0:
+            raise RowValueError(f"{prefix}_channel", f"{src.channel} is negative")
 
 
 def write_table(path: str | Path, specs: list[MixtureSpec]) -> None:
@@ -257,9 +307,13 @@ def read_table(path: str | Path) -> list[MixtureSpec]:
     specs = []
     for line, row in enumerate(rows, start=2):
         try:
-            specs.append(_row_to_spec(row))
+            spec = _row_to_spec(row)
+            check_row_values(spec)
+        except RowValueError as err:
+            raise ValueError(f"{path}: row {line - 1} (line {line}): {err}") from None
         except (KeyError, ValueError, TypeError) as err:
             raise ValueError(f"{path}:{line}: malformed mixture row ({err!r})") from err
+        specs.append(spec)
     return specs
 
 
@@ -331,7 +385,7 @@ def _file_rate(path: Path) -> int:
 def _load_rir(path: Path) -> np.ndarray:
     if not path.is_file():
         raise AudioError(f"{path}: impulse response file not found")
-    return np.load(path).astype(np.float64)
+    return np.load(path, allow_pickle=False).astype(np.float64)
 
 
 def signal_samples(
