@@ -155,7 +155,9 @@ def write_audio_atomic(path: str | Path, samples: np.ndarray, sample_rate: int, 
     suffix = Path(path).suffix.lower().lstrip(".")
     file_format = suffix.upper() if suffix.upper() in sf.available_formats() else "WAV"
     effective_subtype = subtype or sf.default_subtype(file_format)
-    if effective_subtype not in _UNCLIPPED_SUBTYPES:
+    # Integer samples are already quantised (soundfile writes them as they are); only
+    # float samples can fall outside the integer subtype's range.
+    if effective_subtype not in _UNCLIPPED_SUBTYPES and np.issubdtype(np.asarray(samples).dtype, np.floating):
         clipped = int(np.count_nonzero((samples >= 1.0) | (samples < -1.0)))
         if clipped:
             warnings.warn(

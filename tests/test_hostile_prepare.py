@@ -29,10 +29,10 @@ from fixtures.fake_corpora import (
     make_wsj0,
 )
 
+from data_prep.cli import main
 from sepkit.data.datasets import MixtureTableDataset, WrittenMixtureDataset
 from sepkit.data.dynamic import DynamicMixingDataset
 from sepkit.data.mixtures import MixtureSpec, SourceSpec, read_table, write_table
-from sepkit.prepare import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -324,7 +324,7 @@ def test_killed_prepare_leaves_no_worker_processes(tmp_path):
     argv = ["folder", "--sources", str(sources), "--splits", "train", "--fractions", "1", "--n-mixtures", "3000"]
     argv += ["--write", "--jobs", "2", "--no-progress", "--out", str(tmp_path / "out")]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    parent = subprocess.Popen([sys.executable, "-m", "sepkit.prepare", *argv], env=env, cwd=REPO)
+    parent = subprocess.Popen([sys.executable, "-m", "data_prep.cli", *argv], env=env, cwd=REPO)
     workers: set[int] = set()
     try:
         deadline = time.monotonic() + 120

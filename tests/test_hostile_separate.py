@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import soundfile as sf
 import torch
 from conftest import TINY_MODEL, sepkit_command, subprocess_env
 
-from sepkit.audio import AUDIO_SUFFIXES, MAX_RESAMPLED_SAMPLES, AudioError, resample, write_audio_atomic
+from sepkit.audio import AUDIO_SUFFIXES, MAX_RESAMPLED_SAMPLES, AudioError, AudioWarning, resample, write_audio_atomic
 from sepkit.checkpoint import CheckpointError, load_model, save_model
 from sepkit.cli import main
 from sepkit.fileio import atomic_output, write_text_atomic
@@ -528,3 +529,15 @@ def test_manifest_records_what_was_written(model_file, tmp_path):
     assert entry["subtype"] == "PCM_24" and entry["outputs"] == ["x_s1.wav", "x_s2.wav"]
     assert entry["size"] == (tmp_path / "in" / "x.wav").stat().st_size
     assert sf.info(tmp_path / "out" / "x_s1.wav").subtype == "PCM_24"
+
+
+def test_already_quantised_int16_samples_do_not_warn_of_clipping(tmp_path):
+    """Data preparation writes int16 arrays: they cannot clip, so no warning (the float
+    check once read every nonzero int16 value as 'outside [-1, 1)')."""
+    samples = (np.sin(np.arange(800) / 5.0) * 30000).astype(np.int16)
+    path = tmp_path / "quantised.wav"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AudioWarning)
+        write_audio_atomic(path, samples, 8000, subtype="PCM_16")
+    read, _ = sf.read(path, dtype="int16")
+    np.testing.assert_array_equal(read, samples)
