@@ -98,8 +98,14 @@ class SeparationModule(L.LightningModule):
                 kwargs["static_graph"] = True
 
     def on_train_epoch_start(self) -> None:
-        # Fresh crop positions every epoch; the dataloader iterator (and its workers)
-        # is created after this hook, so the workers see the new epoch.
+        # The one place datasets learn the epoch (fresh crops / mixtures every epoch).
+        # A module hook rather than a user-added callback: it runs for every recipe, on
+        # every DDP rank, in the main process before the epoch's dataloader iterator forks
+        # its workers (non-persistent), so the workers copy the new epoch. Lightning skips
+        # this hook when it resumes mid-epoch; there the epoch comes back through the
+        # dataset's state_dict inside the StatefulDataLoader state of the checkpoint,
+        # which is loaded before the iterator and its workers start. The first epoch's
+        # iterator is created before this hook, which is why datasets start at epoch 0.
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(self.current_epoch)
