@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 
-from sepkit import __version__
+from sepkit.checkpoint import model_metadata
 from sepkit.losses import pit_si_sdr, si_sdr
 from sepkit.models import build_model
 
@@ -159,10 +159,4 @@ class SeparationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What `sepkit separate` needs to rebuild the model without this class.
-        checkpoint["sepkit"] = {
-            "version": __version__,
-            "model_name": self.hparams.model_name,
-            "model_config": dict(self.hparams.model_config or {}),
-            "sample_rate": self.sample_rate,
-            "n_src": int(self.model.n_src),
-        }
+        checkpoint["sepkit"] = model_metadata(self.model)
