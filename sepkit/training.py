@@ -4,6 +4,7 @@ utterance-level PIT SI-SDR."""
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Any
 
@@ -14,6 +15,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from sepkit.checkpoint import model_metadata
 from sepkit.losses import pit_si_sdr, si_sdr
 from sepkit.models import build_model
+from sepkit.models.registry import model_builder
 
 LR_SCHEDULES = ("plateau", "cosine")
 
@@ -25,6 +27,25 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_ratio: f
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def model_data_settings(model_name: str, model_config: dict[str, Any] | None) -> tuple[int, int]:
+    """``(sample_rate, n_src)`` of the model ``build_model(model_name, **model_config)``
+    builds, from the config and the builder's signature defaults (no model is built, so
+    ``sepkit train`` can hand them to the data block before anything is instantiated).
+
+    Raises:
+        ValueError: the config has arguments the model does not take.
+    """
+    builder = model_builder(model_name)
+    # `ssc` is build_model's own argument (the layer swap), not the builder's.
+    config = {key: value for key, value in (model_config or {}).items() if key != "ssc"}
+    try:
+        arguments = inspect.signature(builder).bind(**config)
+    except TypeError as err:
+        raise ValueError(f"model {model_name!r}: {err}") from err
+    arguments.apply_defaults()
+    return int(arguments.arguments["sample_rate"]), int(arguments.arguments["n_src"])
 
 
 class SeparationModule(L.LightningModule):
@@ -79,13 +100,6 @@ class SeparationModule(L.LightningModule):
         return self.model(mixture)
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_rate = getattr(datamodule, "sample_rate", None)
-        if data_rate is not None and data_rate != self.sample_rate:
-            raise ValueError(f"data is at {data_rate} Hz but the model is configured for {self.sample_rate} Hz")
-        data_src = getattr(datamodule, "n_src", None)
-        if data_src is not None and data_src != self.model.n_src:
-            raise ValueError(f"data has {data_src} sources but the model separates {self.model.n_src}")
         # Some published architectures own parameters that never reach the loss (e.g.
         # Conv-TasNet's last residual 1x1, counted in its 5,050,545). Plain DDP refuses
         # those; our graphs are the same every step, so DDP's static-graph mode handles

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 import torch
+import yaml
 from conftest import TINY_MODEL, run_sepkit, tiny_recipe
 
 from sepkit.checkpoint import load_model, save_model
@@ -51,10 +52,19 @@ def test_print_config_lists_trainer_model_and_data(tmp_path, capsys):
         assert key in printed
 
 
-def test_sample_rate_mismatch_is_refused(tmp_path):
+def test_data_takes_sample_rate_and_sources_from_the_model(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path)
-    with pytest.raises(ValueError, match="16000 Hz"):
-        main(["train", "--config", str(recipe), "--model.model_config.sample_rate", "16000"])
+    overrides = ["--model.model_config.sample_rate", "16000", "--model.model_config.n_src", "3"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(recipe), *overrides, "--print_config"])
+    assert exit_info.value.code == 0
+    data = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert data["sample_rate"] == 16000 and data["n_src"] == 3
+    # The data block cannot state them a second time.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(recipe), "--data.sample_rate", "16000", "--print_config"])
+    assert exit_info.value.code != 0
+    assert 'Linked "data.sample_rate"' in capsys.readouterr().err
 
 
 def test_ddp_two_processes_on_cpu(tmp_path):
