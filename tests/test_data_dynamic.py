@@ -3,6 +3,9 @@ perturbation, seeding per index / epoch / rank independent of the worker count."
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from data_prep.common import execute
 from data_prep.folder import build_plans
+from sepkit.audio import AudioError
 from sepkit.data.dynamic import DynamicMixingDataset
 from sepkit.training import SeparationModule
 
@@ -160,3 +164,20 @@ def test_loader_state_carries_the_epoch_into_a_fresh_dataset(tables, num_workers
     got = [batch[0] for batch in resumed]
     assert len(got) == len(expected) == 3
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_unreadable_utterances_raise_audio_error_naming_the_file(tmp_path):
+    make_speaker_folders(tmp_path / "speakers", n_speakers=3, per_speaker=2)
+    files = sorted((tmp_path / "speakers").rglob("*.wav"))
+    # Broken while the pool is built: the header cannot be read.
+    files[0].write_bytes(b"RIFF-not-really-a-wave-file")
+    with pytest.raises(AudioError, match=re.escape(f"{files[0]}: cannot read audio")):
+        DynamicMixingDataset(str(tmp_path / "speakers"), segment_seconds=0.125, epoch_size=4)
+    # Broken after the pool was built: the samples cannot be decoded when an item is drawn.
+    files[0].unlink()
+    ds = DynamicMixingDataset(str(tmp_path / "speakers"), segment_seconds=0.125, epoch_size=64)
+    broken = ds.pool[0].path
+    Path(broken).write_bytes(b"RIFF-not-really-a-wave-file")
+    with pytest.raises(AudioError, match=re.escape(f"{broken}: cannot read audio")):
+        for index in range(len(ds)):
+            ds[index]

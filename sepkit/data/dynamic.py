@@ -43,12 +43,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 from torch.utils.data import Dataset
 
-from sepkit.audio import AUDIO_SUFFIXES
+from sepkit.audio import AUDIO_SUFFIXES, audio_info, read_frames
 from sepkit.data.mixtures import read_table
 
 
@@ -160,11 +159,8 @@ class DynamicMixingDataset(Dataset):
 
     @staticmethod
     def _describe(path: str, speaker: str) -> Utterance:
-        try:
-            info = sf.info(path)
-        except (sf.LibsndfileError, RuntimeError) as err:
-            raise ValueError(f"{path}: cannot read audio ({err})") from err
-        return Utterance(path, speaker, int(info.frames), int(info.samplerate))
+        frames, sample_rate = audio_info(path)
+        return Utterance(path, speaker, frames, sample_rate)
 
     def set_epoch(self, epoch: int) -> None:
         """Mixtures of epoch ``epoch`` (called by the training module every epoch)."""
@@ -191,7 +187,7 @@ class DynamicMixingDataset(Dataset):
         need_out = min(length, math.floor(available))
         need_in = min(utt.frames, math.ceil(need_out / ratio) + 1)
         start = int(rng.integers(0, utt.frames - need_in + 1))
-        x, _ = sf.read(utt.path, start=start, stop=start + need_in, dtype="float64", always_2d=True)
+        x, _ = read_frames(utt.path, start=start, stop=start + need_in, dtype="float64")
         y = resample_poly(x[:, 0], ratio.numerator, ratio.denominator) if ratio != 1 else x[:, 0]
         return y[:need_out]
 
