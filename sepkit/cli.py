@@ -62,7 +62,9 @@ def train_main(argv: list[str]) -> int:
                 }
             )
             # The model block is the one place a recipe states the sample rate and the number
-            # of sources; the data block receives them (and cannot set them itself).
+            # of sources; the data block receives them. jsonargparse refuses a
+            # --data.sample_rate / --data.n_src flag and replaces such keys in a config file
+            # (printed and saved configs carry them, so those parse again).
             parser.link_arguments(
                 ("model.model_name", "model.model_config"),
                 "data.sample_rate",
