@@ -70,6 +70,48 @@ def _wav_missing_bytes(path: Path) -> int:
             handle.seek(chunk_size + (chunk_size & 1), 1)
 
 
+def _open_error(path: Path, err: Exception) -> AudioError:
+    return AudioError(f"{path}: cannot read audio ({err})")
+
+
+def audio_info(path: str | Path) -> tuple[int, int]:
+    """``(frames, sample_rate)`` of an audio file from its header.
+
+    Raises:
+        AudioError: the file is missing or not readable audio.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+        raise _open_error(path, err) from err
+    return int(info.frames), int(info.samplerate)
+
+
+def read_frames(
+    path: str | Path, start: int = 0, stop: int | None = None, dtype: str = "float32"
+) -> tuple[np.ndarray, int]:
+    """Samples ``[start, stop)`` of every channel, ``[time, channels]`` in ``dtype``: the one
+    place where soundfile's decoder errors become :class:`AudioError` naming the file.
+
+    Returns:
+        ``(samples, sample_rate)``; ``samples`` may have no rows (empty range or file).
+
+    Raises:
+        AudioError: the file is missing or not readable audio.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    try:
+        data, rate = sf.read(str(path), start=start, stop=stop, dtype=dtype, always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+        raise _open_error(path, err) from err
+    return data, int(rate)
+
+
 def read_audio(
     path: str | Path,
     start: int = 0,
@@ -94,12 +136,7 @@ def read_audio(
             (what is there is returned).
     """
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file")
-    try:
-        data, rate = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-        raise AudioError(f"{path}: cannot read audio ({err})") from err
+    data, rate = read_frames(path, start=start, stop=stop, dtype="float32")
     check_sample_rate(rate, path)
     if path.suffix.lower() == ".wav" and (missing := _wav_missing_bytes(path)):
         warnings.warn(
@@ -116,7 +153,7 @@ def read_audio(
         mono = data[:, 0]
     else:
         raise ValueError(f"channel_policy must be 'mix' or 'first', got {channel_policy!r}")
-    return np.ascontiguousarray(mono, dtype=np.float32), int(rate)
+    return np.ascontiguousarray(mono, dtype=np.float32), rate
 
 
 def resample(x: np.ndarray, orig_rate: int, new_rate: int, source: str | Path = "audio") -> np.ndarray:

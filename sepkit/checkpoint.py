@@ -26,7 +26,8 @@ _PREFIX = "model."
 
 
 def model_metadata(model: torch.nn.Module) -> dict[str, Any]:
-    """The ``"sepkit"`` entry of a model file."""
+    """The ``"sepkit"`` entry of a model file and of a training checkpoint (the only
+    place it is built): what rebuilds ``model`` by name without the training code."""
     return {
         "version": __version__,
         "model_name": model.model_name,

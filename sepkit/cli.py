@@ -128,10 +128,23 @@ def train_main(argv: list[str]) -> int:
         return 2
 
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     from sepkit.data.datamodule import SeparationDataModule
-    from sepkit.training import NonFiniteError, SeparationModule
+    from sepkit.training import NonFiniteError, SeparationModule, model_data_settings
+
+    class SepkitParser(LightningArgumentParser):
+        def dump(self, cfg, *args, **kwargs) -> str:
+            # Printed (--print_config, dumped before jsonargparse applies links) and saved
+            # configs show the data block's sample rate and n_src as taken from the model;
+            # a config carrying them still parses (the link sets them again).
+            cfg = cfg.clone()
+            if cfg.get("model") is not None and cfg.get("data") is not None:
+                cfg["data.sample_rate"], cfg["data.n_src"] = model_data_settings(
+                    cfg["model.model_name"], cfg["model.model_config"]
+                )
+            kwargs["skip_link_targets"] = False
+            return super().dump(cfg, *args, **kwargs)
 
     class SepkitCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -158,6 +171,20 @@ def train_main(argv: list[str]) -> int:
                     "early_stopping.check_on_train_epoch_end": False,
                 }
             )
+            # The model block is the one place a recipe states the sample rate and the number
+            # of sources; the data block receives them. jsonargparse refuses a
+            # --data.sample_rate / --data.n_src flag and replaces such keys in a config file
+            # (printed and saved configs carry them, so those parse again).
+            parser.link_arguments(
+                ("model.model_name", "model.model_config"),
+                "data.sample_rate",
+                compute_fn=lambda name, config: model_data_settings(name, config)[0],
+            )
+            parser.link_arguments(
+                ("model.model_name", "model.model_config"),
+                "data.n_src",
+                compute_fn=lambda name, config: model_data_settings(name, config)[1],
+            )
             parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint")
             parser.add_argument(
                 "--test_after_fit", type=bool, default=True, help="evaluate the best checkpoint on the test split"
@@ -181,6 +208,7 @@ def train_main(argv: list[str]) -> int:
             SeparationModule,
             SeparationDataModule,
             run=False,
+            parser_class=SepkitParser,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 # Rich redraws from its own thread; Lightning's default of 100 redraws a

@@ -4,6 +4,7 @@ utterance-level PIT SI-SDR."""
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Any
 
@@ -11,9 +12,10 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 
-from sepkit import __version__
+from sepkit.checkpoint import model_metadata
 from sepkit.losses import pit_si_sdr, si_sdr
 from sepkit.models import build_model
+from sepkit.models.registry import model_builder
 
 LR_SCHEDULES = ("plateau", "cosine")
 
@@ -66,6 +68,25 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_ratio: f
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def model_data_settings(model_name: str, model_config: dict[str, Any] | None) -> tuple[int, int]:
+    """``(sample_rate, n_src)`` of the model ``build_model(model_name, **model_config)``
+    builds, from the config and the builder's signature defaults (no model is built, so
+    ``sepkit train`` can hand them to the data block before anything is instantiated).
+
+    Raises:
+        ValueError: the config has arguments the model does not take.
+    """
+    builder = model_builder(model_name)
+    # `ssc` is build_model's own argument (the layer swap), not the builder's.
+    config = {key: value for key, value in (model_config or {}).items() if key != "ssc"}
+    try:
+        arguments = inspect.signature(builder).bind(**config)
+    except TypeError as err:
+        raise ValueError(f"model {model_name!r}: {err}") from err
+    arguments.apply_defaults()
+    return int(arguments.arguments["sample_rate"]), int(arguments.arguments["n_src"])
 
 
 class SeparationModule(L.LightningModule):
@@ -131,13 +152,6 @@ class SeparationModule(L.LightningModule):
         return self.model(mixture)
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_rate = getattr(datamodule, "sample_rate", None)
-        if data_rate is not None and data_rate != self.sample_rate:
-            raise ValueError(f"data is at {data_rate} Hz but the model is configured for {self.sample_rate} Hz")
-        data_src = getattr(datamodule, "n_src", None)
-        if data_src is not None and data_src != self.model.n_src:
-            raise ValueError(f"data has {data_src} sources but the model separates {self.model.n_src}")
         # Some published architectures own parameters that never reach the loss (e.g.
         # Conv-TasNet's last residual 1x1, counted in its 5,050,545). Plain DDP refuses
         # those; our graphs are the same every step, so DDP's static-graph mode handles
@@ -150,8 +164,14 @@ class SeparationModule(L.LightningModule):
                 kwargs["static_graph"] = True
 
     def on_train_epoch_start(self) -> None:
-        # Fresh crop positions every epoch; the dataloader iterator (and its workers)
-        # is created after this hook, so the workers see the new epoch.
+        # The one place datasets learn the epoch (fresh crops / mixtures every epoch).
+        # A module hook rather than a user-added callback: it runs for every recipe, on
+        # every DDP rank, in the main process before the epoch's dataloader iterator forks
+        # its workers (non-persistent), so the workers copy the new epoch. Lightning skips
+        # this hook when it resumes mid-epoch; there the epoch comes back through the
+        # dataset's state_dict inside the StatefulDataLoader state of the checkpoint,
+        # which is loaded before the iterator and its workers start. The first epoch's
+        # iterator is created before this hook, which is why datasets start at epoch 0.
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(self.current_epoch)
@@ -210,10 +230,4 @@ class SeparationModule(L.LightningModule):
         # Called for every checkpoint (weights-only ones too), before it is written.
         check_finite_weights(checkpoint["state_dict"], self.global_step)
         # What `sepkit separate` needs to rebuild the model without this class.
-        checkpoint["sepkit"] = {
-            "version": __version__,
-            "model_name": self.hparams.model_name,
-            "model_config": dict(self.hparams.model_config or {}),
-            "sample_rate": self.sample_rate,
-            "n_src": int(self.model.n_src),
-        }
+        checkpoint["sepkit"] = model_metadata(self.model)

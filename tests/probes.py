@@ -3,6 +3,8 @@ PYTHONPATH, that record what the tests then check."""
 
 import hashlib
 import json
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -62,3 +64,19 @@ class RankProbe(L.Callback):
             "train_batches": len(trainer.train_dataloader),
         }
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+class KillAtStep(L.Callback):
+    """SIGKILLs its own process when global step ``step`` is about to run.
+
+    By then every checkpoint up to ``step`` is on disk (ModelCheckpoint saves at the end of
+    the previous batch) and the loader has already handed out the batch of ``step``: the
+    kill lands where a real crash would leave a fetched but untrained batch behind.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

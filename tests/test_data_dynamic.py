@@ -3,17 +3,24 @@ perturbation, seeding per index / epoch / rank independent of the worker count."
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import TINY_MODEL
 from fixtures.fake_corpora import make_speaker_folders
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from data_prep.common import execute, update_manifest
 from data_prep.folder import build_plans
-from sepkit.data.dynamic import DynamicMixingDataset, DynamicMixingEpochCallback
+from sepkit.audio import AudioError
+from sepkit.data.dynamic import DynamicMixingDataset
+from sepkit.training import SeparationModule
 
 
 @pytest.fixture(scope="module")
@@ -102,24 +109,22 @@ def test_seeding_is_per_index_epoch_rank_and_worker_independent(tables):
     assert torch.equal(torch.stack([ds[i][0] for i in range(8)]), serial)
 
 
-class _Recorder(L.LightningModule):
+class _BatchRecorder(L.Callback):
+    """Keeps every training mixture batch, by epoch."""
+
     def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(1, 1)
         self.seen: dict[int, list[torch.Tensor]] = {}
 
-    def training_step(self, batch, batch_idx):
-        self.seen.setdefault(self.current_epoch, []).append(batch[0].clone())
-        return self.layer(batch[0][:, :1]).sum()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.setdefault(trainer.current_epoch, []).append(batch[0].clone())
 
 
-def test_epoch_callback_reaches_dataloader_workers(tables, tmp_path):
+def test_training_module_tells_dataloader_workers_the_epoch(tables, tmp_path):
     train, _, _ = tables
     ds = DynamicMixingDataset(str(train), segment_seconds=0.125, epoch_size=4, seed=5)
-    model = _Recorder()
+    # Cosine: a schedule that needs no validation metric (no validation data here).
+    model = SeparationModule(model_config=TINY_MODEL, lr_schedule="cosine")
+    recorder = _BatchRecorder()
     trainer = L.Trainer(
         max_epochs=2,
         accelerator="cpu",
@@ -127,7 +132,7 @@ def test_epoch_callback_reaches_dataloader_workers(tables, tmp_path):
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[DynamicMixingEpochCallback()],
+        callbacks=[recorder],
         default_root_dir=tmp_path,
     )
     trainer.fit(model, DataLoader(ds, batch_size=4, num_workers=1))
@@ -135,5 +140,46 @@ def test_epoch_callback_reaches_dataloader_workers(tables, tmp_path):
         reference = DynamicMixingDataset(str(train), segment_seconds=0.125, epoch_size=4, seed=5)
         reference.set_epoch(epoch)
         expected = torch.stack([reference[i][0] for i in range(4)])
-        assert torch.equal(model.seen[epoch][0], expected)
-    assert not torch.equal(model.seen[0][0], model.seen[1][0])
+        assert torch.equal(recorder.seen[epoch][0], expected)
+    assert not torch.equal(recorder.seen[0][0], recorder.seen[1][0])
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_loader_state_carries_the_epoch_into_a_fresh_dataset(tables, num_workers):
+    # What a mid-epoch resume relies on: no epoch-start hook runs, the checkpointed loader
+    # state alone must bring a freshly built dataset (epoch 0) back to the saved epoch.
+    train, _, _ = tables
+
+    def loader() -> StatefulDataLoader:
+        ds = DynamicMixingDataset(str(train), segment_seconds=0.125, epoch_size=8, seed=5)
+        return StatefulDataLoader(ds, batch_size=2, shuffle=True, num_workers=num_workers)
+
+    torch.manual_seed(0)
+    original = loader()
+    original.dataset.set_epoch(3)
+    batches = iter(original)
+    next(batches)
+    state = original.state_dict()
+    expected = [batch[0] for batch in batches]
+    resumed = loader()
+    resumed.load_state_dict(state)
+    got = [batch[0] for batch in resumed]
+    assert len(got) == len(expected) == 3
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_unreadable_utterances_raise_audio_error_naming_the_file(tmp_path):
+    make_speaker_folders(tmp_path / "speakers", n_speakers=3, per_speaker=2)
+    files = sorted((tmp_path / "speakers").rglob("*.wav"))
+    # Broken while the pool is built: the header cannot be read.
+    files[0].write_bytes(b"RIFF-not-really-a-wave-file")
+    with pytest.raises(AudioError, match=re.escape(f"{files[0]}: cannot read audio")):
+        DynamicMixingDataset(str(tmp_path / "speakers"), segment_seconds=0.125, epoch_size=4)
+    # Broken after the pool was built: the samples cannot be decoded when an item is drawn.
+    files[0].unlink()
+    ds = DynamicMixingDataset(str(tmp_path / "speakers"), segment_seconds=0.125, epoch_size=64)
+    broken = ds.pool[0].path
+    Path(broken).write_bytes(b"RIFF-not-really-a-wave-file")
+    with pytest.raises(AudioError, match=re.escape(f"{broken}: cannot read audio")):
+        for index in range(len(ds)):
+            ds[index]

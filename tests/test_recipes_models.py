@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from sepkit.cli import main
-from sepkit.models import build_model
+from sepkit.models import build_model, list_models
+from sepkit.training import model_data_settings
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 PAPER_PARAMS = {"convtasnet": 5_050_545, "dprnn": 2_608_065, "sepformer": 25_679_361, "sudormrf": 2_662_022}
@@ -51,3 +52,16 @@ def test_synthetic_recipe_parses_and_builds(recipe: Path, capsys, monkeypatch) -
     model = build_model(config["model"]["model_name"], **config["model"]["model_config"])
     # Small enough for the 2-core CPU budget the synthetic recipes are made for.
     assert sum(p.numel() for p in model.parameters()) < 1_500_000
+
+
+@pytest.mark.parametrize("model_name", list_models())
+def test_data_settings_read_without_building_match_the_built_model(model_name: str) -> None:
+    # What `sepkit train` links into the data block, against the model itself (signature
+    # defaults: GC3 16 kHz, the others 8 kHz).
+    default = build_model(model_name)
+    assert model_data_settings(model_name, {}) == (default.sample_rate, default.n_src)
+    assert default.sample_rate == (16000 if model_name == "gc3" else 8000)
+    given = {"sample_rate": 11025, "n_src": 3}
+    assert model_data_settings(model_name, given) == (11025, 3)
+    with pytest.raises(ValueError, match="no_such_argument"):
+        model_data_settings(model_name, {"no_such_argument": 1})

@@ -2,13 +2,13 @@
 resume after SIGKILL."""
 
 import json
+import random
 import signal
-import subprocess
-import time
 
 import pytest
 import torch
-from conftest import TINY_MODEL, run_sepkit, sepkit_command, subprocess_env, tiny_recipe
+import yaml
+from conftest import TINY_MODEL, run_sepkit, tiny_recipe
 
 from sepkit.checkpoint import load_model, save_model
 from sepkit.cli import main
@@ -52,10 +52,19 @@ def test_print_config_lists_trainer_model_and_data(tmp_path, capsys):
         assert key in printed
 
 
-def test_sample_rate_mismatch_is_refused(tmp_path):
+def test_data_takes_sample_rate_and_sources_from_the_model(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path)
-    with pytest.raises(ValueError, match="16000 Hz"):
-        main(["train", "--config", str(recipe), "--model.model_config.sample_rate", "16000"])
+    overrides = ["--model.model_config.sample_rate", "16000", "--model.model_config.n_src", "3"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(recipe), *overrides, "--print_config"])
+    assert exit_info.value.code == 0
+    data = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert data["sample_rate"] == 16000 and data["n_src"] == 3
+    # The data block cannot state them a second time.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(recipe), "--data.sample_rate", "16000", "--print_config"])
+    assert exit_info.value.code != 0
+    assert 'Linked "data.sample_rate"' in capsys.readouterr().err
 
 
 def test_ddp_two_processes_on_cpu(tmp_path):
@@ -87,59 +96,64 @@ def read_batches(path) -> dict[int, str]:
     return {int(step): digest for step, digest in (line.split() for line in path.read_text().splitlines())}
 
 
-def test_resume_after_sigkill_continues_exactly(tmp_path):
-    recipe = tiny_recipe(tmp_path, train_mixtures=64, max_epochs=50)
-    checkpoints = tmp_path / "checkpoints"
-    args = [
+STEPS_PER_EPOCH = 16  # tiny_recipe(train_mixtures=64) with batch 4
+CHECKPOINT_EVERY = 3
+
+
+def resumable_run_args(recipe, batches_file) -> list[str]:
+    """`sepkit train` arguments: a mid-epoch last.ckpt every 3 steps and a BatchProbe."""
+    return [
         "train",
         "--config",
         str(recipe),
         "--test_after_fit",
         "false",
         "--checkpoint.every_n_train_steps",
-        "3",
+        str(CHECKPOINT_EVERY),
         "--checkpoint.monitor",
         "null",
         "--checkpoint.save_top_k",
         "0",
         "--trainer.callbacks+=probes.BatchProbe",
+        f"--trainer.callbacks.out_file={batches_file}",
     ]
-    process = subprocess.Popen(
-        sepkit_command(*args, f"--trainer.callbacks.out_file={tmp_path / 'killed.txt'}"),
+
+
+def killed_at(step: int) -> list[str]:
+    return ["--trainer.callbacks+=probes.KillAtStep", f"--trainer.callbacks.step={step}"]
+
+
+def reference_run(tmp_path, recipe, total_steps: int) -> dict[int, str]:
+    """Batches of an uninterrupted run of ``total_steps`` steps (own checkpoint folder)."""
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    result = run_sepkit(
+        *resumable_run_args(recipe, folder / "batches.txt"),
+        "--trainer.max_steps",
+        str(total_steps),
+        f"--checkpoint.dirpath={folder}",
         cwd=tmp_path,
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
-    last = checkpoints / "last.ckpt"
-    deadline = time.time() + 300
-    killed_at = None
-    try:
-        while time.time() < deadline:
-            if last.is_file():
-                try:
-                    step = torch.load(last, weights_only=True)["global_step"]
-                except Exception:  # being replaced right now; read again
-                    step = 0
-                if step >= 6:
-                    # Mid-epoch: 16 steps per epoch, checkpoint every 3 steps.
-                    process.send_signal(signal.SIGKILL)
-                    killed_at = step
-                    break
-            assert process.poll() is None, "training ended before it could be killed"
-            time.sleep(0.2)
-    finally:
-        process.kill()
-        process.wait()
-    assert killed_at is not None, "no mid-epoch checkpoint appeared"
+    assert result.returncode == 0, result.stderr[-3000:]
+    return read_batches(folder / "batches.txt")
+
+
+def test_resume_after_sigkill_continues_exactly(tmp_path):
+    recipe = tiny_recipe(tmp_path, train_mixtures=64, max_epochs=50)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    # Killed in the second epoch, two steps after the checkpoint of step 18: a resume that
+    # forgets the dataset's epoch (Lightning skips on_train_epoch_start when it restarts
+    # mid-epoch) crops epoch-0 windows here.
+    kill_step, more = 20, 4
+    killed = run_sepkit(*resumable_run_args(recipe, tmp_path / "killed.txt"), *killed_at(kill_step), cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     saved = torch.load(last, weights_only=True)
     resume_step = saved["global_step"]
-    assert resume_step % 16 != 0  # really mid-epoch
+    assert resume_step == kill_step - kill_step % CHECKPOINT_EVERY and resume_step % STEPS_PER_EPOCH != 0
+    assert saved["epoch"] == 1
     probes = tmp_path / "probe"
-    more = 4
     result = run_sepkit(
-        *args,
-        f"--trainer.callbacks.out_file={tmp_path / 'resumed.txt'}",
+        *resumable_run_args(recipe, tmp_path / "resumed.txt"),
         "--ckpt_path",
         str(last),
         "--trainer.max_steps",
@@ -164,23 +178,48 @@ def test_resume_after_sigkill_continues_exactly(tmp_path):
     first = next(iter(end["optimizer"]["state"]))
     assert int(end["optimizer"]["state"][first]["step"]) == int(saved_opt["state"][first]["step"]) + more
     # ... on exactly the batches an uninterrupted run sees at those steps.
-    reference_dir = tmp_path / "reference"
-    reference_dir.mkdir()
-    reference = run_sepkit(
-        *args,
-        f"--trainer.callbacks.out_file={tmp_path / 'reference.txt'}",
-        "--trainer.max_steps",
-        str(resume_step + more),
-        f"--checkpoint.dirpath={reference_dir}",
-        cwd=tmp_path,
-    )
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    uninterrupted = read_batches(tmp_path / "reference.txt")
+    uninterrupted = reference_run(tmp_path, recipe, resume_step + more)
     resumed = read_batches(tmp_path / "resumed.txt")
     assert sorted(resumed) == list(range(resume_step, resume_step + more))
     assert all(resumed[step] == uninterrupted[step] for step in resumed)
-    killed = read_batches(tmp_path / "killed.txt")
-    assert all(killed[step] == uninterrupted[step] for step in killed if step < resume_step + more)
+    killed_batches = read_batches(tmp_path / "killed.txt")
+    assert sorted(killed_batches) == list(range(kill_step + 1))
+    assert all(killed_batches[step] == uninterrupted[step] for step in killed_batches if step in uninterrupted)
+
+
+@pytest.mark.slow
+def test_repeated_kill_and_resume_at_random_steps_is_exact(tmp_path):
+    """A chain of runs, each SIGKILLed at a random later step and resumed from last.ckpt,
+    trains on the batches of one uninterrupted run and ends on bit-identical weights."""
+    total_steps, n_kills = 42, 5  # 2.6 epochs; a multiple of 3, so both runs end on a saved last.ckpt
+    seed = random.randrange(2**32)
+    kill_steps = sorted(random.Random(seed).sample(range(CHECKPOINT_EVERY, total_steps), n_kills))
+    context = f"seed {seed}, kill steps {kill_steps}"
+    recipe = tiny_recipe(tmp_path, train_mixtures=64, max_epochs=50)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    uninterrupted = reference_run(tmp_path, recipe, total_steps)
+    resume_step = 0
+    for run, kill_step in enumerate([*kill_steps, None]):
+        batches = tmp_path / f"run{run}.txt"
+        args = resumable_run_args(recipe, batches) + ["--trainer.max_steps", str(total_steps)]
+        if run > 0:
+            args += ["--ckpt_path", str(last)]
+        result = run_sepkit(*args, *([] if kill_step is None else killed_at(kill_step)), cwd=tmp_path)
+        expected_rc = 0 if kill_step is None else -signal.SIGKILL
+        assert result.returncode == expected_rc, f"{context}, run {run}: {result.stderr[-3000:]}"
+        seen = read_batches(batches)
+        end = total_steps - 1 if kill_step is None else kill_step
+        assert sorted(seen) == list(range(resume_step, end + 1)), f"{context}, run {run}"
+        differing = [step for step in seen if seen[step] != uninterrupted[step]]
+        assert not differing, f"{context}, run {run} resumed at {resume_step}: other batches at steps {differing}"
+        if kill_step is not None:
+            resume_step = torch.load(last, weights_only=True)["global_step"]
+            assert resume_step == kill_step - kill_step % CHECKPOINT_EVERY, context
+    final = torch.load(last, weights_only=True)
+    reference = torch.load(tmp_path / "reference" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == reference["global_step"] == total_steps
+    for name, value in reference["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], value), f"{context}: {name} differs"
 
 
 def test_bf16_mixed_precision_training_keeps_loss_in_float32(tmp_path):

@@ -30,8 +30,8 @@ class SeparationDataModule(L.LightningDataModule):
         synthetic_remix: train on fresh mixtures of the synthetic train utterances
             every epoch (dynamic mixing, :class:`RemixedSyntheticDataset`) instead of
             the fixed train table; valid and test stay fixed.
-        sample_rate: data sample rate; must match the model's.
-        n_src: sources per mixture.
+        sample_rate: data sample rate; ``sepkit train`` links it from the model block.
+        n_src: sources per mixture; ``sepkit train`` links it from the model block.
         segment_seconds: training crop length (``None``: whole mixtures).
         valid_segment_seconds: validation crop length (``None``: whole mixtures).
         batch_size: training batch size.

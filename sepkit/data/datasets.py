@@ -46,6 +46,14 @@ class SegmentedDataset(Dataset):
         """New crop positions each epoch (called by the training module)."""
         self.epoch = epoch
 
+    def state_dict(self) -> dict[str, int]:
+        """The epoch, saved with the loader state in a mid-epoch checkpoint."""
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Back to the checkpoint's epoch on resume (no epoch-start hook runs mid-epoch)."""
+        self.epoch = int(state["epoch"])
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 

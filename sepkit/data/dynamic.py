@@ -28,9 +28,10 @@ Seeding: item ``index`` of epoch ``e`` on DDP rank ``r`` uses the generator
 dataloader workers (they get different indices; no RNG state is shared by forked
 workers), differ between ranks even if two ranks see the same index, change every
 epoch, and are reproducible whatever the number of workers. Lightning does not tell
-datasets the epoch: add :class:`DynamicMixingEpochCallback` to the trainer (or call
-:meth:`DynamicMixingDataset.set_epoch`); with ``persistent_workers=True`` the workers
-keep the epoch they started with.
+datasets the epoch: :class:`~sepkit.training.SeparationModule` calls
+:meth:`DynamicMixingDataset.set_epoch` at every epoch start, and a mid-epoch checkpoint
+carries the epoch in the dataset's ``state_dict``; with ``persistent_workers=True`` the
+workers would keep the epoch they started with.
 """
 
 from __future__ import annotations
@@ -42,13 +43,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
-from lightning.pytorch.callbacks import Callback
 from scipy.signal import resample_poly
 from torch.utils.data import Dataset
 
-from sepkit.audio import AUDIO_SUFFIXES
+from sepkit.audio import AUDIO_SUFFIXES, audio_info, read_frames
 from sepkit.data.paths import read_checked_table
 
 
@@ -161,15 +160,22 @@ class DynamicMixingDataset(Dataset):
 
     @staticmethod
     def _describe(path: str, speaker: str) -> Utterance:
-        try:
-            info = sf.info(path)
-        except (sf.LibsndfileError, RuntimeError) as err:
-            raise ValueError(f"{path}: cannot read audio ({err})") from err
-        return Utterance(path, speaker, int(info.frames), int(info.samplerate))
+        frames, sample_rate = audio_info(path)
+        return Utterance(path, speaker, frames, sample_rate)
 
     def set_epoch(self, epoch: int) -> None:
+        """Mixtures of epoch ``epoch`` (called by the training module every epoch)."""
         self.epoch = int(epoch)
         self.rank = _current_rank()
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch, saved with the loader state in a mid-epoch checkpoint."""
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Back to the checkpoint's epoch on resume (no epoch-start hook runs mid-epoch);
+        the rank is this process's own, not the saved one."""
+        self.set_epoch(state["epoch"])
 
     def __len__(self) -> int:
         return self.epoch_size
@@ -182,7 +188,7 @@ class DynamicMixingDataset(Dataset):
         need_out = min(length, math.floor(available))
         need_in = min(utt.frames, math.ceil(need_out / ratio) + 1)
         start = int(rng.integers(0, utt.frames - need_in + 1))
-        x, _ = sf.read(utt.path, start=start, stop=start + need_in, dtype="float64", always_2d=True)
+        x, _ = read_frames(utt.path, start=start, stop=start + need_in, dtype="float64")
         y = resample_poly(x[:, 0], ratio.numerator, ratio.denominator) if ratio != 1 else x[:, 0]
         return y[:need_out]
 
@@ -260,26 +266,3 @@ def _current_rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return int(torch.distributed.get_rank())
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
-
-
-class DynamicMixingEpochCallback(Callback):
-    """Tells every :class:`DynamicMixingDataset` of the training dataloader(s) the epoch."""
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        for dataset in _datasets(trainer.train_dataloader):
-            if isinstance(dataset, DynamicMixingDataset):
-                dataset.set_epoch(trainer.current_epoch)
-
-
-def _datasets(loaders) -> list:
-    if loaders is None:
-        return []
-    if hasattr(loaders, "dataset"):
-        return [loaders.dataset]
-    if hasattr(loaders, "flattened"):
-        return [getattr(dl, "dataset", None) for dl in loaders.flattened]
-    if isinstance(loaders, (list, tuple)):
-        return [getattr(dl, "dataset", None) for dl in loaders]
-    if isinstance(loaders, dict):
-        return [getattr(dl, "dataset", None) for dl in loaders.values()]
-    return []

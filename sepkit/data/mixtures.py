@@ -61,10 +61,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from scipy.signal import fftconvolve
 
-from sepkit.audio import AudioError, resample
+from sepkit.audio import AudioError, audio_info, read_frames, resample
 from sepkit.fileio import atomic_output
 
 LIBRIMIX_CROSSFADE = 8001  # half of a 16001-sample Hann window (0.5 s at 16 kHz)
@@ -360,26 +359,16 @@ def hann_crossfade_extend(noise: np.ndarray, target: int, crossfade: int = LIBRI
 
 
 def _read(path: Path, start: int, stop: int | None, channel: int) -> tuple[np.ndarray, int]:
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file")
-    try:
-        data, rate = sf.read(str(path), start=start, stop=stop, dtype="float64", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-        raise AudioError(f"{path}: cannot read audio ({err})") from err
+    data, rate = read_frames(path, start=start, stop=stop, dtype="float64")
     if data.shape[0] == 0:
         raise AudioError(f"{path}: no samples in the requested range [{start}, {stop})")
     if channel >= data.shape[1]:
         raise AudioError(f"{path}: has {data.shape[1]} channel(s), channel {channel} requested")
-    return np.ascontiguousarray(data[:, channel]), int(rate)
+    return np.ascontiguousarray(data[:, channel]), rate
 
 
 def _file_rate(path: Path) -> int:
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file")
-    try:
-        return int(sf.info(str(path)).samplerate)
-    except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioError(f"{path}: cannot read audio ({err})") from err
+    return audio_info(path)[1]
 
 
 def _load_rir(path: Path) -> np.ndarray:

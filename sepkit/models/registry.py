@@ -71,6 +71,15 @@ def small_config(name: str) -> dict[str, Any]:
     return copy.deepcopy(_SMALL_CONFIGS[name])
 
 
+def model_builder(name: str) -> ModelBuilder:
+    """The class or function registered as ``name``; its signature is the model's config
+    with its defaults."""
+    _discover()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
 def build_model(name: str, ssc: dict[str, Any] | None = None, **config: Any) -> torch.nn.Module:
     """Build a registered separator from plain config.
 
