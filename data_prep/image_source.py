@@ -102,22 +102,56 @@ def _images(
     return positions.astype(np.float32), attenuation
 
 
-def _place(rir: np.ndarray, delay_s: np.ndarray, amplitude: np.ndarray, rate: int) -> None:
-    """Add windowed-sinc impulses ``amplitude`` at ``delay_s`` seconds into ``rir`` ``[length]`` in place."""
+def _tap_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Windowed sinc taps per table phase: ``[21 phases, 81 taps]`` values and slopes.
+
+    An image whose table offset starts at phase ``p`` with interpolation weight ``w`` gets
+    tap ``k`` equal to ``window[k] (table[p + 20 k] + w (table[p + 20 k + 1] - table[p + 20 k]))``,
+    i.e. ``values[p, k] + w slopes[p, k]``."""
+    phases = np.arange(SINC_TABLE_STEPS_PER_SAMPLE + 1)[:, None]
+    index = phases + SINC_TABLE_STEPS_PER_SAMPLE * np.arange(FRACTIONAL_DELAY_TAPS)[None, :]
+    values = _WINDOW[None, :] * _SINC_TABLE[index]
+    slopes = _WINDOW[None, :] * (_SINC_TABLE[index + 1] - _SINC_TABLE[index])
+    return values, slopes
+
+
+_TAP_VALUES, _TAP_SLOPES = _tap_tables()
+
+
+def _bin_images(
+    trains: np.ndarray, weighted: np.ndarray, delay_s: np.ndarray, amplitude: np.ndarray, rate: int
+) -> None:
+    """Add images (``delay_s``, ``amplitude``: ``[n]``) to the per-phase impulse trains
+    ``trains`` and ``weighted`` (``[21 phases, span]``, in place), dropping images whose
+    first tap lies at or past ``span - 40`` (the truncated response never sees them).
+
+    Sample time and table offset are rounded to float32 as 0.3.1's builder stored them."""
     sample = (rate * delay_s).astype(np.float32).astype(np.float64)
     whole = np.floor(sample)
     fraction = sample - whole
     table_offset = ((1.0 - fraction) * SINC_TABLE_STEPS_PER_SAMPLE).astype(np.float32).astype(np.float64)
-    table_start = np.floor(table_offset)
-    slope = table_offset - table_start
-    taps = np.arange(FRACTIONAL_DELAY_TAPS)
-    position = table_start.astype(np.int64)[:, None] + SINC_TABLE_STEPS_PER_SAMPLE * taps[None, :]
-    below = _SINC_TABLE[position]
-    sinc = below + slope[:, None] * (_SINC_TABLE[position + 1] - below)
-    values = (amplitude[:, None] * _WINDOW[None, :]) * sinc
-    target = whole.astype(np.int64)[:, None] - _HALF_TAPS + taps[None, :]
-    inside = target < len(rir)
-    rir += np.bincount(target[inside], weights=values[inside], minlength=len(rir))[: len(rir)]
+    phase = np.floor(table_offset)
+    weight = table_offset - phase
+    span = trains.shape[1]
+    kept = whole < span
+    bins = phase[kept].astype(np.int64) * span + whole[kept].astype(np.int64)
+    trains += np.bincount(bins, weights=amplitude[kept], minlength=trains.size).reshape(trains.shape)
+    weighted += np.bincount(bins, weights=amplitude[kept] * weight[kept], minlength=trains.size).reshape(trains.shape)
+
+
+def _render(trains: np.ndarray, weighted: np.ndarray, length: int) -> np.ndarray:
+    """The response ``[length]`` from the binned images.
+
+    An image at sample ``m`` with phase ``p`` and weight ``w`` adds
+    ``amplitude (values[p, k] + w slopes[p, k])`` at ``m - 40 + k``; so each phase's two
+    impulse trains are convolved once with its two 81-tap filters, costing
+    ``O(images + 42 length 81)`` instead of ``O(81 images)``."""
+    rir = np.zeros(length, dtype=np.float64)
+    for p in np.flatnonzero(np.any(trains != 0, axis=1)):
+        # output n is convolution index n + 40
+        full = np.convolve(trains[p], _TAP_VALUES[p]) + np.convolve(weighted[p], _TAP_SLOPES[p])
+        rir += full[_HALF_TAPS : _HALF_TAPS + length]
+    return rir
 
 
 def room_response(
@@ -171,10 +205,9 @@ def room_response(
     length = int(math.ceil(LENGTH_MARGIN * latest * rate)) + FRACTIONAL_DELAY_TAPS
     if max_length is not None:
         length = min(length, max_length)
-    rir = np.zeros(length, dtype=np.float64)
+    # an image at sample m reaches samples m - 40 .. m + 40: only m < length + 40 matters
+    trains = np.zeros((SINC_TABLE_STEPS_PER_SAMPLE + 1, length + _HALF_TAPS), dtype=np.float64)
+    weighted = np.zeros_like(trains)
     for delay, amplitude in blocks:
-        # images whose first tap lies past the truncation never reach the response
-        reach = np.floor(rate * delay) - _HALF_TAPS <= length
-        if np.any(reach):
-            _place(rir, delay[reach], amplitude[reach], rate)
-    return rir
+        _bin_images(trains, weighted, delay, amplitude, rate)
+    return _render(trains, weighted, length)
