@@ -167,6 +167,7 @@ def test_whamr_reverberant_rendering(corpus):
         "tt",
         "--sample-rate",
         "8000",
+        "16000",
         "--mode",
         "min",
         "max",
@@ -183,9 +184,8 @@ def test_whamr_reverberant_rendering(corpus):
             Path(r["utterance_id"]).stem: {k: float(v) for k, v in r.items() if k != "utterance_id"}
             for r in csv.DictReader(handle)
         }
-    rate = 8000
-    for mode in ("min", "max"):
-        base = out / "wav8k" / mode
+    for rate, mode in ((r, m) for r in (8000, 16000) for m in ("min", "max")):
+        base = out / f"wav{rate // 1000}k" / mode
         table = {s.mixture_id: s for s in read_table(base / "tt_sep_noisy_reverb.csv")}
         for index, utt in enumerate(scaling["utterance_id"]):
             name = Path(str(utt)).stem
@@ -225,7 +225,7 @@ def test_whamr_reverberant_rendering(corpus):
                 outputs[f"mix_both_{k}"] = outputs[f"s1_{k}"] + outputs[f"s2_{k}"] + dry["noise"]
             for key, expected in outputs.items():
                 got = sf.read(str(base / "tt" / key / f"{name}.wav"), dtype="float32")[0]
-                np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=f"{mode} {key}")
+                np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=f"{rate} {mode} {key}")
             # the anechoic targets keep the dry energy of WHAM! (whole signals)
             mix, targets = render(table[name])
             np.testing.assert_array_equal(

@@ -191,13 +191,17 @@ def test_16k_min_gain_measures_whole_utterance(corpus):
     assert unequal == len(plan.specs)
 
 
-def test_reverberant_targets_keep_the_reverberation(corpus):
+def test_reverberant_targets_keep_the_reverberation(corpus, capsys):
     root, wsj0, lists, wham, reverb = corpus
     out = root / "out_targets"
     argv = ["whamr", "--wsj0", str(wsj0), "--wham-noise", str(wham), "--lists", str(lists)]
     argv += ["--reverb-params", str(reverb), "--splits", "tt", "--sample-rate", "8000", "--mode", "min"]
-    argv += ["--out", str(out), "--no-progress", "--reverberant-targets"]
+    argv += ["--out", str(out), "--reverberant-targets"]
     assert main(argv) == 0
+    # stderr is not a terminal here (as with a log file): progress comes as whole lines
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "WHAMR! rooms tt: 3/3 rooms (100%)" in err and "WHAMR! gains tt: 3/3 utterances (100%)" in err
     base = out / "wav8k" / "min"
     noisy = read_table(base / "tt_sep_noisy_reverb.csv")
     clean = read_table(base / "tt_sep_clean_anechoic.csv")
