@@ -214,3 +214,20 @@ def test_reverberant_targets_keep_the_reverberation(corpus, capsys):
     np.testing.assert_array_equal(mixture, outputs["mix_both"].astype(np.float32))
     # reverberant and anechoic targets differ: the tails are kept
     assert np.abs(outputs["s1"] - outputs["s1_anechoic"]).max() > 1e-3 * np.abs(outputs["s1_anechoic"]).max()
+
+
+def test_source_outside_room_is_a_one_line_error(corpus, tmp_path, capsys):
+    root, wsj0, lists, wham, reverb = corpus
+    bad = tmp_path / "whamr_data"
+    bad.mkdir()
+    lines = (reverb / "reverb_params_tt.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    first = lines[1].split(",")
+    first[header.index("s1_x")] = str(float(first[header.index("room_x")]) + 1.0)
+    (bad / "reverb_params_tt.csv").write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    argv = ["whamr", "--wsj0", str(wsj0), "--wham-noise", str(wham), "--lists", str(lists)]
+    argv += ["--reverb-params", str(bad), "--splits", "tt", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reverb_params_tt.csv" in err and first[0].removesuffix(".wav") in err and "outside the room" in err
+    assert len(err.splitlines()) == 1
