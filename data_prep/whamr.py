@@ -136,11 +136,13 @@ def read_reverb_params(path: Path) -> dict[str, dict[str, float]]:
     params = {}
     for line, row in enumerate(rows, start=2):
         try:
-            params[Path(row["utterance_id"]).stem] = {k: float(v) for k, v in row.items() if k != "utterance_id"}
+            values = {k: float(v) for k, v in row.items() if k != "utterance_id"}
+            name = Path(row["utterance_id"]).stem
         except (KeyError, TypeError, ValueError) as err:
             raise PrepareError(f"{path}:{line}: malformed room parameters ({err!r})") from err
-        if not all(math.isfinite(v) for v in params[Path(row["utterance_id"]).stem].values()):
+        if not all(math.isfinite(v) for v in values.values()):
             raise PrepareError(f"{path}:{line}: room parameters must be finite numbers")
+        params[name] = values
     return params
 
 
