@@ -38,6 +38,8 @@ from sepkit.data.mixtures import render_outputs
 from sepkit.data.paths import MANIFEST, read_checked_table
 
 _TRUST_HELP = "accept downloaded metadata whose checksum is not pinned yet (prints the sha256 to pin)"
+_RIR_HELP = "pra031: exact port of pyroomacoustics 0.3.1 (official WHAMR!); pyroomacoustics: the installed version"
+_REVERB_TARGETS_HELP = "sep_reverb/sep_noisy_reverb tables target the reverberant sources (no dereverberation)"
 
 
 def _common(parser: argparse.ArgumentParser, rates: list[int], modes: list[str]) -> None:
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, [8000], ["min"])
 
     for name, extra in (("wham", False), ("whamr", True)):
-        p = sub.add_parser(name, help="WHAMR! (needs pyroomacoustics)" if extra else "WHAM!")
+        p = sub.add_parser(name, help="WHAMR!" if extra else "WHAM!")
         p.add_argument("--wsj0", type=Path, required=True)
         p.add_argument("--wham-noise", type=Path, required=True, help="wham_noise folder with metadata/scaling_*.npz")
         p.add_argument("--lists", type=Path, required=True, help="mix_2_spk_filenames_{split}.csv or MERL lists")
@@ -120,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         if extra:
             p.add_argument("--reverb-params", type=Path, required=True, help="folder with reverb_params_{split}.csv")
             p.add_argument("--absorption-law", choices=["legacy", "sabine"], default="legacy")
+            p.add_argument("--rir-engine", choices=["pra031", "pyroomacoustics"], default="pra031", help=_RIR_HELP)
+            p.add_argument("--reverberant-targets", action="store_true", help=_REVERB_TARGETS_HELP)
         _common(p, [8000], ["min"])
 
     p = sub.add_parser("folder", help="mixtures from any folder of utterances (one sub-folder per speaker)")
@@ -206,6 +210,8 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
             args.modes,
             args.splits,
             absorption_law=args.absorption_law,
+            rir_engine=args.rir_engine,
+            reverberant_targets=args.reverberant_targets,
             jobs=args.jobs,
             dry_run=args.dry_run,
             t60_report=report,

@@ -1,0 +1,233 @@
+"""WHAMR! against the official generator's rules: the pyroomacoustics 0.3.1 room responses
+(data_prep.image_source) against a per-image float64 loop written here from 0.3.1's
+formula, the energy-matching gain against whamr_scripts' whole-utterance rule on sources
+of different lengths, and the reverberant-target tables."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fixtures.fake_corpora import make_merl_lists, make_reverb_params, make_wham_noise, make_wsj0
+from scipy.signal import fftconvolve
+
+from data_prep.cli import main
+from data_prep.image_source import max_reflection_order, room_response, sabine_absorption
+from data_prep.whamr import build_plans, rir_directory
+from sepkit.data.mixtures import read_table, render, render_outputs
+
+C = 343.0
+FS = 16000
+
+
+def reference_rir(room, source, mic, absorption, order, fs=FS, max_length=None) -> np.ndarray:
+    """pyroomacoustics 0.3.1's shoebox response, one image and one tap at a time.
+
+    0.3.1 stores room, source, image positions and attenuations in float32 and rounds
+    ``fs t`` and the sinc-table offset to float32; those roundings are part of its
+    formula and are applied here with scalar float32 arithmetic. The sinc table (1/20
+    sample steps on [-41, 41], linear interpolation) and the Hann window are evaluated
+    with ``math``; everything else is float64."""
+    f32 = np.float32
+    room32 = [f32(v) for v in room]
+    src32 = [f32(v) for v in source]
+    reflect = f32(1.0 - float(f32(absorption)))
+    # powers (1 - a)^k, each product rounded to float32 as 0.3.1's table held them
+    powers = [f32(1.0)]
+    for _ in range(order):
+        powers.append(f32(float(reflect) * float(powers[-1])))
+
+    def sinc(x: float) -> float:
+        return 1.0 if x == 0 else math.sin(math.pi * x) / (math.pi * x)
+
+    def table(j: int) -> float:
+        return sinc(-41 + j / 20)
+
+    window = [0.5 - 0.5 * math.cos(2 * math.pi * k / 80) for k in range(81)]
+    images = []
+    for nz in range(-order, order + 1):
+        for ny in range(-(order - abs(nz)), order - abs(nz) + 1):
+            rest = order - abs(nz) - abs(ny)
+            for nx in range(-rest, rest + 1):
+                position, gain = [], f32(1.0)
+                for n, size, s in zip((nx, ny, nz), room32, src32):
+                    # an odd number of reflections mirrors the source inside its cell
+                    inside = f32(size - s) if n % 2 else s
+                    position.append(float(f32(f32(n) * size) + inside))
+                    hits_low = (abs(n) + (n < 0)) // 2
+                    hits_high = (abs(n) + (n > 0)) // 2
+                    gain = f32(gain * powers[hits_low])
+                    gain = f32(gain * powers[hits_high])
+                d = math.sqrt(sum((p - m) ** 2 for p, m in zip(position, mic)))
+                images.append((d / C, float(gain) / (4 * math.pi * d)))
+    length = math.ceil(1.05 * max(t for t, _ in images) * fs) + 81
+    if max_length is not None:
+        length = min(length, max_length)
+    h = np.zeros(length + 200)
+    for t, amplitude in images:
+        sample = float(f32(fs * t))
+        whole = math.floor(sample)
+        offset = float(f32((1.0 - (sample - whole)) * 20))
+        start = math.floor(offset)
+        slope = offset - start
+        for k in range(81):
+            index = whole - 40 + k
+            if index >= len(h):
+                break
+            j = start + 20 * k
+            h[index] += amplitude * window[k] * (table(j) + slope * (table(j + 1) - table(j)))
+    return h[:length]
+
+
+ROOM = [4.1, 4.6, 3.05]
+SOURCE = [1.3, 3.2, 1.55]
+MIC = [2.6, 2.2, 1.25]
+
+
+def test_room_response_matches_031_formula():
+    t60 = 0.15
+    absorption = sabine_absorption(ROOM, t60)
+    order = max_reflection_order(ROOM, t60)
+    assert absorption < 1 and order == math.ceil(t60 * C / 3.05)
+    length = math.ceil(t60 * FS)
+    got = room_response(ROOM, SOURCE, MIC, absorption, order, FS, length)
+    expected = reference_rir(ROOM, SOURCE, MIC, absorption, order, max_length=length)
+    assert got.shape == (length,)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+    # no high-pass filter: the reflections keep their low-frequency build-up (all positive here)
+    assert got.sum() > 0.5 * np.abs(got).sum()
+    # direct path: amplitude 1 / (4 pi d) at delay d / c (the sinc peak is the tap at floor(fs t))
+    distance = math.dist(SOURCE, MIC)
+    anechoic = room_response(ROOM, SOURCE, MIC, absorption, 0, FS)
+    assert len(anechoic) == math.ceil(1.05 * distance / C * FS) + 81
+    peak = int(np.argmax(np.abs(anechoic)))
+    assert peak == math.floor(distance / C * FS) or peak == math.ceil(distance / C * FS)
+    # the windowed sinc sums to about one whatever the fraction: the taps carry 1 / (4 pi d)
+    np.testing.assert_allclose(anechoic.sum(), 1 / (4 * math.pi * distance), rtol=0.02)
+    np.testing.assert_allclose(anechoic, reference_rir(ROOM, SOURCE, MIC, absorption, 0), rtol=0, atol=1e-15)
+
+
+def test_room_response_with_absorption_above_one_flips_reflections():
+    # a large room with a very short T60: Sabine's absorption exceeds 1, 0.3.1 scales each
+    # reflection by 1 - a < 0
+    room, source, mic, t60 = [8.0, 9.0, 3.5], [3.0, 4.0, 1.7], [4.1, 4.6, 1.2], 0.12
+    absorption = sabine_absorption(room, t60)
+    assert absorption > 1
+    order = max_reflection_order(room, t60)
+    got = room_response(room, source, mic, absorption, order, FS, math.ceil(t60 * FS))
+    expected = reference_rir(room, source, mic, absorption, order, max_length=math.ceil(t60 * FS))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+    # the floor reflection (one bounce, image at z = -z_source) arrives inverted
+    floor_image = [source[0], source[1], -source[2]]
+    arrival = math.dist(floor_image, mic) / C * FS
+    direct = math.dist(source, mic) / C * FS
+    assert arrival - direct > 10
+    assert got[round(arrival)] < 0 < got[round(direct)]
+
+
+def test_room_response_refuses_positions_outside():
+    with pytest.raises(ValueError, match="outside the room"):
+        room_response(ROOM, [5.0, 1.0, 1.0], MIC, 0.3, 2)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("whamr")
+    wsj0 = root / "corpus"
+    paths = make_wsj0(wsj0)
+    lists = root / "lists"
+    make_merl_lists(lists, paths, 2, count=3)
+    wham = root / "wham_noise"
+    make_wham_noise(wham, wsj0, lists)
+    reverb = root / "whamr_data"
+    make_reverb_params(reverb, lists)
+    return root, wsj0, lists, wham, reverb
+
+
+def _official_gain(wsj0: Path, path: str, anechoic_rir: np.ndarray, noise_frames: int, wsjmix: float, speech: float):
+    """whamr_scripts at 16 kHz: sqrt(sum(s^2) / sum(anechoic^2)) with s the WHAM! source of
+    the WHOLE utterance (read, scaled, quantised, scaled) and anechoic the whole convolution
+    of the unscaled 16 kHz utterance padded to the noise length."""
+    x, _ = sf.read(str(wsj0 / path), dtype="float64")
+    dry = np.round(x * wsjmix * 32768) / 32768 * speech
+    anechoic = fftconvolve(np.pad(x, (0, noise_frames - len(x))), anechoic_rir)
+    return math.sqrt(np.sum(dry**2) / np.sum(anechoic**2))
+
+
+def test_16k_min_gain_measures_whole_utterance(corpus):
+    root, wsj0, lists, wham, reverb = corpus
+    out = root / "out_gain"
+    plans = build_plans(wsj0, wham, lists, reverb, out, [16000], ["min"], splits=["tt"], progress=False)
+    (plan,) = plans
+    scaling = dict(np.load(wham / "metadata" / "scaling_tt.npz"))
+    names = [Path(str(u)).stem for u in scaling["utterance_id"]]
+    pairs = {}
+    for line in (lists / "mix_2_spk_filenames_tt.csv").read_text().splitlines()[1:]:
+        name, s1, s2 = line.split(",")
+        pairs[Path(name).stem] = [s1, s2]
+    rir_dir = rir_directory(out, "tt", "pra031", "legacy")
+    unequal = 0
+    for spec in plan.specs:
+        index = names.index(spec.mixture_id)
+        noise_frames = sf.info(str(wham / "tt" / f"{spec.mixture_id}.wav")).frames
+        lengths = [sf.info(str(wsj0 / p)).frames for p in pairs[spec.mixture_id]]
+        unequal += lengths[0] != lengths[1]
+        assert spec.length == min(lengths)
+        for i, source in enumerate(spec.sources):
+            rir = np.load(rir_dir / f"{spec.mixture_id}_s{i + 1}_anechoic.npy")
+            expected = _official_gain(
+                wsj0,
+                pairs[spec.mixture_id][i],
+                rir,
+                noise_frames,
+                scaling["scaling_wsjmix_16k_min"][index][i],
+                scaling["scaling_wham_speech_16k_min"][index],
+            )
+            assert source.gain == pytest.approx(expected, rel=1e-12), (spec.mixture_id, i, lengths)
+    # the longer source of each pair is the one the cut measurement got wrong
+    assert unequal == len(plan.specs)
+
+
+def test_reverberant_targets_keep_the_reverberation(corpus, capsys):
+    root, wsj0, lists, wham, reverb = corpus
+    out = root / "out_targets"
+    argv = ["whamr", "--wsj0", str(wsj0), "--wham-noise", str(wham), "--lists", str(lists)]
+    argv += ["--reverb-params", str(reverb), "--splits", "tt", "--sample-rate", "8000", "--mode", "min"]
+    argv += ["--out", str(out), "--reverberant-targets"]
+    assert main(argv) == 0
+    # stderr is not a terminal here (as with a log file): progress comes as whole lines
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "WHAMR! rooms tt: 3/3 rooms (100%)" in err and "WHAMR! gains tt: 3/3 utterances (100%)" in err
+    base = out / "wav8k" / "min"
+    noisy = read_table(base / "tt_sep_noisy_reverb.csv")
+    clean = read_table(base / "tt_sep_clean_anechoic.csv")
+    assert all(row.target_names == ["s1", "s2"] for row in noisy)
+    assert all(row.target_names == ["s1_anechoic", "s2_anechoic"] for row in clean)
+    row = noisy[0]
+    mixture, targets = render(row)
+    outputs = render_outputs(row)
+    np.testing.assert_array_equal(targets[0], outputs["s1"].astype(np.float32))
+    np.testing.assert_array_equal(mixture, outputs["mix_both"].astype(np.float32))
+    # reverberant and anechoic targets differ: the tails are kept
+    assert np.abs(outputs["s1"] - outputs["s1_anechoic"]).max() > 1e-3 * np.abs(outputs["s1_anechoic"]).max()
+
+
+def test_source_outside_room_is_a_one_line_error(corpus, tmp_path, capsys):
+    root, wsj0, lists, wham, reverb = corpus
+    bad = tmp_path / "whamr_data"
+    bad.mkdir()
+    lines = (reverb / "reverb_params_tt.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    first = lines[1].split(",")
+    first[header.index("s1_x")] = str(float(first[header.index("room_x")]) + 1.0)
+    (bad / "reverb_params_tt.csv").write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    argv = ["whamr", "--wsj0", str(wsj0), "--wham-noise", str(wham), "--lists", str(lists)]
+    argv += ["--reverb-params", str(bad), "--splits", "tt", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reverb_params_tt.csv" in err and first[0].removesuffix(".wav") in err and "outside the room" in err
+    assert len(err.splitlines()) == 1
