@@ -6,6 +6,9 @@ Two layouts are accepted by :func:`load_model`:
 - a Lightning checkpoint written by ``sepkit train`` (a ``"sepkit"`` entry plus the
   ``state_dict`` of :class:`~sepkit.training.SeparationModule`, keys prefixed ``model.``),
 - a lean model file from :func:`save_model` (``"sepkit"`` entry + ``state_dict``).
+
+Published models of other toolkits are recognised by structure and converted first
+(:mod:`sepkit.models.published`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from sepkit import __version__
 from sepkit.fileio import atomic_output
 from sepkit.models import build_model
+from sepkit.models.published import load_published_model
 
 _PREFIX = "model."
 
@@ -43,6 +47,9 @@ def save_model(model: torch.nn.Module, path: str | Path) -> None:
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild a model from a sepkit checkpoint or model file (weights_only load)."""
     path = Path(path)
+    published = load_published_model(path)  # SpeechBrain folder, SuDoRM-RF release
+    if published is not None:
+        return published.to(map_location).eval()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
