@@ -1,11 +1,12 @@
-"""Converters of published models: SpeechBrain's SepFormer model cards and the SuDoRM-RF
-authors' releases.
+"""Converters of published models: SpeechBrain's SepFormer model cards, the SuDoRM-RF
+authors' releases and state dicts of GC3's released code.
 
 The published files are rebuilt here, by this file's own code, with the key names and
 shapes that the reference modules' attribute structure gives (SpeechBrain's
 ``dual_path.Encoder``/``Dual_Path_Model``/``SBTransformerBlock``/``Decoder``; the
-SuDoRM-RF repository's ``sudormrf.py``/``improved_sudormrf.py``), filled with random
-weights. The oracle is a small float64 re-implementation of each reference's forward
+SuDoRM-RF repository's ``sudormrf.py``/``improved_sudormrf.py``; GC3's
+``GC3_network.TasNet`` with its ``GC_RNN``, ``DP_wrapper``/``GC_DPRNN``, ``GC_TCN`` and
+``GC_UConvBlock``), filled with random weights. The oracle is a small float64 re-implementation of each reference's forward
 pass written from those weights with torch.nn.functional, not sepkit's modules. Neither
 reference repository is needed.
 """
@@ -27,6 +28,7 @@ from conftest import run_sepkit
 from torch import nn
 
 from sepkit.checkpoint import load_model
+from sepkit.models.gc3_compat import from_gc3
 from sepkit.models.speechbrain_compat import from_speechbrain
 from sepkit.models.sudormrf_compat import from_sudormrf
 from sepkit.restricted_pickle import RestrictedPickleError, read_pickled_modules
@@ -585,3 +587,228 @@ def test_load_model_and_separate_accept_a_sudormrf_release(tmp_path) -> None:
     )
     assert load_model(tmp_path / "release.pt").model_config["improved"] is True
     _separate_and_compare(tmp_path, tmp_path / "release.pt", sudo_length(10))
+
+
+# ----------------------------------------------------------------------------- GC3
+
+GC3_ARGS = dict(
+    enc_dim=16, hidden_dim=16, sr=8000, win=2, layer=2, num_spk=2, context_size=4, group_size=4, block_size=6
+)
+
+
+def _tac_shapes(prefix: str, m: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    """``TAC(m, hidden)`` of the GC3 code: three Linear+PReLU stages and a GroupNorm."""
+    return {
+        prefix + "TAC_input.0.weight": (hidden, m),
+        prefix + "TAC_input.0.bias": (hidden,),
+        prefix + "TAC_input.1.weight": (1,),
+        prefix + "TAC_mean.0.weight": (hidden, hidden),
+        prefix + "TAC_mean.0.bias": (hidden,),
+        prefix + "TAC_mean.1.weight": (1,),
+        prefix + "TAC_output.0.weight": (m, 2 * hidden),
+        prefix + "TAC_output.0.bias": (m,),
+        prefix + "TAC_output.1.weight": (1,),
+        prefix + "TAC_norm.weight": (m,),
+        prefix + "TAC_norm.bias": (m,),
+    }
+
+
+def _proj_rnn_shapes(prefix: str, m: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    """``ProjRNN(m, hidden, "LSTM", bidirectional=True)``: a one-layer BiLSTM and a Linear."""
+    shapes = {}
+    for suffix in ("", "_reverse"):
+        shapes |= {
+            f"{prefix}rnn.weight_ih_l0{suffix}": (4 * hidden, m),
+            f"{prefix}rnn.weight_hh_l0{suffix}": (4 * hidden, hidden),
+            f"{prefix}rnn.bias_ih_l0{suffix}": (4 * hidden,),
+            f"{prefix}rnn.bias_hh_l0{suffix}": (4 * hidden,),
+        }
+    return shapes | {prefix + "proj.weight": (m, 2 * hidden), prefix + "proj.bias": (m,)}
+
+
+def gc3_shapes(module: str, a: dict = GC3_ARGS) -> dict[str, tuple[int, ...]]:
+    """State-dict names and shapes of GC3_network.py's ``TasNet(**a, module=module)``."""
+    n, h, g, spk = a["enc_dim"], a["hidden_dim"], a["group_size"], a["num_spk"]
+    m, window = n // g, int(a["sr"] * a["win"] / 1000)
+    shapes: dict[str, tuple[int, ...]] = {"encoder.weight": (n, 1, window), "norm.weight": (n,), "norm.bias": (n,)}
+    for side in ("enc", "dec"):
+        for i in range(2):
+            shapes |= _tac_shapes(f"context_{side}.TAC.{i}.", m, 3 * h // g)
+            shapes |= _proj_rnn_shapes(f"context_{side}.rnn.{i}.", m, h // g)
+            shapes |= {f"context_{side}.LN.{i}.weight": (m,), f"context_{side}.LN.{i}.bias": (m,)}
+    if module == "DPRNN":
+        dp = "seq_model.seq_model."
+        for i in range(a["layer"]):
+            shapes |= _tac_shapes(f"{dp}TAC.{i}.", m, 3 * h // g)
+            for path in ("row", "col"):
+                shapes |= _proj_rnn_shapes(f"{dp}{path}_rnn.{i}.", m, h // g)
+                shapes |= {f"{dp}{path}_norm.{i}.weight": (m,), f"{dp}{path}_norm.{i}.bias": (m,)}
+        shapes |= {dp + "output.weight": (m, m, 1, 1), dp + "output.bias": (m,)}
+    elif module == "TCN":
+        hidden = 4 * n // g
+        for i in range(2 * a["layer"]):
+            shapes |= _tac_shapes(f"seq_model.TAC.{i}.", m, 3 * hidden)
+            t = f"seq_model.TCN.{i}."
+            shapes |= {t + "conv1d.weight": (hidden, m, 1), t + "conv1d.bias": (hidden,)}
+            shapes |= {t + "dconv1d.weight": (hidden, 1, 3), t + "dconv1d.bias": (hidden,)}
+            shapes |= {t + "res_out.weight": (m, hidden, 1), t + "res_out.bias": (m,)}
+            shapes |= {t + "skip_out.weight": (m, hidden, 1), t + "skip_out.bias": (m,)}
+            shapes |= {t + "nonlinearity1.weight": (1,), t + "nonlinearity2.weight": (1,)}
+            shapes |= {t + "reg1.weight": (hidden,), t + "reg1.bias": (hidden,)}
+            shapes |= {t + "reg2.weight": (hidden,), t + "reg2.bias": (hidden,)}
+        shapes |= {"seq_model.output.weight": (m, m, 1), "seq_model.output.bias": (m,)}
+    else:  # UBlock: GC_UConvBlock(enc_dim, 2 * hidden_dim, upsampling_depth=5)
+        hidden = 2 * h // g
+        for i in range(a["layer"]):
+            shapes |= _tac_shapes(f"seq_model.{i}.TAC.", m, 3 * m)
+            u = f"seq_model.{i}.UBlock."
+            shapes |= {u + "proj_1x1.conv.weight": (hidden, m, 1), u + "proj_1x1.conv.bias": (hidden,)}
+            shapes |= {u + "proj_1x1.norm.gamma": (hidden,), u + "proj_1x1.norm.beta": (hidden,)}
+            shapes[u + "proj_1x1.act.weight"] = (1,)
+            for level in range(5):
+                shapes |= {
+                    u + f"spp_dw.{level}.conv.weight": (hidden, 1, 5),
+                    u + f"spp_dw.{level}.conv.bias": (hidden,),
+                }
+                shapes |= {u + f"spp_dw.{level}.norm.gamma": (hidden,), u + f"spp_dw.{level}.norm.beta": (hidden,)}
+            shapes |= {u + "final_norm.norm.gamma": (hidden,), u + "final_norm.norm.beta": (hidden,)}
+            shapes[u + "final_norm.act.weight"] = (1,)
+            shapes |= {u + "res_conv.weight": (m, hidden, 1), u + "res_conv.bias": (m,)}
+    shapes |= {"mask.0.weight": (spk * m, m, 1), "mask.0.bias": (spk * m,), "decoder.weight": (n, 1, window)}
+    return shapes
+
+
+def _segment(x: torch.Tensor, size: int) -> tuple[torch.Tensor, int]:
+    """The references' ``split_feature``: ``[B, N, L] -> [B, N, size, S]`` chunks every
+    size/2 frames after half a chunk of zeros on the left and ``gap`` + half a chunk on the
+    right, ``gap`` in 1..size putting the end on the chunk grid."""
+    half = size // 2
+    gap = size - (half + x.shape[-1] % size) % size
+    padded = F.pad(x, (half, gap + half))
+    starts = range(0, padded.shape[-1] - size + 1, half)
+    return torch.stack([padded[..., t : t + size] for t in starts], dim=-1), gap
+
+
+def _merge(chunks: torch.Tensor, frames: int) -> torch.Tensor:
+    """Inverse of :func:`_segment`: sum the chunks back in place, drop the padding."""
+    size, half = chunks.shape[-2], chunks.shape[-2] // 2
+    total = (chunks.shape[-1] - 1) * half + size
+    summed = torch.zeros(*chunks.shape[:-2], total, dtype=chunks.dtype)
+    for index in range(chunks.shape[-1]):
+        summed[..., index * half : index * half + size] += chunks[..., index]
+    return summed[..., half : half + frames]
+
+
+def _ref_tac(x: torch.Tensor, w: dict, p: str) -> torch.Tensor:
+    """GC3's TAC on ``[B, G, M, T]``."""
+    b, g, m, t = x.shape
+    f = F.prelu(F.linear(x.permute(0, 3, 1, 2), w[p + "TAC_input.0.weight"], w[p + "TAC_input.0.bias"]),
+                w[p + "TAC_input.1.weight"])  # fmt: skip
+    mean = F.prelu(
+        F.linear(f.mean(2), w[p + "TAC_mean.0.weight"], w[p + "TAC_mean.0.bias"]), w[p + "TAC_mean.1.weight"]
+    )
+    joined = torch.cat([f, mean.unsqueeze(2).expand_as(f)], dim=-1)
+    out = F.prelu(
+        F.linear(joined, w[p + "TAC_output.0.weight"], w[p + "TAC_output.0.bias"]), w[p + "TAC_output.1.weight"]
+    )
+    out = out.permute(0, 2, 3, 1).reshape(b * g, m, t)
+    return x + F.group_norm(out, 1, w[p + "TAC_norm.weight"], w[p + "TAC_norm.bias"], eps=1e-5).reshape(x.shape)
+
+
+def _ref_proj_rnn(x: torch.Tensor, w: dict, p: str) -> torch.Tensor:
+    """ProjRNN on ``[batch, length, M]``: torch's own BiLSTM with the given weights, then the Linear."""
+    m, hidden = x.shape[-1], w[p + "rnn.weight_hh_l0"].shape[1]
+    lstm = nn.LSTM(m, hidden, batch_first=True, bidirectional=True).double()
+    lstm.load_state_dict({key[len(p) + 4 :]: value for key, value in w.items() if key.startswith(p + "rnn.")})
+    return F.linear(lstm(x)[0], w[p + "proj.weight"], w[p + "proj.bias"])
+
+
+def _ref_gc_rnn(x: torch.Tensor, w: dict, p: str, groups: int) -> torch.Tensor:
+    """GC_RNN (two layers of TAC -> residual normalised ProjRNN) on ``[B, N, L]``."""
+    b, n, length = x.shape
+    out = x.reshape(b, groups, n // groups, length)
+    for i in range(2):
+        seq = _ref_tac(out, w, f"{p}TAC.{i}.").transpose(2, 3).reshape(b * groups, length, -1)
+        normed = F.group_norm(_ref_proj_rnn(seq, w, f"{p}rnn.{i}.").transpose(1, 2), 1, w[f"{p}LN.{i}.weight"],
+                              w[f"{p}LN.{i}.bias"], eps=1e-5)  # fmt: skip
+        out = (seq + normed.transpose(1, 2)).reshape(b, groups, length, -1).transpose(2, 3)
+    return out.reshape(b, n, length)
+
+
+def _ref_gc_dprnn(x: torch.Tensor, w: dict, groups: int, layers: int, block: int) -> torch.Tensor:
+    """DP_wrapper(GC_DPRNN) with one output stream on ``[B, N, L]``."""
+    dp = "seq_model.seq_model."
+    b, n, length = x.shape
+    chunks, _ = _segment(x, block)
+    k, s = chunks.shape[-2:]
+    out = chunks.reshape(b, groups, n // groups, k, s)
+    for i in range(layers):
+        out = _ref_tac(out.reshape(b, groups, -1, k * s), w, f"{dp}TAC.{i}.").reshape(b * groups, -1, k, s)
+        row = _ref_proj_rnn(out.permute(0, 3, 2, 1).reshape(b * groups * s, k, -1), w, f"{dp}row_rnn.{i}.")
+        row = row.reshape(b * groups, s, k, -1).permute(0, 3, 2, 1)
+        out = out + F.group_norm(row, 1, w[f"{dp}row_norm.{i}.weight"], w[f"{dp}row_norm.{i}.bias"], eps=1e-8)
+        col = _ref_proj_rnn(out.permute(0, 2, 3, 1).reshape(b * groups * k, s, -1), w, f"{dp}col_rnn.{i}.")
+        col = col.reshape(b * groups, k, s, -1).permute(0, 3, 1, 2)
+        out = out + F.group_norm(col, 1, w[f"{dp}col_norm.{i}.weight"], w[f"{dp}col_norm.{i}.bias"], eps=1e-8)
+    out = F.conv2d(out, w[dp + "output.weight"], w[dp + "output.bias"]).reshape(b, n, k, s)
+    return _merge(out, length)
+
+
+def gc3_reference_masks(enc: torch.Tensor, state: dict, a: dict = GC3_ARGS) -> torch.Tensor:
+    """GC3_network.py's TasNet (module "DPRNN") from the encoder output ``[B, N, T]`` to
+    the masks ``[B, spk, N, T]``, float64."""
+    w = {key: value.double() for key, value in state.items()}
+    b, n, frames = enc.shape
+    g, spk, context = a["group_size"], a["num_spk"], a["context_size"]
+    feats = F.group_norm(enc, 1, w["norm.weight"], w["norm.bias"], eps=1e-5)
+    blocks, _ = _segment(feats, context)  # [B, N, C, S]
+    n_contexts = blocks.shape[-1]
+    items = blocks.permute(0, 3, 1, 2).reshape(b * n_contexts, n, context)
+    summary = _ref_gc_rnn(items, w, "context_enc.", g).mean(2).reshape(b, n_contexts, n).transpose(1, 2)
+    summary = _ref_gc_dprnn(summary, w, g, a["layer"], a["block_size"])
+    decoded = (summary.unsqueeze(2) + blocks).permute(0, 3, 1, 2).reshape(b * n_contexts, n, context)
+    decoded = _ref_gc_rnn(decoded, w, "context_dec.", g).reshape(b, n_contexts, n, context).permute(0, 2, 3, 1)
+    out = _merge(decoded, frames).reshape(b * g, n // g, frames)
+    masks = F.relu(F.conv1d(out, w["mask.0.weight"], w["mask.0.bias"]))
+    return masks.reshape(b, g, spk, n // g, frames).transpose(1, 2).reshape(b, spk, n, frames)
+
+
+@pytest.mark.parametrize("frames", [25, 37])
+def test_gc3_dprnn_masker_matches_the_reference(frames) -> None:
+    # The masker alone, on frame counts where the reference's split_feature appends the
+    # same zeros as sepkit's chunking, for the contexts (frames % 4 == 1) and for the
+    # GC-DPRNN chunks over the context summaries (14 and 20 summaries, % 6 == 2). The
+    # encoder framing differs (the reference pads half a window on both sides).
+    state = random_state(gc3_shapes("DPRNN"), seed=8)
+    model = from_gc3(state, **GC3_ARGS).double()
+    enc = torch.randn(2, GC3_ARGS["enc_dim"], frames, generator=torch.Generator().manual_seed(frames)).double()
+    with torch.no_grad():
+        torch.testing.assert_close(model.masker(enc), gc3_reference_masks(enc, state), rtol=1e-9, atol=1e-9)
+    assert model.model_config["kernel_size"] == 16 and model.model_config["sample_rate"] == 8000
+
+
+@pytest.mark.parametrize("module", ["DPRNN", "TCN", "UBlock"])
+def test_gc3_every_reference_weight_lands_once(module) -> None:
+    state = random_state(gc3_shapes(module), seed=9)
+    model = from_gc3(state, **GC3_ARGS, module=module)
+    converted = model.state_dict()
+    # Every parameter of the sepkit model is a distinct reference tensor, bit for bit.
+    assert sum(value.numel() for value in converted.values()) == sum(value.numel() for value in state.values())
+    fingerprints = {tuple(value.flatten()[:3].tolist()) + (value.numel(),) for value in state.values()}
+    assert all(tuple(v.flatten()[:3].tolist()) + (v.numel(),) in fingerprints for v in converted.values())
+    with torch.no_grad():
+        out = model(torch.randn(1, 400))
+    assert out.shape == (1, 2, 400) and torch.isfinite(out).all()
+
+
+def test_gc3_bad_weights_and_modules_are_named() -> None:
+    state = random_state(gc3_shapes("DPRNN"), seed=10)
+    with pytest.raises(ValueError, match=r"'seq_model\.seq_model\.extra'"):
+        from_gc3(dict(state, **{"seq_model.seq_model.extra": torch.zeros(1)}), **GC3_ARGS)
+    missing = {key: value for key, value in state.items() if key != "context_dec.LN.1.bias"}
+    with pytest.raises(ValueError, match=r"masker\.context_decoder\.1\.rnn\.norm\.bias"):
+        from_gc3(missing, **GC3_ARGS)
+    with pytest.raises(ValueError, match="'Transformer' has no sepkit equivalent"):
+        from_gc3(state, **GC3_ARGS, module="Transformer")
+    with pytest.raises(ValueError, match=r"'mask\.0\.weight' has shape"):
+        from_gc3(state, **dict(GC3_ARGS, num_spk=3))

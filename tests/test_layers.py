@@ -62,6 +62,7 @@ SHARED_MODEL_MODULES = frozenset(
         "sepkit.models.asteroid_compat",  # converter from asteroid checkpoints
         "sepkit.models.speechbrain_compat",  # converter from SpeechBrain SepFormer model cards
         "sepkit.models.sudormrf_compat",  # converter from the SuDoRM-RF authors' releases
+        "sepkit.models.gc3_compat",  # converter from state dicts of GC3's released code
         "sepkit.models.published",  # recognises the published formats for load_model
     }
 )
