@@ -308,8 +308,10 @@ def test_speechbrain_bad_weights_are_named(tmp_path, edit, message) -> None:
         (lambda t: t.replace("norm: ln", "norm: cln"), "'cln'"),
         (lambda t: t.replace("bias: False", "bias: True"), "bias"),
         (lambda t: t.replace("!ref <SBtfinter>", "!ref <NoSuchBlock>"), "NoSuchBlock"),
+        (lambda t: t.replace("sample_rate: 8000", "sample_rate: fast"), "sample_rate 'fast'"),
+        (lambda t: t.replace("sample_rate: 8000", ""), "sample_rate None"),
     ],
-    ids=["linear", "norm", "decoder-bias", "dangling-ref"],
+    ids=["linear", "norm", "decoder-bias", "dangling-ref", "rate-text", "rate-missing"],
 )
 def test_speechbrain_unsupported_settings_are_named(tmp_path, edit, message) -> None:
     write_sb_folder(tmp_path / "card", hyperparams_edit=edit)
@@ -542,6 +544,18 @@ def test_sudormrf_group_comm_and_bad_weights_are_named(tmp_path) -> None:
         from_sudormrf(missing, architecture=SUDO_ARGS)
     with pytest.raises(RestrictedPickleError, match="not a torch zip archive"):
         read_pickled_modules(tmp_path / "gc.pt.missing")
+
+
+def test_restricted_reader_refuses_legacy_and_foreign_files(tmp_path) -> None:
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(RestrictedPickleError, match=r"legacy\.pt: not a torch zip archive"):
+        read_pickled_modules(legacy)
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("notes.txt", "hello")
+    with pytest.raises(RestrictedPickleError, match=r"foreign\.zip: not a torch archive"):
+        read_pickled_modules(foreign)
 
 
 def test_sudormrf_state_dict_of_dataparallel_training_checkpoint(tmp_path) -> None:

@@ -158,8 +158,13 @@ def speechbrain_config(folder: Path) -> dict[str, Any]:
     _require(not masknet.get("use_global_pos_enc", False), source, "use_global_pos_enc=True is not supported")
     chunk_size = int(masknet.get("K", 200))
     _require(chunk_size % 2 == 0, source, f"odd chunk length K={chunk_size} is not supported")
-    sample_rate = params.top.get("sample_rate", 8000)
-    _require(isinstance(sample_rate, int), source, f"sample_rate {sample_rate!r} is not an integer")
+    # SpeechBrain's separator resamples inputs to this rate, so every model card sets it.
+    sample_rate = params.top.get("sample_rate")
+    _require(
+        isinstance(sample_rate, int) and not isinstance(sample_rate, bool) and sample_rate > 0,
+        source,
+        f"hyperparams sample_rate {sample_rate!r} is not a positive integer",
+    )
     return dict(
         n_src=int(masknet.get("num_spks", 2)),
         n_filters=n_filters,
@@ -268,7 +273,7 @@ def from_speechbrain(folder: str | os.PathLike[str], sample_rate: int | None = N
     Args:
         folder: holds ``hyperparams.yaml``, ``encoder.ckpt``, ``masknet.ckpt`` and
             ``decoder.ckpt`` (as downloaded from e.g. ``speechbrain/sepformer-wsj02mix``).
-        sample_rate: overrides the ``sample_rate`` of the hyperparams (8000 if absent).
+        sample_rate: overrides the ``sample_rate`` of the hyperparams.
 
     Returns:
         The model in eval mode, ``model_name``/``model_config`` recorded as ``build_model``
