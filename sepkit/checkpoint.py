@@ -47,7 +47,7 @@ def save_model(model: torch.nn.Module, path: str | Path) -> None:
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild a model from a sepkit checkpoint or model file (weights_only load)."""
     path = Path(path)
-    published = load_published_model(path)  # SpeechBrain folder, SuDoRM-RF release
+    published = load_published_model(path)  # SpeechBrain folder, SuDoRM-RF release, Asteroid file
     if published is not None:
         return published.to(map_location).eval()
     if not path.is_file():

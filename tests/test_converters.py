@@ -826,3 +826,11 @@ def test_gc3_bad_weights_and_modules_are_named() -> None:
         from_gc3(state, **GC3_ARGS, module="Transformer")
     with pytest.raises(ValueError, match=r"'mask\.0\.weight' has shape"):
         from_gc3(state, **dict(GC3_ARGS, num_spk=3))
+
+
+def test_load_model_and_separate_accept_an_asteroid_file(tmp_path) -> None:
+    asteroid_models = pytest.importorskip("asteroid.models", reason="asteroid 0.7.0 is not installed")
+    reference = asteroid_models.DPRNNTasNet(n_src=2, n_filters=16, bn_chan=8, hid_size=8, chunk_size=10, n_repeats=1)
+    torch.save(reference.serialize(), tmp_path / "best_model.pth")
+    assert load_model(tmp_path / "best_model.pth").model_name == "dprnn"
+    _separate_and_compare(tmp_path, tmp_path / "best_model.pth", 808)

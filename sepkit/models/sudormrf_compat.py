@@ -36,7 +36,6 @@ from sepkit.models.pipeline import EncoderMaskerDecoder
 from sepkit.models.registry import build_model
 from sepkit.restricted_pickle import (
     StandIn,
-    pickle_strings,
     read_pickled_modules,
     stand_in_attributes,
     stand_in_state_dict,
@@ -86,12 +85,6 @@ _IMPROVED_RENAMES: list[tuple[str, str]] = [
 ]
 # The improved model's own layer norm calls its affine parameters gamma and beta.
 _NORM_SUFFIXES = [(r"\.gamma$", ".weight"), (r"\.beta$", ".bias")]
-
-
-def is_sudormrf_file(path: str | os.PathLike[str]) -> bool:
-    """A torch archive whose pickle names one of the authors' separator classes
-    (checked on the pickle's opcodes, nothing is loaded)."""
-    return bool(pickle_strings(path) & set(SUDORMRF_CLASSES))
 
 
 def _require(condition: bool, source: str, message: str) -> None:
