@@ -310,8 +310,10 @@ def test_speechbrain_bad_weights_are_named(tmp_path, edit, message) -> None:
         (lambda t: t.replace("!ref <SBtfinter>", "!ref <NoSuchBlock>"), "NoSuchBlock"),
         (lambda t: t.replace("sample_rate: 8000", "sample_rate: fast"), "sample_rate 'fast'"),
         (lambda t: t.replace("sample_rate: 8000", ""), "sample_rate None"),
+        (lambda t: t.replace("    K: 10", "    K: !apply:int [10]"), "MaskNet K '!apply:int'"),
+        (lambda t: t.replace("    nhead: 2\n", "", 1), "intra has no nhead"),
     ],
-    ids=["linear", "norm", "decoder-bias", "dangling-ref", "rate-text", "rate-missing"],
+    ids=["linear", "norm", "decoder-bias", "dangling-ref", "rate-text", "rate-missing", "tagged-int", "no-heads"],
 )
 def test_speechbrain_unsupported_settings_are_named(tmp_path, edit, message) -> None:
     write_sb_folder(tmp_path / "card", hyperparams_edit=edit)

@@ -111,17 +111,31 @@ def _require(condition: bool, source: str, message: str) -> None:
         raise ValueError(f"from_speechbrain({source}): {message}")
 
 
+_REQUIRED = object()
+
+
+def _integer(args: Mapping[str, Any], key: str, source: str, where: str, default: Any = _REQUIRED) -> int:
+    """A positive integer setting of a hyperparams entry (``default`` when absent)."""
+    value = args.get(key, default)
+    _require(value is not _REQUIRED, source, f"{where} has no {key}")
+    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    _require(ok, source, f"{where} {key} {getattr(value, 'tag', value)!r} is not a positive integer")
+    return value
+
+
 def _transformer_args(args: Mapping[str, Any], source: str, which: str) -> dict[str, Any]:
     _require(args.get("activation", "relu") == "relu", source, f"{which}: only ReLU feed-forwards are supported")
     attention = args.get("attention_type", "regularMHA")
     _require(attention == "regularMHA", source, f"{which}: attention_type {attention!r} is not supported")
     for key in ("kdim", "vdim"):
         _require(args.get(key) is None, source, f"{which}: {key} is not supported")
+    dropout = args.get("dropout", 0.1)
+    _require(isinstance(dropout, (int, float)) and 0 <= dropout < 1, source, f"{which}: dropout {dropout!r} invalid")
     return dict(
-        d_model=int(args["d_model"]),
-        n_heads=int(args["nhead"]),
-        d_ffn=int(args.get("d_ffn", 2048)),
-        dropout=float(args.get("dropout", 0.1)),
+        d_model=_integer(args, "d_model", source, which),
+        n_heads=_integer(args, "nhead", source, which),
+        d_ffn=_integer(args, "d_ffn", source, which, 2048),
+        dropout=float(dropout),
         positional=bool(args.get("use_positional_encoding", False)),
         norm_first=bool(args.get("norm_before", False)),
     )
@@ -134,29 +148,30 @@ def speechbrain_config(folder: Path) -> dict[str, Any]:
     encoder = params.module("Encoder")
     masknet = params.module("Dual_Path_Model")
     decoder = params.module("Decoder")
-    intra = _transformer_args(params.arguments(masknet["intra_model"], "SBTransformerBlock"), source, "intra")
-    inter = _transformer_args(params.arguments(masknet["inter_model"], "SBTransformerBlock"), source, "inter")
-    intra_layers = int(params.arguments(masknet["intra_model"], "SBTransformerBlock")["num_layers"])
-    inter_layers = int(params.arguments(masknet["inter_model"], "SBTransformerBlock")["num_layers"])
+    intra_args = params.arguments(masknet.get("intra_model"), "SBTransformerBlock")
+    inter_args = params.arguments(masknet.get("inter_model"), "SBTransformerBlock")
+    intra = _transformer_args(intra_args, source, "intra")
+    inter = _transformer_args(inter_args, source, "inter")
     _require(intra == inter, source, f"intra and inter transformers differ beyond depth: {intra} vs {inter}")
 
-    kernel = int(encoder.get("kernel_size", 2))
-    n_filters = int(encoder.get("out_channels", 64))
-    _require(int(encoder.get("in_channels", 1)) == 1, source, "only single-channel encoders are supported")
+    kernel = _integer(encoder, "kernel_size", source, "Encoder", 2)
+    n_filters = _integer(encoder, "out_channels", source, "Encoder", 64)
+    _require(_integer(encoder, "in_channels", source, "Encoder", 1) == 1, source, "only mono encoders are supported")
+    decoder_shape = tuple(_integer(decoder, key, source, "Decoder") for key in ("in_channels", "out_channels"))
+    decoder_shape += tuple(_integer(decoder, key, source, "Decoder") for key in ("kernel_size", "stride"))
     _require(
-        (int(decoder["in_channels"]), int(decoder["out_channels"]), int(decoder["kernel_size"]), int(decoder["stride"]))
-        == (n_filters, 1, kernel, kernel // 2),
+        decoder_shape == (n_filters, 1, kernel, kernel // 2),
         source,
         "the decoder does not mirror the encoder (in_channels, out_channels 1, kernel_size, stride kernel_size//2)",
     )
     _require(decoder.get("bias", True) is False, source, "decoder bias is not supported (SepFormer's decoder has none)")
-    _require(int(masknet["in_channels"]) == n_filters, source, "MaskNet in_channels differs from the encoder's")
-    _require(int(masknet["out_channels"]) == intra["d_model"], source, "MaskNet out_channels differs from d_model")
+    _require(_integer(masknet, "in_channels", source, "MaskNet") == n_filters, source, "MaskNet in_channels != N")
+    _require(_integer(masknet, "out_channels", source, "MaskNet") == intra["d_model"], source, "MaskNet out_channels")
     norm = masknet.get("norm", "ln")
     _require(norm == "ln", source, f"MaskNet norm {norm!r} unsupported (only 'ln', a one-group GroupNorm)")
     _require(not masknet.get("linear_layer_after_inter_intra", True), source, "linear_layer_after_inter_intra=True")
     _require(not masknet.get("use_global_pos_enc", False), source, "use_global_pos_enc=True is not supported")
-    chunk_size = int(masknet.get("K", 200))
+    chunk_size = _integer(masknet, "K", source, "MaskNet", 200)
     _require(chunk_size % 2 == 0, source, f"odd chunk length K={chunk_size} is not supported")
     # SpeechBrain's separator resamples inputs to this rate, so every model card sets it.
     sample_rate = params.top.get("sample_rate")
@@ -166,13 +181,13 @@ def speechbrain_config(folder: Path) -> dict[str, Any]:
         f"hyperparams sample_rate {sample_rate!r} is not a positive integer",
     )
     return dict(
-        n_src=int(masknet.get("num_spks", 2)),
+        n_src=_integer(masknet, "num_spks", source, "MaskNet", 2),
         n_filters=n_filters,
         kernel_size=kernel,
         stride=kernel // 2,
-        n_repeats=int(masknet.get("num_layers", 1)),
-        n_intra_layers=intra_layers,
-        n_inter_layers=inter_layers,
+        n_repeats=_integer(masknet, "num_layers", source, "MaskNet", 1),
+        n_intra_layers=_integer(intra_args, "num_layers", source, "intra"),
+        n_inter_layers=_integer(inter_args, "num_layers", source, "inter"),
         chunk_size=chunk_size,
         hop=chunk_size // 2,
         norm="gLN",
