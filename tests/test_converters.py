@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from conftest import run_sepkit
 from torch import nn
 
-from sepkit.checkpoint import load_model
+from sepkit.checkpoint import load_model, save_model
 from sepkit.models.gc3_compat import from_gc3
 from sepkit.models.speechbrain_compat import from_speechbrain
 from sepkit.models.sudormrf_compat import from_sudormrf
@@ -593,8 +593,15 @@ def _separate_and_compare(tmp_path: Path, model_path: Path, length: int) -> None
 
 def test_load_model_and_separate_accept_a_speechbrain_folder(tmp_path) -> None:
     write_sb_folder(tmp_path / "card")
-    assert load_model(tmp_path / "card").model_name == "sepformer"
+    converted = load_model(tmp_path / "card")
+    assert converted.model_name == "sepformer"
     _separate_and_compare(tmp_path, tmp_path / "card", sb_length(43) * 20)
+    # The converted model saves as an ordinary sepkit model file with the same weights.
+    save_model(converted, tmp_path / "sepformer.pt")
+    reloaded = load_model(tmp_path / "sepformer.pt")
+    mix = torch.randn(1, sb_length(43), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(mix), converted(mix), rtol=0, atol=0)
 
 
 def test_load_model_and_separate_accept_a_sudormrf_release(tmp_path) -> None:
