@@ -213,23 +213,30 @@ def read_pickled_modules(path: str | Path) -> Any:
 
 def _module_entries(module: StandIn, prefix: str) -> Iterator[tuple[str, Any]]:
     state = module.state if isinstance(module.state, dict) else {}
-    skipped = state.get("_non_persistent_buffers_set") or set()
+    skipped = state.get("_non_persistent_buffers_set")
+    skipped = skipped if isinstance(skipped, (set, frozenset)) else set()
+
+    def entries(name: str) -> dict:
+        found = state.get(name)
+        return found if isinstance(found, dict) else {}
+
     for group in ("_parameters", "_buffers"):
-        for name, value in (state.get(group) or {}).items():
+        for name, value in entries(group).items():
             if value is not None and not (group == "_buffers" and name in skipped):
-                yield prefix + name, value
-    for name, child in (state.get("_modules") or {}).items():
+                yield f"{prefix}{name}", value
+    for name, child in entries("_modules").items():
         if isinstance(child, StandIn):
             yield from _module_entries(child, f"{prefix}{name}.")
 
 
-def stand_in_state_dict(module: StandIn) -> dict[str, torch.Tensor]:
+def stand_in_state_dict(module: StandIn, source: str) -> dict[str, torch.Tensor]:
     """The ``state_dict`` the real module would return: parameters and persistent
-    buffers of the module and its submodules, under their dotted names."""
+    buffers of the module and its submodules, under their dotted names (``source``
+    names the file in errors)."""
     state: dict[str, torch.Tensor] = {}
     for key, value in _module_entries(module, ""):
         if not isinstance(value, torch.Tensor):
-            raise RestrictedPickleError(f"weight {key!r} is not a tensor ({type(value).__name__})")
+            raise RestrictedPickleError(f"{source}: weight {key!r} is not a tensor ({type(value).__name__})")
         state[key] = value
     return state
 

@@ -31,7 +31,7 @@ from sepkit.checkpoint import load_model, save_model
 from sepkit.models.gc3_compat import from_gc3
 from sepkit.models.speechbrain_compat import from_speechbrain
 from sepkit.models.sudormrf_compat import from_sudormrf
-from sepkit.restricted_pickle import RestrictedPickleError, read_pickled_modules
+from sepkit.restricted_pickle import RestrictedPickleError, read_pickled_modules, stand_in_state_dict
 
 # ----------------------------------------------------------------------------- SpeechBrain
 
@@ -546,6 +546,18 @@ def test_sudormrf_group_comm_and_bad_weights_are_named(tmp_path) -> None:
         from_sudormrf(missing, architecture=SUDO_ARGS)
     with pytest.raises(RestrictedPickleError, match="not a torch zip archive"):
         read_pickled_modules(tmp_path / "gc.pt.missing")
+
+
+def test_non_tensor_weights_are_named(tmp_path) -> None:
+    state = random_state(sudo_shapes(True), seed=11)
+    odd = dict(state, **{"bottleneck.bias": [0.0] * 8})
+    with pytest.raises(ValueError, match=r"'bottleneck\.bias' is not a tensor"):
+        from_sudormrf(odd, architecture=SUDO_ARGS)
+    module = nn.Module()
+    module._buffers["odd"] = "text"
+    torch.save(module, tmp_path / "odd.pt")
+    with pytest.raises(RestrictedPickleError, match=r"odd\.pt: weight 'odd' is not a tensor"):
+        stand_in_state_dict(read_pickled_modules(tmp_path / "odd.pt"), str(tmp_path / "odd.pt"))
 
 
 def test_restricted_reader_refuses_legacy_and_foreign_files(tmp_path) -> None:

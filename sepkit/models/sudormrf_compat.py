@@ -139,6 +139,7 @@ def _load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], improv
     renames = _COMMON_RENAMES + (_IMPROVED_RENAMES if improved else _ORIGINAL_RENAMES)
     mapped: dict[str, torch.Tensor] = {}
     for key, value in state.items():
+        _require(isinstance(value, torch.Tensor), source, f"weight {key!r} is not a tensor")
         new_key = _rename(key, renames)
         _require(new_key is not None, source, f"unknown weight {key!r}")
         _require(new_key in target, source, f"weight {key!r} (as {new_key!r}) has no place in sepkit's sudormrf")
@@ -184,7 +185,8 @@ def from_sudormrf(
         root = read_pickled_modules(Path(source))
         # A DataParallel wrapper keeps the model as its submodule "module".
         if isinstance(root, StandIn) and root.qualified_name.endswith("DataParallel"):
-            root = (root.state or {}).get("_modules", {}).get("module")
+            wrapper_state = root.state if isinstance(root.state, dict) else {}
+            root = (wrapper_state.get("_modules") or {}).get("module")
         _require(isinstance(root, StandIn), source, f"the file holds {type(root).__name__}, not a pickled model")
         class_name = root.qualified_name.rsplit(".", 1)[-1]
         _require(
@@ -193,7 +195,7 @@ def from_sudormrf(
             "GroupCommSudoRmRf (SuDoRM-RF++ GC) has no sepkit equivalent; only SuDORMRF models are supported",
         )
         _require(class_name in SUDORMRF_CLASSES, source, f"{root.qualified_name} is not a SuDoRM-RF model")
-        state = stand_in_state_dict(root)
+        state = stand_in_state_dict(root, source)
         architecture = stand_in_attributes(root) if architecture is None else architecture
     if any(key.startswith("module.") for key in state):
         state = {key.removeprefix("module."): value for key, value in state.items()}
