@@ -192,10 +192,22 @@ def sb_transformer(x: torch.Tensor, w: dict, prefix: str, n_layers: int, n_heads
         p = f"{prefix}mdl.layers.{j}."
         h = F.layer_norm(x, (d,), w[p + "norm1.norm.weight"], w[p + "norm1.norm.bias"], eps=1e-6).transpose(0, 1)
         attended, _ = F.multi_head_attention_forward(
-            h, h, h, d, n_heads, w[p + "self_att.att.in_proj_weight"], w[p + "self_att.att.in_proj_bias"],
-            None, None, False, 0.0, w[p + "self_att.att.out_proj.weight"], w[p + "self_att.att.out_proj.bias"],
-            training=False, need_weights=False,
-        )  # fmt: skip
+            h,
+            h,
+            h,
+            d,
+            n_heads,
+            w[p + "self_att.att.in_proj_weight"],
+            w[p + "self_att.att.in_proj_bias"],
+            None,
+            None,
+            False,
+            0.0,
+            w[p + "self_att.att.out_proj.weight"],
+            w[p + "self_att.att.out_proj.bias"],
+            training=False,
+            need_weights=False,
+        )
         x = x + attended.transpose(0, 1)
         h = F.layer_norm(x, (d,), w[p + "norm2.norm.weight"], w[p + "norm2.norm.bias"], eps=1e-6)
         hidden = F.relu(F.linear(h, w[p + "pos_ffn.ffn.0.weight"], w[p + "pos_ffn.ffn.0.bias"]))
@@ -426,8 +438,11 @@ def sudo_separate(mix: torch.Tensor, state: dict, improved: bool, a: dict = SUDO
         if improved:
             y = F.conv1d(merged, w[b + "res_conv.weight"], w[b + "res_conv.bias"]) + y
         else:
-            out = _norm(F.conv1d(merged, w[b + "conv_1x1_exp.conv.weight"], w[b + "conv_1x1_exp.conv.bias"]), w,
-                        b + "conv_1x1_exp.norm.")  # fmt: skip
+            out = _norm(
+                F.conv1d(merged, w[b + "conv_1x1_exp.conv.weight"], w[b + "conv_1x1_exp.conv.bias"]),
+                w,
+                b + "conv_1x1_exp.norm.",
+            )
             y = F.prelu(_norm(out + y, w, b + "module_act.norm."), w[b + "module_act.act.weight"])
     if improved:
         masks = F.conv1d(F.prelu(y, w["mask_net.0.weight"]), w["mask_net.1.weight"], w["mask_net.1.bias"])
@@ -436,8 +451,10 @@ def sudo_separate(mix: torch.Tensor, state: dict, improved: bool, a: dict = SUDO
     else:
         scores = F.conv2d(
             F.conv1d(y, w["reshape_before_masks.weight"], w["reshape_before_masks.bias"]).unsqueeze(1),
-            w["m.weight"], w["m.bias"], padding=(e - e // 2, 0),
-        )  # fmt: skip
+            w["m.weight"],
+            w["m.bias"],
+            padding=(e - e // 2, 0),
+        )
         masks = torch.softmax(scores, dim=1)
         bias, groups = w["decoder.bias"], spks
     masked = (masks * enc.unsqueeze(1)).reshape(y.shape[0], spks * e, -1)
@@ -737,8 +754,10 @@ def _merge(chunks: torch.Tensor, frames: int) -> torch.Tensor:
 def _ref_tac(x: torch.Tensor, w: dict, p: str) -> torch.Tensor:
     """GC3's TAC on ``[B, G, M, T]``."""
     b, g, m, t = x.shape
-    f = F.prelu(F.linear(x.permute(0, 3, 1, 2), w[p + "TAC_input.0.weight"], w[p + "TAC_input.0.bias"]),
-                w[p + "TAC_input.1.weight"])  # fmt: skip
+    f = F.prelu(
+        F.linear(x.permute(0, 3, 1, 2), w[p + "TAC_input.0.weight"], w[p + "TAC_input.0.bias"]),
+        w[p + "TAC_input.1.weight"],
+    )
     mean = F.prelu(
         F.linear(f.mean(2), w[p + "TAC_mean.0.weight"], w[p + "TAC_mean.0.bias"]), w[p + "TAC_mean.1.weight"]
     )
@@ -764,8 +783,13 @@ def _ref_gc_rnn(x: torch.Tensor, w: dict, p: str, groups: int) -> torch.Tensor:
     out = x.reshape(b, groups, n // groups, length)
     for i in range(2):
         seq = _ref_tac(out, w, f"{p}TAC.{i}.").transpose(2, 3).reshape(b * groups, length, -1)
-        normed = F.group_norm(_ref_proj_rnn(seq, w, f"{p}rnn.{i}.").transpose(1, 2), 1, w[f"{p}LN.{i}.weight"],
-                              w[f"{p}LN.{i}.bias"], eps=1e-5)  # fmt: skip
+        normed = F.group_norm(
+            _ref_proj_rnn(seq, w, f"{p}rnn.{i}.").transpose(1, 2),
+            1,
+            w[f"{p}LN.{i}.weight"],
+            w[f"{p}LN.{i}.bias"],
+            eps=1e-5,
+        )
         out = (seq + normed.transpose(1, 2)).reshape(b, groups, length, -1).transpose(2, 3)
     return out.reshape(b, n, length)
 
