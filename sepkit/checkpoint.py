@@ -6,6 +6,9 @@ Two layouts are accepted by :func:`load_model`:
 - a Lightning checkpoint written by ``sepkit train`` (a ``"sepkit"`` entry plus the
   ``state_dict`` of :class:`~sepkit.training.SeparationModule`, keys prefixed ``model.``),
 - a lean model file from :func:`save_model` (``"sepkit"`` entry + ``state_dict``).
+
+Published models of other toolkits are recognised by structure and converted first
+(:mod:`sepkit.models.published`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from sepkit import __version__
 from sepkit.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from sepkit.fileio import atomic_output
 from sepkit.models import build_model
+from sepkit.models.published import load_published_model
 
 _PREFIX = "model."
 
@@ -127,6 +131,12 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> to
         CheckpointError: any problem with the file, in one line naming it.
     """
     path = Path(path)
+    try:
+        published = load_published_model(path)  # SpeechBrain folder, SuDoRM-RF release, Asteroid file
+    except ValueError as err:
+        raise CheckpointError(str(err).splitlines()[0]) from None
+    if published is not None:
+        return published.to(map_location).eval()
     payload = _read_payload(path)
     meta = payload.get("sepkit")
     if not isinstance(meta, dict):

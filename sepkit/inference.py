@@ -198,10 +198,16 @@ def plan_jobs(inputs: list[str], out_dir: Path, n_src: int) -> list[Job]:
 
 
 def _file_digest(path: Path) -> str:
+    """SHA-256 of a checkpoint file, or of every file (with its relative name) in a model
+    folder such as a SpeechBrain model card, so any change to the model changes it."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 

@@ -39,7 +39,7 @@ class Layer:
 # Bottom to top; docs/architecture.md explains each placement.
 LAYERS: tuple[Layer, ...] = (
     # Shared utilities on plain tensors/arrays and files, needed by several layers above.
-    Layer("base", 0, ("sepkit", "sepkit.fileio", "sepkit.audio", "sepkit.losses")),
+    Layer("base", 0, ("sepkit", "sepkit.fileio", "sepkit.audio", "sepkit.losses", "sepkit.restricted_pickle")),
     Layer("ops", 1, ("sepkit.ops", "sepkit.ops.*")),
     Layer("nn", 2, ("sepkit.nn", "sepkit.nn.*")),
     Layer("models", 3, ("sepkit.models", "sepkit.models.*")),
@@ -60,6 +60,10 @@ SHARED_MODEL_MODULES = frozenset(
         "sepkit.models.filterbanks",
         "sepkit.models.registry",
         "sepkit.models.asteroid_compat",  # converter from asteroid checkpoints
+        "sepkit.models.speechbrain_compat",  # converter from SpeechBrain SepFormer model cards
+        "sepkit.models.sudormrf_compat",  # converter from the SuDoRM-RF authors' releases
+        "sepkit.models.gc3_compat",  # converter from state dicts of GC3's released code
+        "sepkit.models.published",  # recognises the published formats for load_model
     }
 )
 
