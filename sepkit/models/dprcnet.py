@@ -11,12 +11,13 @@ arithmetic, norms and activations).
 
 Choices the paper leaves open (each pinned by a test in ``tests/test_models_dprcnet.py``):
 
-1. Segmentation padding: ``chunk_padding="pad_segment"``, the rule of the DPRNN code
-   [21] that §2.2.1 and §3.2 follow (chunk I, hop H = I/2: ``I - (H + K % I) % I`` zeros
-   at the end, then H at both ends; see :mod:`sepkit.nn.dual_path`). Reason: the paper
-   takes its dual-path strategy from [21], and only this rule gives J = 86 chunks for a
-   4 s input (K = 3999 frames), the count that reproduces the paper's 76.63 G MACs; the
-   fewest-zeros rule (``"overlap"``, available) gives 85. Overlap-add is a plain sum.
+1. Segmentation padding: ``chunk_padding="pad_segment"``, the segmentation of the
+   dual-path code descending from DPRNN [21] (chunk I, hop H = I/2: ``I - (H + K % I) %
+   I`` zeros at the end, then H at both ends; see :mod:`sepkit.nn.dual_path`). Reason:
+   the paper takes its dual-path strategy from [21] (§2.2.1, §3.2), and only this rule
+   gives J = 86 chunks for a 4 s input (K = 3999 frames), the count that reproduces the
+   paper's 76.63 G MACs; the fewest-zeros rule (``"overlap"``, available) gives 85.
+   Overlap-add is a plain sum.
 2. Segmentation norm: gLN (``norm="gLN"``; "a normalization layer"): DPRNN's and
    Conv-TasNet's norm, same parameter count as cLN (available).
 3. LayerNorms (stage entries and sub-blocks): ConvNeXt's LayerNorm over channels only, at

@@ -6,17 +6,18 @@ the original frame count. Padding changes the result (the extra all-zero frames 
 the norm statistics and the inter-chunk context), so each model uses the rule of the
 code it reproduces:
 
-- ``"overlap"`` (default; sepkit's own rule, used by DP-RCNet, which has no public
-  code): zero-pad ``chunk_size - hop`` on both sides, so every frame is covered by the
-  same number of chunks, plus at the end the fewest zeros that put the last chunk on
-  the hop grid.
-- ``"pad_segment"`` (SepFormer, GC3): the rule of Yi Luo's dual-path code as SpeechBrain
-  (``speechbrain/lobes/models/dual_path.py``, ``Dual_Path_Model._padding``) and GC3
-  (``yluo42/GC3``, ``utility/basics.py``, ``pad_segment``) ship it. With chunk size K
-  and hop P = K/2, first ``K - (P + frames % K) % K`` zeros (1 to K, never 0) at the
-  end, then P zeros at both ends. It agrees with ``"overlap"`` only when
-  ``0 < frames % K < K/2``; otherwise it adds one more all-zero chunk pair. Needs
-  ``chunk_size == 2 * hop`` (the reference interleaves two half-shifted tilings).
+- ``"overlap"`` (default; sepkit's own rule, DPRNN's default): zero-pad ``chunk_size -
+  hop`` on both sides, so every frame is covered by the same number of chunks, plus at
+  the end the fewest zeros that put the last chunk on the hop grid.
+- ``"pad_segment"`` (SepFormer, GC3, DP-RCNet): the segmentation of the dual-path code
+  that descends from DPRNN's first author, as SpeechBrain
+  (``speechbrain/lobes/models/dual_path.py``, ``Dual_Path_Model._padding``), GC3
+  (``yluo42/GC3``, ``utility/basics.py``, ``pad_segment``) and ESPnet
+  (``espnet2/enh/layers/dprnn.py``) ship it. With chunk size K and hop P = K/2, first
+  ``K - (P + frames % K) % K`` zeros (1 to K, never 0) at the end, then P zeros at both
+  ends. It agrees with ``"overlap"`` only when ``0 < frames % K < K/2``; otherwise it
+  has one more chunk (two when ``frames % K == K/2``). Needs ``chunk_size == 2 * hop``
+  (the reference interleaves two half-shifted tilings).
 - ``"chunk"`` (Asteroid's ``unfold``/``fold`` with ``padding=chunk_size``): zero-pad
   ``chunk_size`` on both sides and drop the trailing part shorter than a hop, which only
   ever holds padding. Needed to reproduce models trained with Asteroid exactly.
