@@ -84,7 +84,7 @@ def test_chunk_and_overlap_add_match_loop_oracle(frames: int, chunk_size: int, h
     torch.testing.assert_close(overlap_add(y, hop, frames, padding), oracle_overlap_add(y, hop, frames, padding))
 
 
-@pytest.mark.parametrize("padding", ["overlap", "chunk"])
+@pytest.mark.parametrize("padding", ["overlap", "pad_segment", "chunk"])
 def test_overlap_add_is_the_adjoint_of_chunk(padding: str) -> None:
     # <chunk(x), y> == <x, overlap_add(y)>: what gradients through the pair rely on.
     torch.manual_seed(0)
@@ -96,10 +96,11 @@ def test_overlap_add_is_the_adjoint_of_chunk(padding: str) -> None:
     torch.testing.assert_close(lhs, rhs)
 
 
-def test_overlap_padding_covers_every_frame_equally_when_hop_divides_chunk() -> None:
-    # The DPRNN paper's padding: with 50 % overlap every frame sits in exactly 2 chunks.
+@pytest.mark.parametrize("padding", ["overlap", "pad_segment"])
+def test_overlap_padding_covers_every_frame_equally_when_hop_divides_chunk(padding: str) -> None:
+    # Both edge-padded rules: with 50 % overlap every frame sits in exactly 2 chunks.
     ones = torch.ones(1, 1, 1001)
-    counts = overlap_add(torch.ones_like(chunk(ones, 250, 125)), 125, 1001)
+    counts = overlap_add(torch.ones_like(chunk(ones, 250, 125, padding)), 125, 1001, padding)
     assert torch.equal(counts, torch.full_like(counts, 2.0))
 
 

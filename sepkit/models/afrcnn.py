@@ -319,5 +319,5 @@ class AFRCNN(EncoderMaskerDecoder):
             sample_rate=sample_rate,
             # lcm with 2**n_stages keeps every stage length exact.
             length_multiple=math.lcm(stride, 2**n_stages),
-            centered=True,
+            framing="centered",
         )

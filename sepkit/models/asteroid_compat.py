@@ -8,7 +8,8 @@ DPRNNTasNet, SuDORMRFNet and SuDORMRFImprovedNet onto ``conv_tasnet``, ``dprnn``
 - DPRNN: Asteroid pads ``chunk_size`` on both sides when chunking (``chunk_padding="chunk"``).
 - SuDoRM-RF: Asteroid's encoder has no bias, one decoder is shared by all sources
   (``decoder="shared"``), and it does not normalise the input; its improved block uses
-  a per-channel PReLU after the pyramid.
+  a per-channel PReLU after the pyramid; it pads the input of both variants to a
+  multiple of ``lcm(kernel_size // 2, 2**depth)`` (``pad_multiple``).
 
 Asteroid's ConvTasNet/DPRNN encoder does not pad the input, whereas sepkit pads it onto
 the encoder's frame grid, so outputs agree exactly only on lengths that need no padding
@@ -18,6 +19,7 @@ few samples Asteroid leaves at zero.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -155,6 +157,9 @@ def _sudormrf(args: Mapping[str, Any], source: str, improved: bool) -> tuple[str
         encoder_bias=False,
         final_prelu_per_channel=True,
         normalize_input=False,
+        # Asteroid pads both variants to the original's multiple (the authors' improved
+        # model pads to twice that).
+        pad_multiple=math.lcm(args["kernel_size"] // 2, 2 ** args["upsampling_depth"]),
         sample_rate=int(args.get("sample_rate", 8000)),
     )
     block = r"^masker\.sm\.(\d+)\."

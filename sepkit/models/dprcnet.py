@@ -4,8 +4,47 @@ ConvNeXt-style blocks whose depthwise conv is replaced by a BiLSTM, applied dual
 (intra-chunk, then inter-chunk) in four stages of widths 16/32/64/128 without any
 downsampling between stages.
 
-The paper's figures are not in its text; the layout here is the reading of §2 that
-reproduces its 9.2 M parameters exactly (9,179,696) and its 76.6 G MACs for 4 s at 8 kHz.
+The paper's figures are not in its text and no code is public; the layout here is the
+reading of §2 that reproduces its 9.2 M parameters exactly (9,179,696) and its 76.6 G MACs
+for 4 s at 8 kHz (matmuls 74.9 G; the paper counts with ptflops, which adds the LSTM gate
+arithmetic, norms and activations).
+
+Choices the paper leaves open (each pinned by a test in ``tests/test_models_dprcnet.py``):
+
+1. Segmentation padding: ``chunk_padding="pad_segment"``, the segmentation of the
+   dual-path code descending from DPRNN [21] (chunk I, hop H = I/2: ``I - (H + K % I) %
+   I`` zeros at the end, then H at both ends; see :mod:`sepkit.nn.dual_path`). Reason:
+   the paper takes its dual-path strategy from [21] (§2.2.1, §3.2), and only this rule
+   gives J = 86 chunks for a 4 s input (K = 3999 frames), the count that reproduces the
+   paper's 76.63 G MACs; the fewest-zeros rule (``"overlap"``, available) gives 85.
+   Overlap-add is a plain sum.
+2. Segmentation norm: gLN (``norm="gLN"``; "a normalization layer"): DPRNN's and
+   Conv-TasNet's norm, same parameter count as cLN (available).
+3. LayerNorms (stage entries and sub-blocks): ConvNeXt's LayerNorm over channels only, at
+   every (intra, inter) position, eps 1e-6, affine: the paper copies them from [24].
+4. Skip connection: one residual per sub-block (``residual="sub_block"``), as ConvNeXt
+   and DPRNN place theirs; ``"block"`` puts one around the whole block. Parameter and MAC
+   counts cannot tell the two apart.
+5. LayerScale: one gamma of shape ``[D_r]`` per sub-block, on the branch before the
+   residual, initialised to 1e-6 (§3.2's value; granularity as ConvNeXt).
+6. Stochastic depth: rate unstated; ``drop_path_rate=0.1`` (ConvNeXt-T), rising linearly
+   over the blocks (``linspace(0, 0.1, 18)``), both sub-blocks of a block at that block's
+   rate, one draw per batch item.
+7. Order inside a sub-block: BiLSTM (128 units per direction in every stage, as the
+   parameter count requires) -> Linear(256 -> D_r) -> LayerNorm -> Linear(D_r -> 4 D_r) ->
+   GELU -> Linear(4 D_r -> D_r) -> LayerScale, ConvNeXt's order with the depthwise conv
+   replaced. No LSTM dropout, no final norm after stage 4 (neither is mentioned).
+8. Activations: exact (erf) GELU, PyTorch's default, inside the blocks and after the
+   backbone; sigmoid masks applied after overlap-add (§2.2.3 says the OLA outputs "are
+   further passed through the sigmoid").
+9. Stage 1 squeezes B = 64 to D_1 = 16, as §3.2 states both values.
+10. Encoder and decoder: no encoder activation (§2.1 says so); no bias on either
+    (unstated; Conv-TasNet's and DPRNN's code); one decoder shared by the sources.
+    Waveform framing: zeros on the right onto the frame grid, cropped after decoding
+    (``framing="end"`` of :class:`EncoderMaskerDecoder`; 4 s needs none).
+11. Initialisation: ConvNeXt's truncated normal (std 0.02) and zero bias for the
+    separator's Linear and Conv2d layers after the segmentation; PyTorch's defaults for
+    the LSTMs, the bottleneck, the encoder and the decoder.
 """
 
 from __future__ import annotations
@@ -19,7 +58,7 @@ from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder
 from sepkit.models.registry import register_model
 from sepkit.nn.drop_path import DropPath
-from sepkit.nn.dual_path import chunk, overlap_add
+from sepkit.nn.dual_path import CHUNK_PADDINGS, ChunkPadding, chunk, overlap_add
 from sepkit.nn.norms import make_norm
 
 AXES = ("intra", "inter")
@@ -138,7 +177,7 @@ class DPRCNetStage(nn.Module):
 
 
 class DPRCNetMasker(nn.Module):
-    """Segmentation (norm -> 1x1 bottleneck -> 50%-overlap chunks), four stages of
+    """Segmentation (norm -> 1x1 bottleneck -> 50%-overlap chunks), stages of
     DP-RCNet blocks, GELU -> 1x1 Conv2d to ``n_src * n_filters`` -> overlap-add -> sigmoid.
 
     Input ``[batch, n_filters, frames]``; output ``[batch, n_src, n_filters, frames]``.
@@ -158,16 +197,24 @@ class DPRCNetMasker(nn.Module):
         layer_scale_init: float = 1e-6,
         norm: str = "gLN",
         residual: str = "sub_block",
+        chunk_padding: ChunkPadding = "pad_segment",
     ) -> None:
         super().__init__()
         if len(dims) != len(depths) or not dims:
             raise ValueError(
                 f"DPRCNetMasker: dims {list(dims)} and depths {list(depths)} must be non-empty and of equal length"
             )
+        if chunk_padding not in CHUNK_PADDINGS:
+            raise ValueError(f"DPRCNetMasker: chunk_padding must be one of {CHUNK_PADDINGS}, got {chunk_padding!r}")
+        if chunk_padding == "pad_segment" and chunk_size != 2 * hop:
+            raise ValueError(
+                f"DPRCNetMasker: chunk_padding 'pad_segment' needs chunk_size == 2 * hop, got {chunk_size} and {hop}"
+            )
         self.n_src = n_src
         self.n_filters = n_filters
         self.chunk_size = chunk_size
         self.hop = hop
+        self.chunk_padding = chunk_padding
         self.input_norm = make_norm(norm, n_filters)
         self.bottleneck = nn.Conv1d(n_filters, bottleneck, 1)
         # Stochastic depth grows linearly over all blocks (ConvNeXt's schedule).
@@ -196,10 +243,10 @@ class DPRCNetMasker(nn.Module):
     def forward(self, rep: Tensor) -> Tensor:
         x = self.bottleneck(self.input_norm(rep))
         frames = x.shape[-1]
-        x = chunk(x, self.chunk_size, self.hop)
+        x = chunk(x, self.chunk_size, self.hop, self.chunk_padding)
         for stage in self.stages:
             x = stage(x)
-        x = overlap_add(self.mask_conv(self.output_act(x)), self.hop, frames)
+        x = overlap_add(self.mask_conv(self.output_act(x)), self.hop, frames, self.chunk_padding)
         masks = torch.sigmoid(x)
         return masks.view(x.shape[0], self.n_src, self.n_filters, frames)
 
@@ -227,6 +274,8 @@ class DPRCNet(EncoderMaskerDecoder):
         norm: segmentation norm, "gLN" (default) or "cLN" (unstated in the paper).
         residual: skip placement, "sub_block" (default: one residual per intra/inter
             sub-block) or "block" (one residual around each intra+inter block).
+        chunk_padding: "pad_segment" (default, DPRNN's code), "overlap" or "chunk"; see
+            :mod:`sepkit.nn.dual_path`.
         sample_rate: the sample rate the model is trained at.
     """
 
@@ -264,6 +313,7 @@ class DPRCNet(EncoderMaskerDecoder):
         layer_scale_init: float = 1e-6,
         norm: str = "gLN",
         residual: str = "sub_block",
+        chunk_padding: ChunkPadding = "pad_segment",
         sample_rate: int = 8000,
     ) -> None:
         super().__init__(
@@ -281,6 +331,7 @@ class DPRCNet(EncoderMaskerDecoder):
                 layer_scale_init=layer_scale_init,
                 norm=norm,
                 residual=residual,
+                chunk_padding=chunk_padding,
             ),
             decoder=ConvDecoder(n_filters, kernel_size, stride),
             n_src=n_src,

@@ -152,12 +152,12 @@ class GroupDPRNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch, groups, group_size, frames = x.shape
-        y = chunk(x.reshape(batch * groups, group_size, frames), self.chunk_size, self.hop)
+        y = chunk(x.reshape(batch * groups, group_size, frames), self.chunk_size, self.hop, "pad_segment")
         grid = y.shape[-2:]
         for group_comm, block in zip(self.group_comms, self.blocks):
             y = group_comm(y.reshape(batch, groups, group_size, *grid)).reshape(y.shape)
             y = block(y)
-        y = overlap_add(self.output_conv(y), self.hop, frames)
+        y = overlap_add(self.output_conv(y), self.hop, frames, "pad_segment")
         return y.reshape(x.shape)
 
 
@@ -261,6 +261,9 @@ class GC3Masker(nn.Module):
                 raise ValueError(f"GC3: {name}={value} must be a multiple of n_groups={n_groups}")
         if context_size < 2 or context_size % 2:
             raise ValueError(f"GC3: context_size must be even and >= 2, got {context_size}")
+        if backbone == "dprnn" and (chunk_size < 2 or chunk_size % 2):
+            # The reference's segmentation reads two tilings shifted by chunk_size / 2.
+            raise ValueError(f"GC3: chunk_size must be even and >= 2, got {chunk_size}")
         group_size = n_filters // n_groups
         group_hop = group_size * (1.0 - group_overlap)
         if not 0.0 <= group_overlap < 1.0 or group_hop != int(group_hop) or (n_filters - group_size) % int(group_hop):
@@ -304,7 +307,7 @@ class GC3Masker(nn.Module):
         batch, _, frames = rep.shape
         groups, group_size, context = self.n_group_slots, self.group_size, self.context_size
         feats = self.input_norm(rep)[:, self.group_index]  # [batch, groups * M, frames]
-        blocks = chunk(feats.reshape(batch * groups, group_size, frames), context, context // 2)
+        blocks = chunk(feats.reshape(batch * groups, group_size, frames), context, context // 2, "pad_segment")
         n_contexts = blocks.shape[-1]
         # Every context is one item: [batch * n_contexts, groups, M, context]
         blocks = blocks.reshape(batch, groups, group_size, context, n_contexts).permute(0, 4, 1, 2, 3)
@@ -318,7 +321,9 @@ class GC3Masker(nn.Module):
         for layer in self.context_decoder:
             decoded = layer(decoded)
         decoded = decoded.reshape(batch, n_contexts, groups, group_size, context).permute(0, 2, 3, 4, 1)
-        out = overlap_add(decoded.reshape(batch * groups, group_size, context, n_contexts), context // 2, frames)
+        out = overlap_add(
+            decoded.reshape(batch * groups, group_size, context, n_contexts), context // 2, frames, "pad_segment"
+        )
         masks = torch.relu(self.mask_conv(out))  # [batch * groups, n_src * M, frames]
         masks = masks.reshape(batch, groups, self.n_src, group_size, frames).transpose(1, 2)
         return self._merge_groups(masks.reshape(batch, self.n_src, groups * group_size, frames))
@@ -374,6 +379,18 @@ class GC3(EncoderMaskerDecoder):
     count of the authors' code with 8 blocks (56,474 with their default 6). Not
     implemented: the DPTNet backbone and the self-attention group communication (an
     ablation whose sizes the paper does not pin down).
+
+    Framing follows the authors' code (``yluo42/GC3``) at every input length:
+
+    - waveform (``framing="hop_padded"`` of :class:`EncoderMaskerDecoder`):
+      ``GC3_network.py``, ``TasNet.pad_input``: ``kernel_size - (stride + time %
+      kernel_size) % kernel_size`` zeros at the end, then ``stride`` zeros at both ends;
+      the decoder output is cropped back as at the end of ``TasNet.forward``. Needs
+      ``kernel_size == 2 * stride``, as the reference's window/hop always are.
+    - context codec and GC-DPRNN chunks (``chunk_padding="pad_segment"`` of
+      :mod:`sepkit.nn.dual_path`): ``utility/basics.py``, ``pad_segment`` /
+      ``split_feature`` / ``merge_feature``, with hop C/2 and B/2; so ``context_size``
+      and ``chunk_size`` must be even.
     """
 
     ssc_presets = {
@@ -432,4 +449,5 @@ class GC3(EncoderMaskerDecoder):
             decoder=ConvDecoder(n_filters, kernel_size, stride),
             n_src=n_src,
             sample_rate=sample_rate,
+            framing="hop_padded",
         )

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+Framing = Literal["end", "centered", "hop_padded", "truncate"]
+FRAMINGS = ("end", "centered", "hop_padded", "truncate")
 
 
 class EncoderMaskerDecoder(nn.Module):
@@ -25,13 +29,28 @@ class EncoderMaskerDecoder(nn.Module):
         length_multiple: the padded input length must also be a multiple of this (e.g.
             A-FRCNN's 160 samples, SuDoRM-RF's ``stride * 2**(depth - 1)``); 1 means no
             extra constraint.
-        centered: centred encoder framing (SuDoRM-RF's and A-FRCNN's reference code): the
-            padded input ``[batch, time]`` gets ``e = kernel_size // 2`` zeros on both
-            sides before the encoder, so frame ``t`` is centred on sample ``t * stride``
-            and ``frames = time / stride`` (``+ 1`` for an even kernel); the decoder's
-            ``[batch, n_src, (frames - 1) * stride + kernel_size]`` is cropped to samples
-            ``e .. e + time``. The input is padded on the right only to a multiple of
-            ``length_multiple``, which must then be a multiple of ``stride``.
+        framing: how the waveform ``[batch, time]`` is laid on the encoder's frame grid
+            (each model picks the rule of the code it reproduces):
+
+            - ``"end"``: zeros on the right only, to the next length the encoder covers
+              with no sample left over (:meth:`padded_length`); the decoder output is
+              cropped to the input length.
+            - ``"centered"`` (SuDoRM-RF's and A-FRCNN's reference code): the input padded
+              on the right to a multiple of ``length_multiple`` (which must then be a
+              multiple of ``stride``) gets ``e = kernel_size // 2`` zeros on both sides, so
+              frame ``t`` is centred on sample ``t * stride`` and ``frames = time /
+              stride`` (``+ 1`` for an even kernel); the decoder's output is cropped to
+              samples ``e .. e + time``.
+            - ``"hop_padded"`` (GC3, ``yluo42/GC3`` ``GC3_network.py``, ``TasNet.pad_input``
+              and the crop at the end of ``TasNet.forward``): needs ``kernel_size == 2 *
+              stride``; ``kernel_size - (stride + time % kernel_size) % kernel_size`` zeros
+              (1 to ``kernel_size``) on the right, then ``stride`` zeros on both sides;
+              the decoder's output is cropped to samples ``stride .. stride + time``.
+            - ``"truncate"`` (SepFormer, SpeechBrain's WSJ0-Mix recipe,
+              ``recipes/WSJ0Mix/separation/train.py``, ``compute_forward``): no padding;
+              the encoder drops the last ``(time - kernel_size) % stride`` samples and
+              that tail of every estimate is filled with zeros. An input shorter than one
+              window (which the reference cannot take) is padded to ``kernel_size``.
     """
 
     def __init__(
@@ -42,13 +61,17 @@ class EncoderMaskerDecoder(nn.Module):
         n_src: int,
         sample_rate: int = 8000,
         length_multiple: int = 1,
-        centered: bool = False,
+        framing: Framing = "end",
     ) -> None:
         super().__init__()
         if n_src < 1:
             raise ValueError(f"n_src must be >= 1, got {n_src}")
-        if centered:
-            kernel, stride = encoder.kernel_size, encoder.stride
+        if framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
+        kernel, stride = encoder.kernel_size, encoder.stride
+        if framing == "hop_padded" and kernel != 2 * stride:
+            raise ValueError(f"framing 'hop_padded' needs kernel_size == 2 * stride, got {kernel} and {stride}")
+        if framing == "centered":
             if length_multiple % stride:
                 raise ValueError(
                     f"centred encoder: length_multiple {length_multiple} is not a multiple of stride {stride}"
@@ -67,19 +90,24 @@ class EncoderMaskerDecoder(nn.Module):
         self.n_src = n_src
         self.sample_rate = sample_rate
         self.length_multiple = length_multiple
-        self.centered = centered
+        self.framing = framing
 
     def padded_length(self, length: int) -> int:
-        """Smallest ``L >= length`` the encoder covers with no sample left over.
+        """Length ``L >= length`` the input is zero-padded to on the right, before the
+        framing's symmetric edges (for ``"truncate"``: the grid length padding would use).
 
-        Centred framing: the next multiple of ``length_multiple`` (at least one). Otherwise
-        the encoder frames ``(L - kernel) // stride + 1`` and the decoder rebuilds
-        ``(frames - 1) * stride + kernel`` samples, which equals ``L`` exactly when
-        ``(L - kernel) % stride == 0``.
+        ``"centered"``: the next multiple of ``length_multiple`` (at least one).
+        ``"hop_padded"``: ``length + kernel - (stride + length % kernel) % kernel``.
+        Otherwise the smallest ``L`` the encoder covers with no sample left over: it
+        frames ``(L - kernel) // stride + 1`` and the decoder rebuilds ``(frames - 1) *
+        stride + kernel`` samples, which equals ``L`` exactly when ``(L - kernel) % stride
+        == 0``.
         """
-        if self.centered:
-            return self.length_multiple * max(1, math.ceil(length / self.length_multiple))
         kernel, stride = self.encoder.kernel_size, self.encoder.stride
+        if self.framing == "centered":
+            return self.length_multiple * max(1, math.ceil(length / self.length_multiple))
+        if self.framing == "hop_padded":
+            return length + kernel - (stride + length % kernel) % kernel
         padded = max(length, kernel)
         padded = kernel + math.ceil((padded - kernel) / stride) * stride
         # Step along the frame grid until the extra multiple also holds; if none of
@@ -102,14 +130,20 @@ class EncoderMaskerDecoder(nn.Module):
         if wav.dim() != 2:
             raise ValueError(f"expected [batch, time] input, got {tuple(wav.shape)}")
         length = wav.shape[-1]
+        kernel, stride = self.encoder.kernel_size, self.encoder.stride
+        if self.framing == "truncate" and length >= kernel:
+            framed = length - (length - kernel) % stride
+            est = self.separate_padded(wav[..., :framed])
+            return F.pad(est, (0, length - framed))
         padded = F.pad(wav, (0, self.padded_length(length) - length))
         est = self.separate_padded(padded)
         return est[..., :length]
 
     def separate_padded(self, wav: torch.Tensor) -> torch.Tensor:
-        """``[batch, time]`` already on the encoder's grid (``time == padded_length(time)``)
-        -> ``[batch, n_src, time]``."""
-        edge = self.encoder.kernel_size // 2 if self.centered else 0
+        """``[batch, time]`` already padded on the right (``time == padded_length(time)``
+        for every framing but ``"hop_padded"``, whose right padding is not idempotent)
+        -> ``[batch, n_src, time]``, adding and removing the framing's symmetric edges."""
+        edge = {"centered": self.encoder.kernel_size // 2, "hop_padded": self.encoder.stride}.get(self.framing, 0)
         rep = self.encoder(F.pad(wav, (edge, edge)))
         masks = self.masker(rep)
         est = self.decoder(masks * rep.unsqueeze(1))

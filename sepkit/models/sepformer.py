@@ -6,9 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
-from sepkit.models.pipeline import EncoderMaskerDecoder
+from sepkit.models.pipeline import EncoderMaskerDecoder, Framing
 from sepkit.models.registry import register_model
-from sepkit.nn.dual_path import chunk, overlap_add
+from sepkit.nn.dual_path import CHUNK_PADDINGS, ChunkPadding, chunk, overlap_add
 from sepkit.nn.mask_heads import gated_head_convs, gated_masks
 from sepkit.nn.norms import make_norm
 from sepkit.nn.transformer import TransformerStack
@@ -66,15 +66,23 @@ class SepFormerMasker(nn.Module):
         norm_first: bool = True,
         positional: bool = True,
         skip_around_intra: bool = True,
+        chunk_padding: ChunkPadding = "pad_segment",
     ) -> None:
         super().__init__()
         if not 0 < hop <= chunk_size:
             raise ValueError(f"SepFormer: need 0 < hop <= chunk_size, got hop={hop}, chunk_size={chunk_size}")
+        if chunk_padding not in CHUNK_PADDINGS:
+            raise ValueError(f"SepFormer: chunk_padding must be one of {CHUNK_PADDINGS}, got {chunk_padding!r}")
+        if chunk_padding == "pad_segment" and chunk_size != 2 * hop:
+            raise ValueError(
+                f"SepFormer: chunk_padding 'pad_segment' needs chunk_size == 2 * hop, got {chunk_size} and {hop}"
+            )
         self.n_src = n_src
         self.n_filters = n_filters
         self.d_model = d_model
         self.chunk_size = chunk_size
         self.hop = hop
+        self.chunk_padding = chunk_padding
         self.input_norm = make_norm(norm, n_filters)
         self.input_conv = nn.Conv1d(n_filters, d_model, 1, bias=False)
 
@@ -91,12 +99,14 @@ class SepFormerMasker(nn.Module):
 
     def forward(self, rep: Tensor) -> Tensor:
         batch, _, frames = rep.shape
-        x = chunk(self.input_conv(self.input_norm(rep)), self.chunk_size, self.hop)
+        x = chunk(self.input_conv(self.input_norm(rep)), self.chunk_size, self.hop, self.chunk_padding)
         for block in self.blocks:
             x = block(x)
         x = self.output_conv(self.output_act(x))
         _, _, chunk_size, n_chunks = x.shape
-        x = overlap_add(x.reshape(batch * self.n_src, self.d_model, chunk_size, n_chunks), self.hop, frames)
+        x = overlap_add(
+            x.reshape(batch * self.n_src, self.d_model, chunk_size, n_chunks), self.hop, frames, self.chunk_padding
+        )
         masks = torch.relu(gated_masks(x, self.output_tanh, self.output_gate, self.mask_conv))
         return masks.reshape(batch, self.n_src, self.n_filters, frames)
 
@@ -121,6 +131,22 @@ class SepFormer(EncoderMaskerDecoder):
     inter pre-norm transformer layers (d_model 256, 8 heads, feed-forward 1024, ReLU,
     sinusoidal positions); ReLU masks; shared linear decoder: 25,679,361 parameters.
 
+    Framing follows SpeechBrain (``speechbrain/speechbrain``), so that converted weights
+    give the reference's outputs at every input length:
+
+    - waveform (``framing="truncate"``, default): as the WSJ0-Mix recipe
+      (``recipes/WSJ0Mix/separation/train.py``, ``Separation.compute_forward``), the
+      unpadded mixture is encoded, so the last ``(time - kernel_size) % stride`` samples
+      are dropped and that tail of every estimate is zero. ``framing="end"`` instead pads
+      the mixture onto the frame grid and estimates every sample: better for new models,
+      not the reference's numbers. See :class:`EncoderMaskerDecoder`.
+    - chunks (``chunk_padding="pad_segment"``, default): ``Dual_Path_Model._padding`` /
+      ``_Segmentation`` / ``_over_add`` in ``speechbrain/lobes/models/dual_path.py``: with
+      K = chunk_size, P = K/2, ``K - (P + frames % K) % K`` zeros at the end, then P at
+      both ends. ``"overlap"`` pads the fewest zeros. See :mod:`sepkit.nn.dual_path`.
+    - positions: the sinusoidal table is computed in float32, as SpeechBrain's
+      ``PositionalEncoding`` builds it, also when the model runs in float64.
+
     Input ``[batch, time]``; output ``[batch, n_src, time]``.
 
     Args:
@@ -134,6 +160,8 @@ class SepFormer(EncoderMaskerDecoder):
         norm_first: pre-norm transformer layers (paper) or post-norm.
         positional: add sinusoidal positions at the input of every stack.
         skip_around_intra: residual connection around the intra stack.
+        chunk_padding: "pad_segment" (SpeechBrain, default), "overlap" or "chunk".
+        framing: "truncate" (SpeechBrain, default) or "end" (pad onto the grid).
         sample_rate: sample rate the model is trained at.
     """
 
@@ -167,8 +195,12 @@ class SepFormer(EncoderMaskerDecoder):
         norm_first: bool = True,
         positional: bool = True,
         skip_around_intra: bool = True,
+        chunk_padding: ChunkPadding = "pad_segment",
+        framing: Framing = "truncate",
         sample_rate: int = 8000,
     ) -> None:
+        if framing not in ("truncate", "end"):
+            raise ValueError(f"SepFormer: framing must be 'truncate' or 'end', got {framing!r}")
         super().__init__(
             encoder=ConvEncoder(n_filters, kernel_size, stride, activation="relu"),
             masker=SepFormerMasker(
@@ -187,8 +219,10 @@ class SepFormer(EncoderMaskerDecoder):
                 norm_first=norm_first,
                 positional=positional,
                 skip_around_intra=skip_around_intra,
+                chunk_padding=chunk_padding,
             ),
             decoder=ConvDecoder(n_filters, kernel_size, stride),
             n_src=n_src,
             sample_rate=sample_rate,
+            framing=framing,
         )

@@ -116,13 +116,25 @@ class SuDoRMRF(EncoderMaskerDecoder):
     ``improved=True`` is SuDoRM-RF++ (gLN blocks, ReLU masks, joint decoder, encoder
     without bias); the reference's README model uses ``bottleneck=256``.
 
-    As in the reference, the encoder and decoder are zero-padded by ``kernel_size // 2``
-    on each side and the input is padded to a multiple of ``stride * 2**(depth-1)``
-    (equal to the reference's ``lcm(kernel_size // 2, 2**depth)`` for its kernels). With
-    ``normalize_input`` the mixture is scaled to zero mean and unit variance, as the
-    reference does with every mixture it trains and evaluates on, and the estimates are
-    scaled back (each source gets ``1/n_src`` of the mixture mean so they still sum to
-    the mixture's level).
+    As in the reference (``etzinis/sudo_rm_rf``), the encoder and decoder are zero-padded
+    by ``kernel_size // 2`` on each side and the input is padded on the right to a
+    multiple of:
+
+    - original: ``stride * 2**(depth-1)``, which is ``sudormrf.py``'s ``self.lcm =
+      lcm(kernel_size // 2, 2**depth)`` for the reference's kernels (stride ``kernel_size
+      // 2`` = 10: 160 for depth 5, 80 for depth 4);
+    - improved: ``stride * 2**depth``, ``improved_sudormrf.py``'s
+      ``pad_to_appropriate_length`` with ``n_least_samples_req = kernel_size // 2 *
+      2**depth`` (320 for the paper's model), at least one multiple.
+
+    The amount of padding changes the output (the zero frames enter the global norms),
+    so each variant uses its own reference's multiple; ``pad_multiple`` overrides it
+    (Asteroid pads both variants to ``lcm(kernel_size // 2, 2**depth)``). With ``normalize_input`` the
+    mixture is scaled to zero mean and unit variance as the reference runner does with
+    every mixture it trains and evaluates on (``normalize_tensor_wav`` in
+    ``sudo_rm_rf/dnn/experiments/run_improved_sudormrf.py``: unbiased standard
+    deviation plus 1e-8), and the estimates are scaled back (each source gets
+    ``1/n_src`` of the mixture mean so they still sum to the mixture's level).
 
     Input ``[batch, time]``; output ``[batch, n_src, time]``.
 
@@ -139,6 +151,8 @@ class SuDoRMRF(EncoderMaskerDecoder):
         encoder_bias: defaults to the variant's own (original True, improved False).
         final_prelu_per_channel: see :class:`UConvBlock`.
         normalize_input: normalise the mixture inside the model.
+        pad_multiple: pad the input to a multiple of this many samples (a multiple of
+            ``stride``); defaults to the variant's reference, see above.
         sample_rate: sample rate the model is trained at.
     """
 
@@ -157,12 +171,15 @@ class SuDoRMRF(EncoderMaskerDecoder):
         encoder_bias: bool | None = None,
         final_prelu_per_channel: bool | None = None,
         normalize_input: bool = True,
+        pad_multiple: int | None = None,
         sample_rate: int = 8000,
     ) -> None:
         if decoder is None:
             decoder = "joint" if improved else "grouped"
         if encoder_bias is None:
             encoder_bias = not improved
+        if pad_multiple is None:
+            pad_multiple = stride * 2 ** (upsampling_depth if improved else upsampling_depth - 1)
         super().__init__(
             encoder=ConvEncoder(
                 n_filters, kernel_size, stride, bias=encoder_bias, activation=None if improved else "relu"
@@ -180,8 +197,8 @@ class SuDoRMRF(EncoderMaskerDecoder):
             decoder=SuDoRMRFDecoder(n_filters, n_src, kernel_size, stride, decoder),
             n_src=n_src,
             sample_rate=sample_rate,
-            length_multiple=stride * 2 ** (upsampling_depth - 1),
-            centered=True,
+            length_multiple=pad_multiple,
+            framing="centered",
         )
         self.normalize_input = normalize_input
         # SSC swap group of the 1x1 convolutions; the output layer differs by variant.
@@ -197,10 +214,11 @@ class SuDoRMRF(EncoderMaskerDecoder):
         ``[batch, n_src, time]``, normalising the mixture first if configured."""
         if not self.normalize_input:
             return super().forward(wav)
-        # Statistics of the unpadded mixture, as the reference computes them on its data.
-        # Population std (not the reference's unbiased one, a 1/(2*time) relative
-        # difference) so that a one-sample input does not divide by zero.
+        # Statistics of the unpadded mixture, as the reference computes them on its data,
+        # with its unbiased std; a one-sample input (whose unbiased std is undefined)
+        # falls back to the population std, 0, so it is only centred.
         mean = wav.mean(dim=-1, keepdim=True)
-        scale = wav.std(dim=-1, keepdim=True, correction=0) + 1e-8
+        correction = 1 if wav.shape[-1] > 1 else 0
+        scale = wav.std(dim=-1, keepdim=True, correction=correction) + 1e-8
         est = super().forward((wav - mean) / scale)
         return est * scale.reshape(-1, 1, 1) + mean.reshape(-1, 1, 1) / self.n_src

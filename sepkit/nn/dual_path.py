@@ -2,11 +2,22 @@
 
 ``chunk`` cuts a ``[batch, channels, frames]`` sequence into overlapping chunks
 ``[batch, channels, chunk_size, n_chunks]``; ``overlap_add`` is its adjoint and returns
-the original frame count. Two padding conventions exist in the reference code:
+the original frame count. Padding changes the result (the extra all-zero frames enter
+the norm statistics and the inter-chunk context), so each model uses the rule of the
+code it reproduces:
 
-- ``"overlap"`` (default; DPRNN and SepFormer papers): zero-pad ``chunk_size - hop`` on
-  both sides, so every frame is covered by the same number of chunks, plus at the end
-  the fewest zeros that put the last chunk on the hop grid.
+- ``"overlap"`` (default; sepkit's own rule, DPRNN's default): zero-pad ``chunk_size -
+  hop`` on both sides, so every frame is covered by the same number of chunks, plus at
+  the end the fewest zeros that put the last chunk on the hop grid.
+- ``"pad_segment"`` (SepFormer, GC3, DP-RCNet): the segmentation of the dual-path code
+  that descends from DPRNN's first author, as SpeechBrain
+  (``speechbrain/lobes/models/dual_path.py``, ``Dual_Path_Model._padding``), GC3
+  (``yluo42/GC3``, ``utility/basics.py``, ``pad_segment``) and ESPnet
+  (``espnet2/enh/layers/dprnn.py``) ship it. With chunk size K and hop P = K/2, first
+  ``K - (P + frames % K) % K`` zeros (1 to K, never 0) at the end, then P zeros at both
+  ends. It agrees with ``"overlap"`` only when ``0 < frames % K < K/2``; otherwise it
+  has one more chunk (two when ``frames % K == K/2``). Needs ``chunk_size == 2 * hop``
+  (the reference interleaves two half-shifted tilings).
 - ``"chunk"`` (Asteroid's ``unfold``/``fold`` with ``padding=chunk_size``): zero-pad
   ``chunk_size`` on both sides and drop the trailing part shorter than a hop, which only
   ever holds padding. Needed to reproduce models trained with Asteroid exactly.
@@ -19,8 +30,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-ChunkPadding = Literal["overlap", "chunk"]
-CHUNK_PADDINGS = ("overlap", "chunk")
+ChunkPadding = Literal["overlap", "pad_segment", "chunk"]
+CHUNK_PADDINGS = ("overlap", "pad_segment", "chunk")
 
 
 def _padding(frames: int, chunk_size: int, hop: int, padding: str) -> tuple[int, int]:
@@ -33,6 +44,13 @@ def _padding(frames: int, chunk_size: int, hop: int, padding: str) -> tuple[int,
         body = frames + 2 * edge
         tail = (-(body - chunk_size)) % hop if body > chunk_size else chunk_size - body
         return edge, edge + tail
+    if padding == "pad_segment":
+        if chunk_size != 2 * hop:
+            raise ValueError(
+                f"dual_path: padding 'pad_segment' needs chunk_size == 2 * hop, got chunk_size={chunk_size}, hop={hop}"
+            )
+        end = chunk_size - (hop + frames % chunk_size) % chunk_size
+        return hop, end + hop
     if padding == "chunk":
         # Unfold with padding=chunk_size keeps floor((frames + chunk_size) / hop) + 1
         # chunks; the dropped remainder (< hop <= chunk_size) is all right-padding.

@@ -14,13 +14,18 @@ from torch import Tensor, nn
 
 def sinusoidal_positions(length: int, d_model: int, like: Tensor) -> Tensor:
     """Sinusoidal position table ``[length, d_model]`` (Vaswani et al.): sine on even,
-    cosine on odd features. Computed per call, so sequence length is unbounded."""
-    position = torch.arange(length, dtype=like.dtype, device=like.device).unsqueeze(1)
+    cosine on odd features. Computed per call, so sequence length is unbounded.
+
+    Always computed in float32 and then cast to ``like``'s dtype: SpeechBrain's
+    ``PositionalEncoding`` (``speechbrain/lobes/models/transformer/Transformer.py``)
+    builds its table in float32, and a float64 table differs from it by up to ~1e-4 at
+    long positions, which a float64 comparison with converted weights would see."""
+    position = torch.arange(length, dtype=torch.float32, device=like.device).unsqueeze(1)
     inv_freq = torch.exp(
-        torch.arange(0, d_model, 2, dtype=like.dtype, device=like.device) * (-math.log(10000.0) / d_model)
+        torch.arange(0, d_model, 2, dtype=torch.float32, device=like.device) * (-math.log(10000.0) / d_model)
     )
     angles = position * inv_freq
-    return torch.stack((angles.sin(), angles.cos()), dim=-1).reshape(length, d_model)
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).reshape(length, d_model).to(like.dtype)
 
 
 class SelfAttention(nn.Module):
