@@ -102,14 +102,15 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 
 
 def sb_positions(length: int, d_model: int) -> torch.Tensor:
-    """SpeechBrain's stored ``pe`` buffer ``[1, length, d_model]``: sin on even, cos on odd columns."""
-    table = torch.zeros(length, d_model, dtype=torch.float64)
-    for pos in range(length):
-        for i in range(0, d_model, 2):
-            angle = pos / 10000 ** (i / d_model)
-            table[pos, i] = math.sin(angle)
-            table[pos, i + 1] = math.cos(angle)
-    return table.unsqueeze(0)
+    """SpeechBrain's stored ``pe`` buffer ``[1, length, d_model]`` as its PositionalEncoding
+    builds it: in float32, ``position * exp(2i * -ln(10000) / d_model)``, sin on even and
+    cos on odd columns (returned in float64 holding those float32 values)."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model))
+    table = torch.zeros(length, d_model, dtype=torch.float32)
+    table[:, 0::2] = torch.sin(position * div_term)
+    table[:, 1::2] = torch.cos(position * div_term)
+    return table.double().unsqueeze(0)
 
 
 def sb_masknet_shapes(s: dict) -> dict[str, tuple[int, ...]]:
@@ -185,8 +186,7 @@ def write_sb_folder(folder: Path, seed: int = 0, masknet_edit=None, hyperparams_
 def sb_transformer(x: torch.Tensor, w: dict, prefix: str, n_layers: int, n_heads: int) -> torch.Tensor:
     """SBTransformerBlock (pre-norm, positional encoding added once) on ``[batch, length, d]``."""
     d = x.shape[-1]
-    # The exact sinusoid: the stored float32 buffer is that table rounded (~1e-8), which
-    # sepkit recomputes in the model's dtype instead.
+    # SpeechBrain's float32 table (its stored buffer), added in the oracle's float64.
     x = x + sb_positions(x.shape[1], d)[0]
     for j in range(n_layers):
         p = f"{prefix}mdl.layers.{j}."
@@ -611,8 +611,15 @@ def _separate_and_compare(tmp_path: Path, model_path: Path, length: int) -> None
     sf.write(wav, mix, model.sample_rate, subtype="FLOAT")
     result = run_sepkit("separate", str(model_path), str(wav), "-o", str(tmp_path / "out"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    with torch.no_grad():
-        expected = model(torch.from_numpy(mix).unsqueeze(0))[0].numpy()
+    # The child runs single-threaded (OMP_NUM_THREADS=1); the same thread count keeps the
+    # float32 reduction order, and so the comparison tight.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            expected = model(torch.from_numpy(mix).unsqueeze(0))[0].numpy()
+    finally:
+        torch.set_num_threads(threads)
     for index in range(model.n_src):
         written, rate = sf.read(tmp_path / "out" / f"mix_s{index + 1}.wav", dtype="float32")
         assert rate == model.sample_rate and written.shape == (length,)
