@@ -25,7 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from data_prep.common import PrepareError, SplitPlan, download_pinned, ensure_outside, execute, human_bytes, require_dir
-from sepkit.data.mixtures import read_table, render_outputs
+from sepkit.data.mixtures import MixtureSpec, read_table, render_outputs
 
 MANIFEST = "prepare_manifest.json"
 _TRUST_HELP = "accept downloaded metadata whose checksum is not pinned yet (prints the sha256 to pin)"
@@ -247,6 +247,14 @@ def _snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(reference**2)) / noise)
 
 
+def as_written(rendered: np.ndarray, spec: MixtureSpec) -> np.ndarray:
+    """``rendered [time]`` (float64, from :func:`render_outputs`) as it reads back from the
+    file ``--write`` makes of it: quantised rows are already on the int16 grid; the others
+    are stored as 32-bit float, so they are compared after the same rounding to float32
+    (the official WHAM!/WHAMR! files are float32 too)."""
+    return rendered if spec.quantize else rendered.astype(np.float32).astype(np.float64)
+
+
 def verify(directory: Path, official: Path | None, samples: int) -> int:
     """Check every split recorded in ``directory``'s manifest; returns the number of problems."""
     path = directory / MANIFEST
@@ -294,12 +302,13 @@ def verify(directory: Path, official: Path | None, samples: int) -> int:
                         continue
                     reference, _ = sf.read(str(ref_path), dtype="float64", always_2d=True)
                     reference = reference[:, 0]
-                    n = min(len(reference), len(ours[name]))
-                    if len(reference) != len(ours[name]):
+                    mine = as_written(ours[name], spec)
+                    n = min(len(reference), len(mine))
+                    if len(reference) != len(mine):
                         problems += 1
-                        print(f"  {ref_path}: official length {len(reference)}, ours {len(ours[name])}")
-                    snrs.append(_snr_db(reference[:n], ours[name][:n]))
-                    equal += int(np.array_equal(reference[:n], ours[name][:n]))
+                        print(f"  {ref_path}: official length {len(reference)}, ours {len(mine)}")
+                    snrs.append(_snr_db(reference[:n], mine[:n]))
+                    equal += int(np.array_equal(reference[:n], mine[:n]))
                     compared += 1
             if compared:
                 finite = [s for s in snrs if np.isfinite(s)]
