@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quantizer",
         choices=["round", "libsndfile"],
-        default="round",
-        help="int16 rounding: round(32768 x) (default) or floor(32768 x) as libsndfile 1.2.2 writes it",
+        default="libsndfile",
+        help="int16 rounding: as LibriMix's own script writes it through libsndfile 1.2.2, in effect floor(32768 x) "
+        "(default), or round(32768 x)",
     )
     p.add_argument("--trust-unpinned-download", action="store_true", help=_TRUST_HELP)
     _common(p, [8000], ["min"])

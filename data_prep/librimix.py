@@ -16,10 +16,11 @@ Per row, sample rate and mode (``create_librimix_from_metadata.py``), as one tab
 * ``min`` truncates everything (noise included) to the shortest, ``max`` zero-pads;
 * ``mix_clean`` = sum of sources, ``mix_both`` = + noise, ``mix_single`` = s1 + noise;
   written as 16-bit PCM. The official script lets soundfile convert floats to PCM_16,
-  so its rounding is whatever the user's libsndfile does (1.2.2, measured here:
-  ``floor(32768 x)``). ``quantizer="round"`` (default) writes ``round(32768 x)`` like the
-  other recipes, independent of library versions; ``"libsndfile"`` reproduces libsndfile
-  1.2.2 (``quantize=int16_floor``). The two differ by at most 1 LSB.
+  so its rounding is whatever the user's libsndfile does. ``quantizer="libsndfile"``
+  (default) reproduces libsndfile 1.2.2 (``quantize=int16_floor``: in effect
+  ``floor(32768 x)``, clipped to [-32768, 32767], so +1.0 gives 32767);
+  ``"round"`` writes ``round(32768 x)`` like the other recipes. The two differ by 1 LSB
+  in about half of all samples.
 
 train-360 uses speed-perturbed WHAM! noise (``<name>sp08.wav``/``<name>sp12.wav``, made
 by LibriMix with SoX ``speed 0.8``/``1.2`` on channel 0). When those files are not in
