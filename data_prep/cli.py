@@ -133,7 +133,16 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
         ensure_outside(args.out, {"--wsj0": args.wsj0, "--lists": args.lists})
         lists = _metadata(args, args.lists, wsj0mix.pinned_lists(args.n_srcs), "pywsj0-mix")
         return wsj0mix.build_plans(
-            args.wsj0, lists, args.out, args.n_srcs, args.sample_rates, args.modes, args.splits, args.jobs, args.dry_run
+            args.wsj0,
+            lists,
+            args.out,
+            args.n_srcs,
+            args.sample_rates,
+            args.modes,
+            args.splits,
+            args.jobs,
+            args.dry_run,
+            progress=not args.no_progress,
         )
     if args.command == "librimix":
         from data_prep import librimix
@@ -157,6 +166,7 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
             args.subsets,
             args.dry_run,
             args.quantizer,
+            progress=not args.no_progress,
         )
     if args.command in ("wham", "whamr"):
         require_dir(args.wsj0, "WSJ0", "--wsj0")
@@ -220,6 +230,7 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
             args.fractions,
             args.n_mixtures,
             args.seed,
+            progress=not args.no_progress,
         )
     raise AssertionError(args.command)
 

@@ -48,6 +48,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from data_prep.common import PinnedFile, PrepareError, SplitPlan, require_file
+from data_prep.progress import track
 from sepkit.audio import write_audio_atomic
 from sepkit.data.mixtures import MixtureSpec, SourceSpec
 
@@ -87,8 +88,10 @@ def speed_perturb(x: np.ndarray, speed: float) -> np.ndarray:
     return resample_poly(x, ratio.denominator, ratio.numerator)
 
 
-def augmented_noise(noise_root: Path, relative: str, aug_root: Path, dry_run: bool) -> Path:
-    """Path of a (possibly generated) speed-perturbed WHAM! noise for train-360."""
+def augmented_noise(noise_root: Path, relative: str, aug_root: Path, pending: dict[Path, tuple[Path, float]]) -> Path:
+    """Path of a speed-perturbed WHAM! noise for train-360 under ``aug_root``; when it is
+    not there yet, ``pending[path] = (original noise, speed)`` records it to be made
+    by :func:`make_augmented_noise`."""
     target = aug_root / relative
     stem = Path(relative).stem
     match = _SPEED_SUFFIX.match(stem)
@@ -97,11 +100,16 @@ def augmented_noise(noise_root: Path, relative: str, aug_root: Path, dry_run: bo
     base = noise_root / Path(relative).parent / f"{match['stem']}.wav"
     if not base.is_file():
         raise PrepareError(f"WHAM! noise file not found: {base} (needed to make {Path(relative).name})")
-    if not target.is_file() and not dry_run:
-        data, rate = sf.read(str(base), dtype="float64", always_2d=True)
-        speed = 0.8 if match["code"] == "08" else 1.2
-        write_audio_atomic(target, speed_perturb(data[:, 0], speed).astype(np.float32), rate, subtype="FLOAT")
+    if not target.is_file():
+        pending[target] = (base, 0.8 if match["code"] == "08" else 1.2)
     return target
+
+
+def make_augmented_noise(pending: dict[Path, tuple[Path, float]], progress: bool = True) -> None:
+    """Write every pending speed-perturbed noise (channel 0 of the original, float32)."""
+    for target, (base, speed) in track(sorted(pending.items()), len(pending), "speed-perturbing noise", progress):
+        data, rate = sf.read(str(base), dtype="float64", always_2d=True)
+        write_audio_atomic(target, speed_perturb(data[:, 0], speed).astype(np.float32), rate, subtype="FLOAT")
 
 
 def _frames(path: Path, cache: dict[Path, int], estimate: int | None = None) -> int:
@@ -125,7 +133,8 @@ def build_plans(
     types: list[str],
     subsets: list[str] | None = None,
     dry_run: bool = False,
-    quantizer: str = "round",
+    quantizer: str = "libsndfile",
+    progress: bool = True,
 ) -> list[SplitPlan]:
     if quantizer not in ("round", "libsndfile"):
         raise PrepareError(f"quantizer must be 'round' or 'libsndfile', got {quantizer!r}")
@@ -133,6 +142,7 @@ def build_plans(
     if noisy and wham_noise is None:
         raise PrepareError("mix_both/mix_single need the WHAM! noise: pass --wham-noise DIR")
     frames_cache: dict[Path, int] = {}
+    pending: dict[Path, tuple[Path, float]] = {}
     plans = []
     for n_src in n_srcs:
         for subset, short in SUBSETS.items():
@@ -157,9 +167,12 @@ def build_plans(
                     noise_path = wham_noise / row["noise_path"]
                     if not noise_path.is_file():
                         noise_path = augmented_noise(
-                            wham_noise, row["noise_path"], out / "wham_noise_augmented", dry_run
+                            wham_noise, row["noise_path"], out / "wham_noise_augmented", pending
                         )
                 prepared.append((row, paths, lengths16, noise_path))
+            if not dry_run:
+                make_augmented_noise(pending, progress)
+            pending.clear()
             for rate in sample_rates:
                 if not 0 < rate <= LIBRI_RATE:
                     raise PrepareError(f"LibriMix sample rates must be at most 16000 Hz, got {rate}")

@@ -102,11 +102,12 @@ def build_plans(
     splits: Sequence[str] = SPLITS,
     jobs: int = 1,
     dry_run: bool = False,
+    progress: bool = True,
 ) -> list[SplitPlan]:
     levels = read_activlev(lists_dir)
     lists = {(n, s): read_mix_list(lists_dir / f"mix_{n}_spk_{s}.txt", n) for n in n_srcs for s in splits}
     keys = [utterance_key(path) for rows in lists.values() for pairs in rows for path, _ in pairs]
-    utterances = resolve_utterances(keys, wsj0, out / "wsj0_wav", jobs=jobs, dry_run=dry_run)
+    utterances = resolve_utterances(keys, wsj0, out / "wsj0_wav", jobs=jobs, dry_run=dry_run, progress=progress)
     plans = []
     for (n_src, split), rows in lists.items():
         for rate in sample_rates:
