@@ -347,7 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "librimix" and args.write and not args.dry_run:
             from data_prep.librimix import write_official_csvs
 
-            write_official_csvs(plans, args.types)
+            write_official_csvs(plans, args.types, progress=not args.no_progress)
+        if args.command == "wsj0-mix" and args.write and not args.dry_run:
+            from data_prep.wsj0mix import write_scaling_mat
+
+            write_scaling_mat(plans, jobs=args.jobs, progress=not args.no_progress)
         if not args.dry_run:
             _update_manifest(args.out, plans, args.write)
     except PrepareError as err:

@@ -31,9 +31,13 @@ SoX's resampler differs from ``resample_poly``, so train-360 ``mix_both``/``mix_
 unaffected.
 
 Layout: ``<out>/Libri{N}Mix/wav{8k,16k}/{min,max}/{train-360,train-100,dev,test}/
-{s1,..,noise,mix_clean,mix_both,mix_single}/<mixture_ID>.wav`` plus
-``.../{mode}/metadata/mixture_<subset>_<type>.csv`` (absolute paths, as the official
-recipe writes them). Mixture tables: ``.../{mode}/<subset>_<type>.csv``.
+{s1,..,noise,mix_clean,mix_both,mix_single}/<mixture_ID>.wav`` plus, as the official
+recipe writes them (LF line ends), ``.../{mode}/metadata/mixture_<subset>_<type>.csv``
+(absolute paths) and ``metrics_<subset>_<type>.csv`` (per signal of the mixture, its SNR
+against the rest of the mixture: ``10 log10(mean(x^2) / (mean((mix - x)^2) + 1e-10) +
+1e-10)``; computed here on the written 16-bit signals, where the official script uses
+its floats before writing: on the test corpus the two differ by at most 3e-4 dB). Mixture tables:
+``.../{mode}/<subset>_<type>.csv``.
 """
 
 from __future__ import annotations
@@ -48,9 +52,10 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from data_prep.common import PinnedFile, PrepareError, SplitPlan, require_file
-from data_prep.progress import track
+from data_prep.progress import Progress, track
 from sepkit.audio import write_audio_atomic
 from sepkit.data.mixtures import MixtureSpec, SourceSpec
+from sepkit.fileio import atomic_output
 
 LIBRI_RATE = 16000
 SUBSETS = {"train-clean-360": "train-360", "train-clean-100": "train-100", "dev-clean": "dev", "test-clean": "test"}
@@ -58,6 +63,7 @@ TYPES = ("mix_clean", "mix_both", "mix_single")
 LIBRIMIX_COMMIT = "47825cbdc131cdedb2a90610978cb30866eae521"
 _RAW = f"https://raw.githubusercontent.com/JorisCos/LibriMix/{LIBRIMIX_COMMIT}/metadata"
 _SPEED_SUFFIX = re.compile(r"^(?P<stem>.+)sp(?P<code>08|12)$")
+METRIC_EPS = 1e-10  # in the official metrics: keeps log and division finite
 
 
 def pinned_metadata(n_srcs: list[int]) -> list[PinnedFile]:
@@ -236,26 +242,66 @@ def _with_task(spec: MixtureSpec, mixture: str, targets: str) -> MixtureSpec:
     return replace(spec, mixture=mixture, targets=targets)
 
 
-def write_official_csvs(plans: list[SplitPlan], types: list[str]) -> None:
-    """``{mode}/metadata/mixture_<subset>_<type>.csv`` as the official recipe writes them."""
+def snr_db(signal: np.ndarray, rest: np.ndarray) -> float:
+    """LibriMix's per-signal metric: ``10 log10(mean(x^2) / (mean(r^2) + 1e-10) + 1e-10)``
+    for a signal ``x [time]`` and the rest ``r [time]`` of its mixture."""
+    return float(10 * np.log10(np.mean(signal**2) / (np.mean(rest**2) + METRIC_EPS) + METRIC_EPS))
+
+
+def _components(mixture_type: str, n_src: int) -> tuple[list[str], list[str]]:
+    """(output folders summed into ``mixture_type``, their column stems in the official CSVs)."""
+    sources = ["s1"] if mixture_type == "mix_single" else [f"s{i}" for i in range(1, n_src + 1)]
+    columns = [f"source_{name[1:]}" for name in sources]
+    if mixture_type != "mix_clean":
+        sources, columns = [*sources, "noise"], [*columns, "noise"]
+    return sources, columns
+
+
+def _write_csv(path: Path, header: list[str], lines: list[list[str]]) -> None:
+    # LF line ends like pandas' to_csv in the official script (the csv module defaults to CRLF)
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(lines)
+
+
+def write_official_csvs(plans: list[SplitPlan], types: list[str], progress: bool = True) -> None:
+    """``{mode}/metadata/mixture_<subset>_<type>.csv`` and ``metrics_<subset>_<type>.csv``
+    as the official recipe writes them, from the written files (after :func:`execute`)."""
+    total = sum(len(plan.specs) for plan in plans)
+    done = Progress(total, "LibriMix metrics", progress)
     for plan in plans:
         n_src = plan.specs[0].n_src if plan.specs else 0
         meta = plan.directory.parent / "metadata"
         meta.mkdir(parents=True, exist_ok=True)
+        mixture_lines: dict[str, list[list[str]]] = {t: [] for t in types}
+        metric_lines: dict[str, list[list[str]]] = {t: [] for t in types}
+        for spec in plan.specs:
+            name = f"{spec.mixture_id}.wav"
+            # each written signal read once, as float64 k / 32768
+            needed = {f for t in types for f in (t, *_components(t, n_src)[0])}
+            signals = {f: sf.read(str(plan.directory / f / name), dtype="float64")[0] for f in needed}
+            for t in types:
+                folders, _ = _components(t, n_src)
+                mixture = signals[t]
+                line = [spec.mixture_id, str((plan.directory / t / name).resolve())]
+                line += [str((plan.directory / folder / name).resolve()) for folder in folders]
+                mixture_lines[t].append(line + [str(spec.length)])
+                metric_lines[t].append(
+                    [spec.mixture_id] + [repr(snr_db(signals[f], mixture - signals[f])) for f in folders]
+                )
+            done.update()
         for t in types:
-            sources = [1] if t == "mix_single" else list(range(1, n_src + 1))
-            columns = ["mixture_ID", "mixture_path"] + [f"source_{i}_path" for i in sources]
-            columns += ["noise_path"] if t != "mix_clean" else []
-            columns += ["length"]
-            path = meta / f"mixture_{plan.directory.name}_{t}.csv"
-            tmp = path.with_suffix(".csv.tmp")
-            with open(tmp, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(columns)
-                for spec in plan.specs:
-                    name = f"{spec.mixture_id}.wav"
-                    line = [spec.mixture_id, str((plan.directory / t / name).resolve())]
-                    line += [str((plan.directory / f"s{i}" / name).resolve()) for i in sources]
-                    line += [str((plan.directory / "noise" / name).resolve())] if t != "mix_clean" else []
-                    writer.writerow(line + [spec.length])
-            tmp.replace(path)
+            _, columns = _components(t, n_src)
+            paths = [f"{c}_path" for c in columns]
+            _write_csv(
+                meta / f"mixture_{plan.directory.name}_{t}.csv",
+                ["mixture_ID", "mixture_path", *paths, "length"],
+                mixture_lines[t],
+            )
+            _write_csv(
+                meta / f"metrics_{plan.directory.name}_{t}.csv",
+                ["mixture_ID", *[f"{c}_SNR" for c in columns]],
+                metric_lines[t],
+            )
+    done.close()

@@ -60,6 +60,12 @@ def reference_librimix(
     return {k: official_write(v, rate, scratch) for k, v in out.items()}
 
 
+def reference_snr(signal: np.ndarray, rest: np.ndarray) -> float:
+    """LibriMix's metrics formula, written out on sums."""
+    n = len(signal)
+    return 10 * np.log10((np.sum(signal * signal) / n) / (np.sum(rest * rest) / n + 1e-10) + 1e-10)
+
+
 @pytest.fixture()
 def corpus(tmp_path):
     libri = tmp_path / "LibriSpeech"
@@ -126,13 +132,44 @@ def test_written_files_match_reference(corpus, tmp_path):
                                 targets, np.stack([want[k] for k in names]).astype(np.float32) / 32768
                             )
                         checked += 1
-                    official_csv = base / "metadata" / f"mixture_{short}_mix_both.csv"
-                    with open(official_csv, newline="") as handle:
-                        lines = list(csv.DictReader(handle))
-                    assert [line["mixture_ID"] for line in lines] == [r["mixture_ID"] for r in rows]
-                    assert all(Path(line["mixture_path"]).is_absolute() for line in lines)
+                    check_official_csvs(base, short, n, rows)
     assert checked == 2 * 3 * 2 * 2 * 3
     assert main(["verify", str(out)]) == 0
+
+
+def check_official_csvs(base: Path, short: str, n_src: int, rows: list[dict]) -> None:
+    """metadata/mixture_*.csv and metrics_*.csv: official columns, LF line ends, paths of
+    the written files, and SNRs recomputed here from those files."""
+    for t in ("mix_clean", "mix_both", "mix_single"):
+        parts = ["s1"] if t == "mix_single" else [f"s{i + 1}" for i in range(n_src)]
+        stems = [f"source_{p[1:]}" for p in parts]
+        if t != "mix_clean":
+            parts, stems = [*parts, "noise"], [*stems, "noise"]
+        mixture_csv = base / "metadata" / f"mixture_{short}_{t}.csv"
+        metrics_csv = base / "metadata" / f"metrics_{short}_{t}.csv"
+        for path in (mixture_csv, metrics_csv):
+            raw = path.read_bytes()
+            assert b"\r" not in raw and raw.endswith(b"\n"), f"{path}: not LF line ends"
+        with open(mixture_csv, newline="") as handle:
+            reader = csv.DictReader(handle)
+            lines = list(reader)
+        assert reader.fieldnames == ["mixture_ID", "mixture_path", *[f"{c}_path" for c in stems], "length"]
+        assert [line["mixture_ID"] for line in lines] == [r["mixture_ID"] for r in rows]
+        with open(metrics_csv, newline="") as handle:
+            reader = csv.DictReader(handle)
+            metrics = list(reader)
+        assert reader.fieldnames == ["mixture_ID", *[f"{c}_SNR" for c in stems]]
+        assert [line["mixture_ID"] for line in metrics] == [r["mixture_ID"] for r in rows]
+        for line, metric in zip(lines, metrics):
+            mixture_path = Path(line["mixture_path"])
+            assert mixture_path.is_absolute() and mixture_path == (base / short / t / f"{line['mixture_ID']}.wav")
+            mixture = sf.read(str(mixture_path), dtype="float64")[0]
+            assert int(line["length"]) == len(mixture)
+            for part, stem in zip(parts, stems):
+                assert Path(line[f"{stem}_path"]) == base / short / part / f"{line['mixture_ID']}.wav"
+                signal = sf.read(line[f"{stem}_path"], dtype="float64")[0]
+                expected = reference_snr(signal, mixture - signal)
+                assert float(metric[f"{stem}_SNR"]) == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
 def test_speed_perturbed_noise_is_generated_outside_the_corpus(corpus, tmp_path):
