@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-src", type=int, nargs="+", default=[2], dest="n_srcs")
     p.add_argument("--splits", nargs="+", default=["tr", "cv", "tt"])
     p.add_argument("--trust-unpinned-download", action="store_true", help=_TRUST_HELP)
+    p.add_argument(
+        "--no-official-extras",
+        action="store_true",
+        help="with --write, skip MERL's scaling.mat (a second pass over the data)",
+    )
     _common(p, [8000], ["min"])
 
     p = sub.add_parser("librimix", help="Libri2Mix / Libri3Mix")
@@ -96,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default), or round(32768 x)",
     )
     p.add_argument("--trust-unpinned-download", action="store_true", help=_TRUST_HELP)
+    p.add_argument(
+        "--no-official-extras",
+        action="store_true",
+        help="with --write, skip LibriMix's metrics_*.csv (a second pass over the data)",
+    )
     _common(p, [8000], ["min"])
 
     for name, extra in (("wham", False), ("whamr", True)):
@@ -347,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "librimix" and args.write and not args.dry_run:
             from data_prep.librimix import write_official_csvs
 
-            write_official_csvs(plans, args.types, progress=not args.no_progress)
-        if args.command == "wsj0-mix" and args.write and not args.dry_run:
+            write_official_csvs(plans, args.types, metrics=not args.no_official_extras, progress=not args.no_progress)
+        if args.command == "wsj0-mix" and args.write and not args.dry_run and not args.no_official_extras:
             from data_prep.wsj0mix import write_scaling_mat
 
             write_scaling_mat(plans, jobs=args.jobs, progress=not args.no_progress)

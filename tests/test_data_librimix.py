@@ -233,12 +233,15 @@ def test_clean_only_ignores_noise(corpus, tmp_path):
 
 
 def test_round_quantizer_option(corpus, tmp_path):
-    """--quantizer round writes round(32768 x), clipped, instead of the official writer's rule."""
+    """--quantizer round writes round(32768 x), clipped, instead of the official writer's rule
+    (and --no-official-extras leaves out the metrics CSVs, not the mixture CSVs)."""
     libri, wham, meta = corpus
     out = tmp_path / "out"
     argv = ["librimix", "--librispeech", str(libri), "--wham-noise", str(wham), "--metadata", str(meta)]
     argv += ["--subsets", "dev", "--types", "mix_both", "--quantizer", "round", "--out", str(out), "--write"]
-    assert main(argv + ["--no-progress"]) == 0
+    assert main(argv + ["--no-progress", "--no-official-extras"]) == 0
+    meta_out = out / "Libri2Mix" / "wav8k" / "min" / "metadata"
+    assert (meta_out / "mixture_dev_mix_both.csv").is_file() and not (meta_out / "metrics_dev_mix_both.csv").exists()
     with open(meta / "Libri2Mix" / "libri2mix_dev-clean.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     base = out / "Libri2Mix" / "wav8k" / "min" / "dev"

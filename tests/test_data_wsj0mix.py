@@ -297,3 +297,12 @@ def test_disk_space_is_checked_before_writing(corpus, tmp_path, monkeypatch, cap
     assert main(argv) == 2
     assert "not enough disk space" in capsys.readouterr().err
     assert not list(out.rglob("*.wav"))
+
+
+def test_scaling_mat_can_be_left_out(corpus, tmp_path):
+    wsj0, lists = corpus
+    out = tmp_path / "out"
+    argv = ["wsj0-mix", "--wsj0", str(wsj0), "--lists", str(lists), "--splits", "tt", "--out", str(out), "--write"]
+    assert main(argv + ["--no-progress", "--no-official-extras"]) == 0
+    split = out / "2speakers" / "wav8k" / "min" / "tt"
+    assert len(list((split / "mix").glob("*.wav"))) == 3 and not (split / "scaling.mat").exists()
