@@ -34,7 +34,7 @@ from data_prep.common import (
     run_parameters,
     update_manifest,
 )
-from sepkit.data.mixtures import render_outputs
+from sepkit.data.mixtures import MixtureSpec, render_outputs
 from sepkit.data.paths import MANIFEST, read_checked_table
 
 _TRUST_HELP = "accept downloaded metadata whose checksum is not pinned yet (prints the sha256 to pin)"
@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-src", type=int, nargs="+", default=[2], dest="n_srcs")
     p.add_argument("--splits", nargs="+", default=["tr", "cv", "tt"])
     p.add_argument("--trust-unpinned-download", action="store_true", help=_TRUST_HELP)
+    p.add_argument(
+        "--no-official-extras",
+        action="store_true",
+        help="with --write, skip MERL's scaling.mat (a second pass over the data)",
+    )
     _common(p, [8000], ["min"])
 
     p = sub.add_parser("librimix", help="Libri2Mix / Libri3Mix")
@@ -107,10 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quantizer",
         choices=["round", "libsndfile"],
-        default="round",
-        help="int16 rounding: round(32768 x) (default) or floor(32768 x) as libsndfile 1.2.2 writes it",
+        default="libsndfile",
+        help="int16 rounding: as LibriMix's own script writes it through libsndfile 1.2.2, in effect floor(32768 x) "
+        "(default), or round(32768 x)",
     )
     p.add_argument("--trust-unpinned-download", action="store_true", help=_TRUST_HELP)
+    p.add_argument(
+        "--no-official-extras",
+        action="store_true",
+        help="with --write, skip LibriMix's metrics_*.csv (a second pass over the data)",
+    )
     _common(p, [8000], ["min"])
 
     for name, extra in (("wham", False), ("whamr", True)):
@@ -150,7 +161,16 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
         ensure_outside(args.out, {"--wsj0": args.wsj0, "--lists": args.lists})
         lists = _metadata(args, args.lists, wsj0mix.pinned_lists(args.n_srcs), "pywsj0-mix")
         return wsj0mix.build_plans(
-            args.wsj0, lists, args.out, args.n_srcs, args.sample_rates, args.modes, args.splits, args.jobs, args.dry_run
+            args.wsj0,
+            lists,
+            args.out,
+            args.n_srcs,
+            args.sample_rates,
+            args.modes,
+            args.splits,
+            args.jobs,
+            args.dry_run,
+            progress=not args.no_progress,
         )
     if args.command == "librimix":
         from data_prep import librimix
@@ -174,6 +194,7 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
             args.subsets,
             args.dry_run,
             args.quantizer,
+            progress=not args.no_progress,
         )
     if args.command in ("wham", "whamr"):
         require_dir(args.wsj0, "WSJ0", "--wsj0")
@@ -239,6 +260,7 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
             args.fractions,
             args.n_mixtures,
             args.seed,
+            progress=not args.no_progress,
         )
     raise AssertionError(args.command)
 
@@ -246,6 +268,14 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
 def _snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     noise = float(np.sum((reference - estimate) ** 2))
     return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(reference**2)) / noise)
+
+
+def as_written(rendered: np.ndarray, spec: MixtureSpec) -> np.ndarray:
+    """``rendered [time]`` (float64, from :func:`render_outputs`) as it reads back from the
+    file ``--write`` makes of it: quantised rows are already on the int16 grid; the others
+    are stored as 32-bit float, so they are compared after the same rounding to float32
+    (the official WHAM!/WHAMR! files are float32 too)."""
+    return rendered if spec.quantize else rendered.astype(np.float32).astype(np.float64)
 
 
 def verify(directory: Path, official: Path | None, samples: int) -> int:
@@ -298,12 +328,13 @@ def verify(directory: Path, official: Path | None, samples: int) -> int:
                         continue
                     reference, _ = sf.read(str(ref_path), dtype="float64", always_2d=True)
                     reference = reference[:, 0]
-                    n = min(len(reference), len(ours[name]))
-                    if len(reference) != len(ours[name]):
+                    mine = as_written(ours[name], spec)
+                    n = min(len(reference), len(mine))
+                    if len(reference) != len(mine):
                         problems += 1
-                        print(f"  {ref_path}: official length {len(reference)}, ours {len(ours[name])}")
-                    snrs.append(_snr_db(reference[:n], ours[name][:n]))
-                    equal += int(np.array_equal(reference[:n], ours[name][:n]))
+                        print(f"  {ref_path}: official length {len(reference)}, ours {len(mine)}")
+                    snrs.append(_snr_db(reference[:n], mine[:n]))
+                    equal += int(np.array_equal(reference[:n], mine[:n]))
                     compared += 1
             if compared:
                 finite = [s for s in snrs if np.isfinite(s)]
@@ -338,7 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "librimix" and args.write and not args.dry_run:
             from data_prep.librimix import write_official_csvs
 
-            write_official_csvs(plans, args.types)
+            write_official_csvs(plans, args.types, metrics=not args.no_official_extras, progress=not args.no_progress)
+        if args.command == "wsj0-mix" and args.write and not args.dry_run and not args.no_official_extras:
+            from data_prep.wsj0mix import write_scaling_mat
+
+            write_scaling_mat(plans, jobs=args.jobs, progress=not args.no_progress)
         if not args.dry_run:
             update_manifest(args.out, plans, args.write, parameters)
     except PrepareError as err:

@@ -25,6 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from data_prep.common import PrepareError, SplitPlan
+from data_prep.progress import track
 from data_prep.wsj0mix import resampled_length
 from sepkit.audio import AUDIO_SUFFIXES
 from sepkit.data.mixtures import MixtureSpec, SourceSpec
@@ -93,6 +94,7 @@ def build_plans(
     fractions: list[float],
     n_mixtures: list[int],
     seed: int = 0,
+    progress: bool = True,
 ) -> list[SplitPlan]:
     if not (len(split_names) == len(fractions) == len(n_mixtures)):
         raise PrepareError("--splits, --fractions and --n-mixtures need the same number of values")
@@ -115,10 +117,10 @@ def build_plans(
             files = [speakers[pool[k]][int(rng.integers(len(speakers[pool[k]])))] for k in chosen]
             levels = rng.uniform(-LEVEL_SPREAD_DB, LEVEL_SPREAD_DB, size=n_src)
             draws.append((index, [pool[k] for k in chosen], files, levels))
-        for path in {f for _, _, files, _ in draws for f in files}:
-            if path not in rms_cache:
-                rms_cache[path] = _rms(path)
-                info_cache[path] = _frames_and_rate(path)
+        new_files = sorted({f for _, _, files, _ in draws for f in files} - set(rms_cache))
+        for path in track(new_files, len(new_files), f"RMS levels ({split})", progress):
+            rms_cache[path] = _rms(path)
+            info_cache[path] = _frames_and_rate(path)
         for rate in sample_rates:
             for mode in modes:
                 specs = []

@@ -16,10 +16,11 @@ Per row, sample rate and mode (``create_librimix_from_metadata.py``), as one tab
 * ``min`` truncates everything (noise included) to the shortest, ``max`` zero-pads;
 * ``mix_clean`` = sum of sources, ``mix_both`` = + noise, ``mix_single`` = s1 + noise;
   written as 16-bit PCM. The official script lets soundfile convert floats to PCM_16,
-  so its rounding is whatever the user's libsndfile does (1.2.2, measured here:
-  ``floor(32768 x)``). ``quantizer="round"`` (default) writes ``round(32768 x)`` like the
-  other recipes, independent of library versions; ``"libsndfile"`` reproduces libsndfile
-  1.2.2 (``quantize=int16_floor``). The two differ by at most 1 LSB.
+  so its rounding is whatever the user's libsndfile does. ``quantizer="libsndfile"``
+  (default) reproduces libsndfile 1.2.2 (``quantize=int16_floor``: in effect
+  ``floor(32768 x)``, clipped to [-32768, 32767], so +1.0 gives 32767);
+  ``"round"`` writes ``round(32768 x)`` like the other recipes. The two differ by 1 LSB
+  in about half of all samples.
 
 train-360 uses speed-perturbed WHAM! noise (``<name>sp08.wav``/``<name>sp12.wav``, made
 by LibriMix with SoX ``speed 0.8``/``1.2`` on channel 0). When those files are not in
@@ -30,9 +31,13 @@ SoX's resampler differs from ``resample_poly``, so train-360 ``mix_both``/``mix_
 unaffected.
 
 Layout: ``<out>/Libri{N}Mix/wav{8k,16k}/{min,max}/{train-360,train-100,dev,test}/
-{s1,..,noise,mix_clean,mix_both,mix_single}/<mixture_ID>.wav`` plus
-``.../{mode}/metadata/mixture_<subset>_<type>.csv`` (absolute paths, as the official
-recipe writes them). Mixture tables: ``.../{mode}/<subset>_<type>.csv``.
+{s1,..,noise,mix_clean,mix_both,mix_single}/<mixture_ID>.wav`` plus, as the official
+recipe writes them (LF line ends), ``.../{mode}/metadata/mixture_<subset>_<type>.csv``
+(absolute paths) and ``metrics_<subset>_<type>.csv`` (per signal of the mixture, its SNR
+against the rest of the mixture: ``10 log10(mean(x^2) / (mean((mix - x)^2) + 1e-10) +
+1e-10)``; computed here on the written 16-bit signals, where the official script uses
+its floats before writing: on fabricated corpora the two differ by under 1e-3 dB). Mixture tables:
+``.../{mode}/<subset>_<type>.csv``.
 """
 
 from __future__ import annotations
@@ -47,9 +52,11 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from data_prep.common import PinnedFile, PrepareError, SplitPlan, require_file
+from data_prep.progress import Progress, track
 from sepkit.audio import write_audio_atomic
 from sepkit.data.mixtures import MixtureSpec, SourceSpec
 from sepkit.data.paths import UnsafePathError, check_name, resolve_source
+from sepkit.fileio import atomic_output
 
 LIBRI_RATE = 16000
 SUBSETS = {"train-clean-360": "train-360", "train-clean-100": "train-100", "dev-clean": "dev", "test-clean": "test"}
@@ -57,6 +64,7 @@ TYPES = ("mix_clean", "mix_both", "mix_single")
 LIBRIMIX_COMMIT = "47825cbdc131cdedb2a90610978cb30866eae521"
 _RAW = f"https://raw.githubusercontent.com/JorisCos/LibriMix/{LIBRIMIX_COMMIT}/metadata"
 _SPEED_SUFFIX = re.compile(r"^(?P<stem>.+)sp(?P<code>08|12)$")
+METRIC_EPS = 1e-10  # in the official metrics: keeps log and division finite
 
 
 def pinned_metadata(n_srcs: list[int]) -> list[PinnedFile]:
@@ -87,8 +95,10 @@ def speed_perturb(x: np.ndarray, speed: float) -> np.ndarray:
     return resample_poly(x, ratio.denominator, ratio.numerator)
 
 
-def augmented_noise(noise_root: Path, relative: str, aug_root: Path, dry_run: bool) -> Path:
-    """Path of a (possibly generated) speed-perturbed WHAM! noise for train-360."""
+def augmented_noise(noise_root: Path, relative: str, aug_root: Path, pending: dict[Path, tuple[Path, float]]) -> Path:
+    """Path of a speed-perturbed WHAM! noise for train-360 under ``aug_root``; when it is
+    not there yet, ``pending[path] = (original noise, speed)`` records it to be made
+    by :func:`make_augmented_noise`."""
     target = aug_root / relative
     stem = Path(relative).stem
     match = _SPEED_SUFFIX.match(stem)
@@ -97,11 +107,16 @@ def augmented_noise(noise_root: Path, relative: str, aug_root: Path, dry_run: bo
     base = noise_root / Path(relative).parent / f"{match['stem']}.wav"
     if not base.is_file():
         raise PrepareError(f"WHAM! noise file not found: {base} (needed to make {Path(relative).name})")
-    if not target.is_file() and not dry_run:
-        data, rate = sf.read(str(base), dtype="float64", always_2d=True)
-        speed = 0.8 if match["code"] == "08" else 1.2
-        write_audio_atomic(target, speed_perturb(data[:, 0], speed).astype(np.float32), rate, subtype="FLOAT")
+    if not target.is_file():
+        pending[target] = (base, 0.8 if match["code"] == "08" else 1.2)
     return target
+
+
+def make_augmented_noise(pending: dict[Path, tuple[Path, float]], progress: bool = True) -> None:
+    """Write every pending speed-perturbed noise (channel 0 of the original, float32)."""
+    for target, (base, speed) in track(sorted(pending.items()), len(pending), "speed-perturbing noise", progress):
+        data, rate = sf.read(str(base), dtype="float64", always_2d=True)
+        write_audio_atomic(target, speed_perturb(data[:, 0], speed).astype(np.float32), rate, subtype="FLOAT")
 
 
 def _frames(path: Path, cache: dict[Path, int], estimate: int | None = None) -> int:
@@ -125,7 +140,8 @@ def build_plans(
     types: list[str],
     subsets: list[str] | None = None,
     dry_run: bool = False,
-    quantizer: str = "round",
+    quantizer: str = "libsndfile",
+    progress: bool = True,
 ) -> list[SplitPlan]:
     if quantizer not in ("round", "libsndfile"):
         raise PrepareError(f"quantizer must be 'round' or 'libsndfile', got {quantizer!r}")
@@ -133,6 +149,7 @@ def build_plans(
     if noisy and wham_noise is None:
         raise PrepareError("mix_both/mix_single need the WHAM! noise: pass --wham-noise DIR")
     frames_cache: dict[Path, int] = {}
+    pending: dict[Path, tuple[Path, float]] = {}
     plans = []
     for n_src in n_srcs:
         for subset, short in SUBSETS.items():
@@ -168,8 +185,11 @@ def build_plans(
                 if noisy:
                     noise_path = wham_noise / row["noise_path"]
                     if not noise_path.is_file():
-                        noise_path = augmented_noise(wham_noise, row["noise_path"], aug_root, dry_run)
+                        noise_path = augmented_noise(wham_noise, row["noise_path"], aug_root, pending)
                 prepared.append((row, paths, lengths16, noise_path))
+            if not dry_run:
+                make_augmented_noise(pending, progress)
+            pending.clear()
             for rate in sample_rates:
                 if not 0 < rate <= LIBRI_RATE:
                     raise PrepareError(f"LibriMix sample rates must be at most 16000 Hz, got {rate}")
@@ -235,26 +255,69 @@ def _with_task(spec: MixtureSpec, mixture: str, targets: str) -> MixtureSpec:
     return replace(spec, mixture=mixture, targets=targets)
 
 
-def write_official_csvs(plans: list[SplitPlan], types: list[str]) -> None:
-    """``{mode}/metadata/mixture_<subset>_<type>.csv`` as the official recipe writes them."""
+def snr_db(signal: np.ndarray, rest: np.ndarray) -> float:
+    """LibriMix's per-signal metric: ``10 log10(mean(x^2) / (mean(r^2) + 1e-10) + 1e-10)``
+    for a signal ``x [time]`` and the rest ``r [time]`` of its mixture."""
+    return float(10 * np.log10(np.mean(signal**2) / (np.mean(rest**2) + METRIC_EPS) + METRIC_EPS))
+
+
+def _components(mixture_type: str, n_src: int) -> tuple[list[str], list[str]]:
+    """(output folders summed into ``mixture_type``, their column stems in the official CSVs)."""
+    sources = ["s1"] if mixture_type == "mix_single" else [f"s{i}" for i in range(1, n_src + 1)]
+    columns = [f"source_{name[1:]}" for name in sources]
+    if mixture_type != "mix_clean":
+        sources, columns = [*sources, "noise"], [*columns, "noise"]
+    return sources, columns
+
+
+def _write_csv(path: Path, header: list[str], lines: list[list[str]]) -> None:
+    # LF line ends like pandas' to_csv in the official script (the csv module defaults to CRLF)
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(lines)
+
+
+def write_official_csvs(plans: list[SplitPlan], types: list[str], metrics: bool = True, progress: bool = True) -> None:
+    """``{mode}/metadata/mixture_<subset>_<type>.csv`` and (with ``metrics``, which reads
+    every written file once more) ``metrics_<subset>_<type>.csv`` as the official recipe
+    writes them, from the written files (after :func:`execute`)."""
+    total = sum(len(plan.specs) for plan in plans)
+    done = Progress(total, "LibriMix metrics", progress and metrics)
     for plan in plans:
         n_src = plan.specs[0].n_src if plan.specs else 0
         meta = plan.directory.parent / "metadata"
         meta.mkdir(parents=True, exist_ok=True)
+        mixture_lines: dict[str, list[list[str]]] = {t: [] for t in types}
+        metric_lines: dict[str, list[list[str]]] = {t: [] for t in types}
+        for spec in plan.specs:
+            name = f"{spec.mixture_id}.wav"
+            # each written signal read once, as float64 k / 32768
+            needed = {f for t in types for f in (t, *_components(t, n_src)[0])} if metrics else set()
+            signals = {f: sf.read(str(plan.directory / f / name), dtype="float64")[0] for f in needed}
+            for t in types:
+                folders, _ = _components(t, n_src)
+                line = [spec.mixture_id, str((plan.directory / t / name).resolve())]
+                line += [str((plan.directory / folder / name).resolve()) for folder in folders]
+                mixture_lines[t].append(line + [str(spec.length)])
+                if metrics:
+                    mixture = signals[t]
+                    metric_lines[t].append(
+                        [spec.mixture_id] + [repr(snr_db(signals[f], mixture - signals[f])) for f in folders]
+                    )
+            done.update()
         for t in types:
-            sources = [1] if t == "mix_single" else list(range(1, n_src + 1))
-            columns = ["mixture_ID", "mixture_path"] + [f"source_{i}_path" for i in sources]
-            columns += ["noise_path"] if t != "mix_clean" else []
-            columns += ["length"]
-            path = meta / f"mixture_{plan.directory.name}_{t}.csv"
-            tmp = path.with_suffix(".csv.tmp")
-            with open(tmp, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(columns)
-                for spec in plan.specs:
-                    name = f"{spec.mixture_id}.wav"
-                    line = [spec.mixture_id, str((plan.directory / t / name).resolve())]
-                    line += [str((plan.directory / f"s{i}" / name).resolve()) for i in sources]
-                    line += [str((plan.directory / "noise" / name).resolve())] if t != "mix_clean" else []
-                    writer.writerow(line + [spec.length])
-            tmp.replace(path)
+            _, columns = _components(t, n_src)
+            paths = [f"{c}_path" for c in columns]
+            _write_csv(
+                meta / f"mixture_{plan.directory.name}_{t}.csv",
+                ["mixture_ID", "mixture_path", *paths, "length"],
+                mixture_lines[t],
+            )
+            if metrics:
+                _write_csv(
+                    meta / f"metrics_{plan.directory.name}_{t}.csv",
+                    ["mixture_ID", *[f"{c}_SNR" for c in columns]],
+                    metric_lines[t],
+                )
+    done.close()

@@ -25,6 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from data_prep.common import PrepareError, worker_pool
+from data_prep.progress import Progress
 from sepkit.audio import write_audio_atomic
 
 WSJ0_SUFFIXES = (".wav", ".wv1", ".wv2")
@@ -174,7 +175,7 @@ def _convert(job: tuple[Path, Path]) -> Path:
 
 
 def resolve_utterances(
-    keys: list[str], wsj0_root: Path, cache: Path, jobs: int = 1, dry_run: bool = False
+    keys: list[str], wsj0_root: Path, cache: Path, jobs: int = 1, dry_run: bool = False, progress: bool = True
 ) -> dict[str, tuple[Path, int, int]]:
     """Find a readable WAV for every utterance key, decoding ``.wv1`` files into ``cache``.
 
@@ -214,10 +215,14 @@ def resolve_utterances(
             "check that the si_tr_s, si_dt_05 and si_et_05 folders are all present"
         )
     if conversions and not dry_run:
+        bar = Progress(len(conversions), "decoding WSJ0 .wv1", progress)
         if jobs <= 1:
             for job in conversions:
                 _convert(job)
+                bar.update()
         else:
             with worker_pool(jobs) as pool:
-                list(pool.map(_convert, conversions, chunksize=16))
+                for _ in pool.map(_convert, conversions, chunksize=16):
+                    bar.update()
+        bar.close()
     return resolved

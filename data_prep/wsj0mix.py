@@ -17,20 +17,31 @@ by pywsj0-mix), expressed as one table row:
 Layout: ``<out>/{N}speakers/wav{8k,16k}/{min,max}/{tr,cv,tt}/{mix,s1,..}/<name>.wav``
 with ``<name>`` = ``<utt1>_<snr1>_<utt2>_<snr2>...`` using the SNR text of the list
 verbatim; the mixture table of each folder is ``.../{min,max}/{tr,cv,tt}.csv``.
-Not written: MERL's ``scaling.mat`` and list files.
+With ``--write``, each ``{tr,cv,tt}`` folder also gets MERL's ``scaling.mat`` (MATLAB
+v5 file): ``scaling_{R}k`` ``[mixtures, N]``, the factor each 16 kHz source file was
+multiplied by (``10**(snr_i / 20) / sqrt(lev_i)`` times the peak gain), and
+``scaling16bit_{R}k`` ``[mixtures, 1]``, the peak gain ``0.9 / max |.|`` alone, one row
+per list line in list order, ``R`` the rate in kHz. Not written: MERL's list files.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from data_prep.common import PinnedFile, PrepareError, SplitPlan, require_file
+from data_prep.progress import Progress
 from data_prep.wsj0 import resolve_utterances, utterance_key
-from sepkit.data.mixtures import MixtureSpec, SourceSpec
+from sepkit.data.mixtures import MixtureSpec, SourceSpec, render_outputs
+from sepkit.fileio import atomic_output
 
 SPLITS = ("tr", "cv", "tt")
+PEAK_LEVEL = 0.9  # MERL scales mixture and sources so that the largest |sample| is 0.9
 WSJ0_RATE = 16000
 # pywsj0-mix (MIT) at a fixed commit; checksums could not be computed without network.
 PYWSJ0MIX_COMMIT = "1261845ec47fc8d56ee4575dba163f0aa6ddddb6"
@@ -102,11 +113,12 @@ def build_plans(
     splits: Sequence[str] = SPLITS,
     jobs: int = 1,
     dry_run: bool = False,
+    progress: bool = True,
 ) -> list[SplitPlan]:
     levels = read_activlev(lists_dir)
     lists = {(n, s): read_mix_list(lists_dir / f"mix_{n}_spk_{s}.txt", n) for n in n_srcs for s in splits}
     keys = [utterance_key(path) for rows in lists.values() for pairs in rows for path, _ in pairs]
-    utterances = resolve_utterances(keys, wsj0, out / "wsj0_wav", jobs=jobs, dry_run=dry_run)
+    utterances = resolve_utterances(keys, wsj0, out / "wsj0_wav", jobs=jobs, dry_run=dry_run, progress=progress)
     plans = []
     for (n_src, split), rows in lists.items():
         for rate in sample_rates:
@@ -131,7 +143,7 @@ def build_plans(
                             sample_rate=rate,
                             length=min(lengths) if mode == "min" else max(lengths),
                             sources=sources,
-                            peak_normalize=0.9,
+                            peak_normalize=PEAK_LEVEL,
                             quantize="int16",
                             extra=extra,
                         )
@@ -150,3 +162,49 @@ def build_plans(
                     )
                 )
     return plans
+
+
+def peak_gain(spec: MixtureSpec) -> float:
+    """MERL's ``mix_scaling``: ``0.9 / max |.|`` over the mixture and the sources of one
+    row before normalisation and quantisation (the factor ``peak_normalize`` applies)."""
+    raw = replace(spec, peak_normalize=None, quantize="")
+    outputs = render_outputs(raw, None, ["mix_clean", *[f"s{i + 1}" for i in range(spec.n_src)]])
+    peak = max(float(np.max(np.abs(x))) for x in outputs.values())
+    if not peak > 0:
+        raise PrepareError(f"mixture {spec.mixture_id}: silent sources, no peak gain (scaling.mat)")
+    return PEAK_LEVEL / peak
+
+
+def write_scaling_mat(plans: list[SplitPlan], jobs: int = 1, progress: bool = True) -> list[Path]:
+    """Write ``scaling.mat`` into every split folder of ``plans`` (see the module doc);
+    returns the written paths."""
+    from scipy.io import savemat
+
+    specs = [spec for plan in plans for spec in plan.specs]
+    bar = Progress(len(specs), "scaling.mat peak gains", progress)
+    gains: list[float] = []
+    if jobs <= 1:
+        for spec in specs:
+            gains.append(peak_gain(spec))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for gain in pool.map(peak_gain, specs, chunksize=max(1, len(specs) // (jobs * 8))):
+                gains.append(gain)
+                bar.update()
+    bar.close()
+    written = []
+    start = 0
+    for plan in plans:
+        count = len(plan.specs)
+        mix_scaling = np.array(gains[start : start + count], dtype=np.float64).reshape(count, 1)
+        start += count
+        n_src = plan.specs[0].n_src if plan.specs else 0
+        source_gains = np.array([[src.gain for src in spec.sources] for spec in plan.specs], dtype=np.float64)
+        source_gains = source_gains.reshape(count, n_src)
+        rate = f"{plan.specs[0].sample_rate // 1000}k" if plan.specs else "8k"
+        path = plan.directory / "scaling.mat"
+        with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+            savemat(handle, {f"scaling_{rate}": source_gains * mix_scaling, f"scaling16bit_{rate}": mix_scaling})
+        written.append(path)
+    return written

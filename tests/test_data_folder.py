@@ -73,3 +73,35 @@ def test_too_few_speakers_for_a_split(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["folder", "--sources", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no speaker sub-folders" in capsys.readouterr().err
+
+
+def test_rms_pass_reports_progress_as_plain_lines_in_a_log(tmp_path, capsys):
+    """stderr is not a terminal here (as when redirected to a log file): the RMS pass
+    prints plain ``<phase>: done/total (pct%)`` lines, one per split at the end, and
+    nothing with --no-progress."""
+    sources = tmp_path / "speakers"
+    make_speaker_folders(sources, n_speakers=8, per_speaker=3)
+    out = tmp_path / "out"
+    argv = ["folder", "--sources", str(sources), "--splits", "train", "test", "--fractions", "0.5", "0.5"]
+    argv += ["--n-mixtures", "5", "3", "--out", str(out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    for split in ("train", "test"):
+        specs = read_table(out / "2speakers" / "wav8000" / "min" / f"{split}.csv")
+        files = len({src.path for spec in specs for src in spec.sources})
+        assert f"RMS levels ({split}): {files}/{files} (100%)\n" in err
+    assert main(argv + ["--no-progress"]) == 0
+    assert "RMS levels" not in capsys.readouterr().err
+
+
+def test_progress_lines_are_periodic(capsys):
+    from data_prep.progress import track
+
+    assert list(track(range(4), 4, "phase", interval=0.0)) == [0, 1, 2, 3]
+    assert capsys.readouterr().err.splitlines() == [
+        "phase: 1/4 (25%)",
+        "phase: 2/4 (50%)",
+        "phase: 3/4 (75%)",
+        "phase: 4/4 (100%)",
+    ]

@@ -14,7 +14,7 @@ from fixtures.fake_corpora import make_librimix_metadata, make_librispeech
 from scipy.signal import resample_poly
 
 from data_prep.cli import main
-from sepkit.data.mixtures import hann_crossfade_extend, read_table, render, render_outputs
+from sepkit.data.mixtures import hann_crossfade_extend, quantize_int16, read_table, render, render_outputs
 
 
 def reference_extend(noise: np.ndarray, target: int) -> np.ndarray:
@@ -46,9 +46,24 @@ def reference_librimix_float(row: dict, n_src: int, libri: Path, noise_file: Pat
     return out
 
 
-def reference_librimix(row: dict, n_src: int, libri: Path, noise_file: Path, rate: int, mode: str) -> dict:
+def official_write(x: np.ndarray, rate: int, scratch: Path) -> np.ndarray:
+    """What the official script stores for float samples ``x``: ``sf.write`` with
+    soundfile's defaults (16-bit PCM, libsndfile decides the rounding), read back."""
+    sf.write(scratch, x, rate)
+    return sf.read(str(scratch), dtype="int16")[0]
+
+
+def reference_librimix(
+    row: dict, n_src: int, libri: Path, noise_file: Path, rate: int, mode: str, scratch: Path
+) -> dict:
     out = reference_librimix_float(row, n_src, libri, noise_file, rate, mode)
-    return {k: np.clip(np.round(v * 32768), -32768, 32767).astype(np.int16) for k, v in out.items()}
+    return {k: official_write(v, rate, scratch) for k, v in out.items()}
+
+
+def reference_snr(signal: np.ndarray, rest: np.ndarray) -> float:
+    """LibriMix's metrics formula, written out on sums."""
+    n = len(signal)
+    return 10 * np.log10((np.sum(signal * signal) / n) / (np.sum(rest * rest) / n + 1e-10) + 1e-10)
 
 
 @pytest.fixture()
@@ -105,7 +120,7 @@ def test_written_files_match_reference(corpus, tmp_path):
                         noise_file = wham / row["noise_path"]
                         if subset == "train-clean-360":
                             noise_file = out / "wham_noise_augmented" / row["noise_path"]
-                        want = reference_librimix(row, n, libri, noise_file, rate, mode)
+                        want = reference_librimix(row, n, libri, noise_file, rate, mode, tmp_path / "official.wav")
                         for name, expected in want.items():
                             got = sf.read(str(base / short / name / f"{row['mixture_ID']}.wav"), dtype="int16")[0]
                             np.testing.assert_array_equal(got, expected, err_msg=f"{base}/{short}/{name}")
@@ -117,13 +132,44 @@ def test_written_files_match_reference(corpus, tmp_path):
                                 targets, np.stack([want[k] for k in names]).astype(np.float32) / 32768
                             )
                         checked += 1
-                    official_csv = base / "metadata" / f"mixture_{short}_mix_both.csv"
-                    with open(official_csv, newline="") as handle:
-                        lines = list(csv.DictReader(handle))
-                    assert [line["mixture_ID"] for line in lines] == [r["mixture_ID"] for r in rows]
-                    assert all(Path(line["mixture_path"]).is_absolute() for line in lines)
+                    check_official_csvs(base, short, n, rows)
     assert checked == 2 * 3 * 2 * 2 * 3
     assert main(["verify", str(out)]) == 0
+
+
+def check_official_csvs(base: Path, short: str, n_src: int, rows: list[dict]) -> None:
+    """metadata/mixture_*.csv and metrics_*.csv: official columns, LF line ends, paths of
+    the written files, and SNRs recomputed here from those files."""
+    for t in ("mix_clean", "mix_both", "mix_single"):
+        parts = ["s1"] if t == "mix_single" else [f"s{i + 1}" for i in range(n_src)]
+        stems = [f"source_{p[1:]}" for p in parts]
+        if t != "mix_clean":
+            parts, stems = [*parts, "noise"], [*stems, "noise"]
+        mixture_csv = base / "metadata" / f"mixture_{short}_{t}.csv"
+        metrics_csv = base / "metadata" / f"metrics_{short}_{t}.csv"
+        for path in (mixture_csv, metrics_csv):
+            raw = path.read_bytes()
+            assert b"\r" not in raw and raw.endswith(b"\n"), f"{path}: not LF line ends"
+        with open(mixture_csv, newline="") as handle:
+            reader = csv.DictReader(handle)
+            lines = list(reader)
+        assert reader.fieldnames == ["mixture_ID", "mixture_path", *[f"{c}_path" for c in stems], "length"]
+        assert [line["mixture_ID"] for line in lines] == [r["mixture_ID"] for r in rows]
+        with open(metrics_csv, newline="") as handle:
+            reader = csv.DictReader(handle)
+            metrics = list(reader)
+        assert reader.fieldnames == ["mixture_ID", *[f"{c}_SNR" for c in stems]]
+        assert [line["mixture_ID"] for line in metrics] == [r["mixture_ID"] for r in rows]
+        for line, metric in zip(lines, metrics):
+            mixture_path = Path(line["mixture_path"])
+            assert mixture_path.is_absolute() and mixture_path == (base / short / t / f"{line['mixture_ID']}.wav")
+            mixture = sf.read(str(mixture_path), dtype="float64")[0]
+            assert int(line["length"]) == len(mixture)
+            for part, stem in zip(parts, stems):
+                assert Path(line[f"{stem}_path"]) == base / short / part / f"{line['mixture_ID']}.wav"
+                signal = sf.read(line[f"{stem}_path"], dtype="float64")[0]
+                expected = reference_snr(signal, mixture - signal)
+                assert float(metric[f"{stem}_SNR"]) == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
 def test_speed_perturbed_noise_is_generated_outside_the_corpus(corpus, tmp_path):
@@ -186,33 +232,48 @@ def test_clean_only_ignores_noise(corpus, tmp_path):
     np.testing.assert_array_equal(outputs["mix_clean"], sf.read(str(base / "mix_clean" / f"{spec.mixture_id}.wav"))[0])
 
 
-def test_libsndfile_quantizer_matches_the_official_writer(corpus, tmp_path):
-    """--quantizer libsndfile gives the files LibriMix's own script (sf.write of floats)
-    writes with this machine's libsndfile."""
-    if not sf.__libsndfile_version__.startswith("1.2."):
-        pytest.skip(f"floor rule measured on libsndfile 1.2.x, this is {sf.__libsndfile_version__}")
+def test_round_quantizer_option(corpus, tmp_path):
+    """--quantizer round writes round(32768 x), clipped, instead of the official writer's rule
+    (and --no-official-extras leaves out the metrics CSVs, not the mixture CSVs)."""
     libri, wham, meta = corpus
     out = tmp_path / "out"
-    argv = [
-        "librimix",
-        "--librispeech",
-        str(libri),
-        "--wham-noise",
-        str(wham),
-        "--metadata",
-        str(meta),
-        "--subsets",
-        "dev",
-    ]
-    argv += ["--types", "mix_both", "--quantizer", "libsndfile", "--out", str(out), "--write", "--no-progress"]
-    assert main(argv) == 0
+    argv = ["librimix", "--librispeech", str(libri), "--wham-noise", str(wham), "--metadata", str(meta)]
+    argv += ["--subsets", "dev", "--types", "mix_both", "--quantizer", "round", "--out", str(out), "--write"]
+    assert main(argv + ["--no-progress", "--no-official-extras"]) == 0
+    meta_out = out / "Libri2Mix" / "wav8k" / "min" / "metadata"
+    assert (meta_out / "mixture_dev_mix_both.csv").is_file() and not (meta_out / "metrics_dev_mix_both.csv").exists()
     with open(meta / "Libri2Mix" / "libri2mix_dev-clean.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     base = out / "Libri2Mix" / "wav8k" / "min" / "dev"
+    differing = 0
     for row in rows:
         want = reference_librimix_float(row, 2, libri, wham / row["noise_path"], 8000, "min")
         for name in ("s1", "s2", "noise", "mix_both"):
-            official = tmp_path / "official.wav"
-            sf.write(official, want[name], 8000)  # what the official script does
             got = sf.read(str(base / name / f"{row['mixture_ID']}.wav"), dtype="int16")[0]
-            np.testing.assert_array_equal(got, sf.read(str(official), dtype="int16")[0])
+            np.testing.assert_array_equal(got, np.clip(np.round(want[name] * 32768), -32768, 32767))
+            differing += int(np.sum(got != official_write(want[name], 8000, tmp_path / "official.wav")))
+    assert differing > 0
+
+
+def test_default_quantizer_is_libsndfile_exactly(tmp_path):
+    """The default rule (int16_floor) equals libsndfile's float -> PCM_16 conversion on
+    values where a plain floor(32768 x) or round(32768 x) would not: just below an
+    integer, halves, both signs, full scale (+1.0 -> 32767) and beyond (clipped)."""
+    if not sf.__libsndfile_version__.startswith("1.2."):
+        pytest.skip(f"rule measured on libsndfile 1.2.x, this is {sf.__libsndfile_version__}")
+    rng = np.random.default_rng(0)
+    ints = rng.integers(-32768, 32768, 20000).astype(np.float64)
+    below = np.array([0.0, 0.5, 1e-9, 3e-6, 7.6e-6, 1e-5, 0.25, 1e-12])
+    x = np.concatenate(
+        [
+            (ints[:, None] - below[None, :]).ravel() / 32768,
+            rng.uniform(-1, 1, 20000),
+            [1.0, -1.0, 1.5, -1.5, 32767.5 / 32768, -32768.5 / 32768],
+        ]
+    )
+    written = official_write(x, 8000, tmp_path / "q.wav")
+    ours = quantize_int16(x, "int16_floor") * 32768
+    np.testing.assert_array_equal(written, ours)
+    assert written[-6] == 32767 and written[-5] == -32768
+    assert not np.array_equal(written, np.clip(np.floor(x * 32768), -32768, 32767))
+    assert not np.array_equal(written, np.clip(np.round(x * 32768), -32768, 32767))

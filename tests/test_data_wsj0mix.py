@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fixtures.fake_corpora import make_merl_lists, make_wsj0, read_levels, read_merl_list, speech_like, write_sphere
+from scipy.io import loadmat
 from scipy.signal import resample_poly
 
 from data_prep import common, wsj0mix
@@ -37,6 +38,20 @@ def reference_wsj0mix(pairs, levels, wsj0_root: Path, rate: int, mode: str) -> l
         mix = mix + s
     gain = 0.9 / max(np.max(np.abs(mix)), *(np.max(np.abs(s)) for s in sources))
     return [np.clip(np.round(x * gain * 32768), -32768, 32767).astype(np.int16) for x in [mix, *sources]]
+
+
+def reference_scaling(pairs, levels, wsj0_root: Path, rate: int, mode: str) -> tuple[np.ndarray, float]:
+    """MERL's scaling.mat entries of one list line, in float64: (``w_i g / sqrt(lev_i)``
+    per source, ``g = 0.9 / peak``) with the peak over the unquantised mixture and sources."""
+    weights, sources = [], []
+    for path, snr in pairs:
+        x, fs = sf.read(str(wsj0_root / path), dtype="float64")
+        weights.append(10 ** (float(snr) / 20) / np.sqrt(levels[Path(path).stem]))
+        sources.append(resample_poly(x, rate, fs) * weights[-1] if rate != fs else x * weights[-1])
+    n = min(map(len, sources)) if mode == "min" else max(map(len, sources))
+    sources = [s[:n] if mode == "min" else np.pad(s, (0, n - len(s))) for s in sources]
+    gain = 0.9 / max(np.max(np.abs(np.sum(sources, axis=0))), *(np.max(np.abs(s)) for s in sources))
+    return np.array(weights) * gain, gain
 
 
 @pytest.fixture()
@@ -65,6 +80,14 @@ def test_written_files_match_reference_and_on_the_fly(corpus, tmp_path, capsys):
                     base = out / f"{n}speakers" / f"wav{rate // 1000}k" / mode
                     table = {s.mixture_id: s for s in read_table(base / f"{split}.csv")}
                     assert len(table) == len(rows)
+                    scaling = loadmat(str(base / split / "scaling.mat"))
+                    tag = f"{rate // 1000}k"
+                    assert scaling[f"scaling_{tag}"].shape == (len(rows), n)
+                    assert scaling[f"scaling16bit_{tag}"].shape == (len(rows), 1)
+                    for line, pairs in enumerate(rows):
+                        factors, gain = reference_scaling(pairs, levels, wsj0, rate, mode)
+                        np.testing.assert_allclose(scaling[f"scaling_{tag}"][line], factors, rtol=1e-12)
+                        assert scaling[f"scaling16bit_{tag}"][line, 0] == pytest.approx(gain, rel=1e-12)
                     for pairs in rows:
                         name = "_".join(f"{Path(p).stem}_{s}" for p, s in pairs)
                         expected = reference_wsj0mix(pairs, levels, wsj0, rate, mode)
@@ -274,3 +297,12 @@ def test_disk_space_is_checked_before_writing(corpus, tmp_path, monkeypatch, cap
     assert main(argv) == 2
     assert "not enough disk space" in capsys.readouterr().err
     assert not list(out.rglob("*.wav"))
+
+
+def test_scaling_mat_can_be_left_out(corpus, tmp_path):
+    wsj0, lists = corpus
+    out = tmp_path / "out"
+    argv = ["wsj0-mix", "--wsj0", str(wsj0), "--lists", str(lists), "--splits", "tt", "--out", str(out), "--write"]
+    assert main(argv + ["--no-progress", "--no-official-extras"]) == 0
+    split = out / "2speakers" / "wav8k" / "min" / "tt"
+    assert len(list((split / "mix").glob("*.wav"))) == 3 and not (split / "scaling.mat").exists()

@@ -32,10 +32,11 @@ Columns (``i`` = 1..n_src; optional columns may be empty or absent):
                          ``value / max |x|`` over the mixtures and sources (wsj0-mix)
 ``quantize``             ``int16``: every output is rounded to ``round(32768 x) / 32768``
                          with clipping (MATLAB ``wavwrite``, pywsj0-mix, WHAM's utils);
-                         ``int16_floor``: ``floor(32768 x) / 32768``, what libsndfile 1.2.2
-                         does when soundfile writes floats as PCM_16 (so what LibriMix's
-                         own script produces with that library); rows without it are
-                         written as 32-bit float
+                         ``int16_floor``: what libsndfile 1.2.2 does when soundfile writes
+                         floats as PCM_16 (so what LibriMix's own script produces with that
+                         library): ``floor(rint(2^31 x) / 2^16) / 32768`` with clipping, i.e.
+                         ``floor(32768 x)`` except within 2^-17 below an integer; rows
+                         without it are written as 32-bit float
 ``mixture``              which output is the model input (default ``mix_both`` when a
                          noise is present, else ``mix_clean``)
 ``targets``              space-separated outputs used as targets (default ``s1 .. sN``)
@@ -325,9 +326,15 @@ def quantize_int16(x: np.ndarray, rule: str = "int16") -> np.ndarray:
     """``x`` on the int16 grid, back on the float scale, with clipping.
 
     ``rule="int16"``: ``round(32768 x)`` (MATLAB ``wavwrite``); ``"int16_floor"``:
-    ``floor(32768 x)`` (libsndfile 1.2.2's float to PCM_16 conversion).
+    libsndfile 1.2.2's float to PCM_16 conversion, which rounds to a 32-bit integer
+    ``rint(2^31 x)`` and keeps its upper 16 bits (an arithmetic shift, so a floor):
+    ``floor(32768 x)`` except for values less than 2^-17 LSB below an integer, which
+    reach it. Full scale ``+1.0`` clips to 32767.
     """
-    scaled = np.floor(x * INT16_SCALE) if rule == "int16_floor" else np.round(x * INT16_SCALE)
+    if rule == "int16_floor":
+        scaled = np.floor(np.rint(x * 2.0**31) / 2.0**16)
+    else:
+        scaled = np.round(x * INT16_SCALE)
     return np.clip(scaled, -INT16_SCALE, INT16_SCALE - 1) / INT16_SCALE
 
 
