@@ -71,7 +71,7 @@ class SeparationError(ValueError):
 
 def _energy(x: torch.Tensor) -> float:
     """Mean square over every source and sample of ``[n_src, time]``."""
-    return float(x.double().square().mean()) if x.numel() else 0.0
+    return float(x.square().mean(dtype=torch.float64)) if x.numel() else 0.0
 
 
 class ChunkStitcher:
@@ -112,6 +112,7 @@ class ChunkStitcher:
         self.previous_tail: torch.Tensor | None = None  # [n_src, shared], output order
         self.context_mixture: torch.Tensor | None = None  # [window]
         self.context_sources: torch.Tensor | None = None  # [n_src, window], output order
+        self.context_energy = 0.0  # mean square of context_sources
 
     def _run(self, mixtures: torch.Tensor) -> torch.Tensor:
         """Model on ``[batch, time]`` -> ``[batch, n_src, time]``, optionally gain-matched
@@ -127,8 +128,7 @@ class ChunkStitcher:
 
     def _energetic(self, x: torch.Tensor) -> bool:
         energy = _energy(x)
-        reference = _energy(self.context_sources) if self.context_sources is not None else 0.0
-        return energy > SILENCE_FLOOR and energy >= SILENCE_RATIO * reference
+        return energy > SILENCE_FLOOR and energy >= SILENCE_RATIO * self.context_energy
 
     def _stitch(self, mixture: torch.Tensor, estimate: torch.Tensor, last: bool) -> torch.Tensor:
         """Order ``estimate`` ``[n_src, n]`` of chunk ``mixture`` ``[n]`` like the output, cross-fade
@@ -165,6 +165,7 @@ class ChunkStitcher:
             if self._energetic(window):
                 self.context_mixture = mixture[begin : begin + width].clone()
                 self.context_sources = window.clone()
+                self.context_energy = _energy(window)
                 return
 
     def _ready_chunks(self, finished: bool) -> list[tuple[torch.Tensor, bool]]:
