@@ -350,3 +350,19 @@ def test_cli_help_documents_the_rules():
     text = " ".join(out.stdout.split())
     assert "mixture-loudness" in text and "peak of 0.9" in text and "RMS equals the mixture's" in text
     assert "auto (CUDA when present, else CPU)" in text and "--batch-chunks" in text and "flac" in text
+
+
+def test_non_finite_input_in_a_late_block_writes_nothing(tmp_path, monkeypatch):
+    """Outputs are streamed into temp files: a NaN found blocks after the start still
+    leaves neither outputs nor temp files behind, and the error names the file."""
+    import sepkit.inference
+    from sepkit.audio import AudioError
+
+    monkeypatch.setattr(sepkit.inference, "BLOCK_SECONDS", 0.25)
+    samples = (np.random.default_rng(0).standard_normal(RATE * 3) * 0.1).astype(np.float32)
+    samples[-5] = np.nan
+    sf.write(tmp_path / "late.wav", samples, RATE, subtype="FLOAT")
+    targets = [tmp_path / "out" / f"s{i}.wav" for i in (1, 2)]
+    with pytest.raises(AudioError, match="late.wav: input audio has 1 non-finite sample"):
+        separate_file(tiny_model(), tmp_path / "late.wav", targets, chunk_seconds=0.5)
+    assert list((tmp_path / "out").iterdir()) == []
