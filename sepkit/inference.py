@@ -341,7 +341,8 @@ def separate_file(
     resampled (:class:`sepkit.resample.StreamingResampler`), separated in chunks
     (:class:`ChunkStitcher`) and written block by block. ``chunk_seconds=None`` chunks
     files longer than :func:`auto_chunk_seconds`. Nothing is written unless every
-    source is finite.
+    source is finite. ``options`` (normalisation, gain match, batching, subtype)
+    supersedes ``subtype``, which is kept for callers of the earlier signature.
 
     Raises:
         AudioError: unreadable, empty, too-short or non-finite input, naming the file.
@@ -376,10 +377,20 @@ def separate_file(
     mixture_energy = 0.0
     read = written = 0
 
-    def sources_out(estimate: torch.Tensor) -> np.ndarray:
+    def at_file_rate(estimate: torch.Tensor) -> np.ndarray:
+        """Check ``[n_src, k]`` model-rate sources and resample what is ready to the file's rate."""
         if not bool(torch.isfinite(estimate).all()):
             raise SeparationError(f"{path}: the model output holds NaN or infinity; nothing written for this file")
         return to_file.push(estimate.cpu().double().numpy())
+
+    def emit(sources: np.ndarray) -> None:
+        """Write ``[n_src, k]`` file-rate sources, cut to the input's length, and update the statistics."""
+        nonlocal peaks, source_energy, written
+        sources = sources[:, : max(0, read - written)]
+        peaks = np.maximum(peaks, np.abs(sources).max(axis=1, initial=0.0))
+        source_energy += np.square(sources).sum(axis=1)
+        writers.write(sources)
+        written += sources.shape[1]
 
     with ExitStack() as stack:
         if options.normalize == "none":
@@ -391,26 +402,10 @@ def separate_file(
             require_finite(block, path, what="input audio")
             read += len(block)
             mixture_energy += float(np.square(block, dtype=np.float64).sum())
-            outputs = [sources_out(stitcher.push(torch.from_numpy(to_model.push(block)[0]).float()))]
-            if outputs[0].shape[1] == 0:
-                continue
-            outputs[0] = outputs[0][:, : read - written]
-            peaks = np.maximum(peaks, np.abs(outputs[0]).max(axis=1, initial=0.0))
-            source_energy += np.square(outputs[0]).sum(axis=1)
-            writers.write(outputs[0])
-            written += outputs[0].shape[1]
-        tail = np.concatenate(
-            [
-                sources_out(stitcher.push(torch.from_numpy(to_model.finish()[0]).float())),
-                sources_out(stitcher.finish()),
-            ],
-            axis=1,
-        )
-        tail = np.concatenate([tail, to_file.finish()], axis=1)[:, : max(0, read - written)]
-        peaks = np.maximum(peaks, np.abs(tail).max(axis=1, initial=0.0))
-        source_energy += np.square(tail).sum(axis=1)
-        writers.write(tail)
-        written += tail.shape[1]
+            emit(at_file_rate(stitcher.push(torch.from_numpy(to_model.push(block)[0]).float())))
+        emit(at_file_rate(stitcher.push(torch.from_numpy(to_model.finish()[0]).float())))
+        emit(at_file_rate(stitcher.finish()))
+        emit(to_file.finish())
         if options.normalize == "none":
             writers.warn_clipping()
             return
