@@ -106,9 +106,8 @@ class ChunkStitcher:
         self.hop = size - shared if size is not None else 0
         self.match_gain = match_gain
         self.batch_chunks = max(1, batch_chunks)
-        # Mixture samples from global index `self.start` on; the next chunk starts there.
+        # Mixture samples not yet consumed; the next chunk starts at its first sample.
         self.pending = torch.zeros(0, device=self.device)
-        self.start = 0
         self.previous_tail: torch.Tensor | None = None  # [n_src, shared], output order
         self.context_mixture: torch.Tensor | None = None  # [window]
         self.context_sources: torch.Tensor | None = None  # [n_src, window], output order
@@ -127,6 +126,7 @@ class ChunkStitcher:
         return estimates
 
     def _energetic(self, x: torch.Tensor) -> bool:
+        """Whether sources ``[n_src, time]`` hold enough energy to decide a permutation on."""
         energy = _energy(x)
         return energy > SILENCE_FLOOR and energy >= SILENCE_RATIO * self.context_energy
 
@@ -176,7 +176,6 @@ class ChunkStitcher:
             if available > self.size:  # more follows this chunk
                 chunks.append((self.pending[: self.size], False))
                 self.pending = self.pending[self.hop :]
-                self.start += self.hop
             elif finished and available > 0:
                 chunks.append((self.pending, True))
                 self.pending = self.pending[:0]
