@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import warnings
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -112,6 +113,81 @@ def read_frames(
     return data, int(rate)
 
 
+def _warn_if_truncated(path: Path, stacklevel: int) -> None:
+    if path.suffix.lower() == ".wav" and (missing := _wav_missing_bytes(path)):
+        warnings.warn(
+            f"{path}: truncated file, the header promises {missing} more byte(s) of audio than it holds; "
+            "reading what is there",
+            AudioWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
+def _to_mono(data: np.ndarray, channel_policy: str) -> np.ndarray:
+    """``[time, channels]`` -> float32 ``[time]`` by ``channel_policy`` (``"mix"`` or ``"first"``)."""
+    if channel_policy == "mix":
+        mono = data.mean(axis=1)
+    elif channel_policy == "first":
+        mono = data[:, 0]
+    else:
+        raise ValueError(f"channel_policy must be 'mix' or 'first', got {channel_policy!r}")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def read_audio_blocks(
+    path: str | Path, block_seconds: float, channel_policy: str = "mix"
+) -> tuple[int, int, Iterator[np.ndarray]]:
+    """Open ``path`` for reading as float32 mono blocks ``[time]`` of ``block_seconds``
+    (the last may be shorter).
+
+    The header is checked before returning (same errors and warnings as
+    :func:`read_audio`); only one block is in memory at a time.
+
+    Returns:
+        ``(frames, sample_rate, blocks)``; ``frames`` is the header's count, the blocks
+        hold what the file actually has.
+
+    Raises:
+        AudioError: the file is missing, unreadable, has no samples or an unsupported
+            rate (while reading too: a decoder error names the file).
+    """
+    path = Path(path)
+    frames, rate = audio_info(path)
+    check_sample_rate(rate, path)
+    _warn_if_truncated(path, stacklevel=2)
+    if frames == 0:
+        raise AudioError(f"{path}: file has no samples")
+    if channel_policy not in ("mix", "first"):
+        raise ValueError(f"channel_policy must be 'mix' or 'first', got {channel_policy!r}")
+
+    block_frames = max(1, int(block_seconds * rate))
+
+    def blocks() -> Iterator[np.ndarray]:
+        try:
+            with sf.SoundFile(str(path)) as handle:
+                while True:
+                    data = handle.read(block_frames, dtype="float32", always_2d=True)
+                    if data.shape[0] == 0:
+                        return
+                    yield _to_mono(data, channel_policy)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise _open_error(path, err) from err
+
+    return frames, rate, blocks()
+
+
+def clipped_samples(samples: np.ndarray, subtype: str) -> int:
+    """How many float ``samples`` an integer ``subtype`` clips (outside ``[-1, 1)``); 0 for float subtypes."""
+    if subtype in _UNCLIPPED_SUBTYPES or not np.issubdtype(np.asarray(samples).dtype, np.floating):
+        return 0
+    return int(np.count_nonzero((samples >= 1.0) | (samples < -1.0)))
+
+
+def clip_warning(path: str | Path, clipped: int, subtype: str) -> str:
+    """The warning text for ``clipped`` samples of ``path`` clipped by ``subtype``."""
+    return f"{path}: {clipped} sample(s) outside [-1, 1) clipped by subtype {subtype}; use FLOAT to keep them"
+
+
 def read_audio(
     path: str | Path,
     start: int = 0,
@@ -138,22 +214,10 @@ def read_audio(
     path = Path(path)
     data, rate = read_frames(path, start=start, stop=stop, dtype="float32")
     check_sample_rate(rate, path)
-    if path.suffix.lower() == ".wav" and (missing := _wav_missing_bytes(path)):
-        warnings.warn(
-            f"{path}: truncated file, the header promises {missing} more byte(s) of audio than it holds; "
-            "reading what is there",
-            AudioWarning,
-            stacklevel=2,
-        )
+    _warn_if_truncated(path, stacklevel=2)
     if data.shape[0] == 0:
         raise AudioError(f"{path}: file has no samples")
-    if channel_policy == "mix":
-        mono = data.mean(axis=1)
-    elif channel_policy == "first":
-        mono = data[:, 0]
-    else:
-        raise ValueError(f"channel_policy must be 'mix' or 'first', got {channel_policy!r}")
-    return np.ascontiguousarray(mono, dtype=np.float32), rate
+    return _to_mono(data, channel_policy), rate
 
 
 def resample(x: np.ndarray, orig_rate: int, new_rate: int, source: str | Path = "audio") -> np.ndarray:
@@ -194,15 +258,9 @@ def write_audio_atomic(path: str | Path, samples: np.ndarray, sample_rate: int, 
     effective_subtype = subtype or sf.default_subtype(file_format)
     # Integer samples are already quantised (soundfile writes them as they are); only
     # float samples can fall outside the integer subtype's range.
-    if effective_subtype not in _UNCLIPPED_SUBTYPES and np.issubdtype(np.asarray(samples).dtype, np.floating):
-        clipped = int(np.count_nonzero((samples >= 1.0) | (samples < -1.0)))
-        if clipped:
-            warnings.warn(
-                f"{path}: {clipped} sample(s) outside [-1, 1) clipped by subtype {effective_subtype}; "
-                "use FLOAT to keep them",
-                AudioWarning,
-                stacklevel=2,
-            )
+    clipped = clipped_samples(samples, effective_subtype)
+    if clipped:
+        warnings.warn(clip_warning(path, clipped, effective_subtype), AudioWarning, stacklevel=2)
     with atomic_output(path) as tmp:
         sf.write(tmp, samples, sample_rate, subtype=subtype, format=file_format)
 

@@ -10,6 +10,8 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,28 +22,196 @@ import torch
 
 from sepkit.audio import (
     AudioError,
+    AudioWarning,
+    clip_warning,
+    clipped_samples,
     list_audio_files,
-    read_audio,
+    read_audio_blocks,
     require_finite,
-    resample,
-    write_audio_atomic,
 )
-from sepkit.fileio import remove_stale_temp_files, write_text_atomic
+from sepkit.fileio import TEMP_PREFIX, TEMP_SUFFIX, atomic_output, remove_stale_temp_files, write_text_atomic
 from sepkit.losses import best_permutation, pairwise_si_sdr
+from sepkit.resample import StreamingResampler
 
 # Below this many samples (at the model's rate) there is nothing meaningful to separate.
 MIN_SECONDS = 0.01
-# Overlap between chunks with --chunk-seconds.
+# Overlap between chunks, as a fraction of the chunk length.
 CHUNK_OVERLAP = 0.25
 # What `sepkit separate` wrote into an output folder, and from what: the skip check of a
 # rerun, and the list of its own outputs that a rerun must not take as inputs.
 MANIFEST_NAME = ".sepkit-separate.json"
 # Longest file name (in bytes) that common file systems (ext4, XFS, APFS, NTFS) accept.
 MAX_NAME_BYTES = 255
+# Audio is read, resampled and written in blocks of this many seconds (at the file's rate).
+BLOCK_SECONDS = 10.0
+# A stretch of the stitched output is too quiet to decide a permutation when its mean
+# square is below this fraction (-30 dB) of the energetic context it would replace, or
+# below the absolute floor (digital silence).
+SILENCE_RATIO = 1e-3
+SILENCE_FLOOR = 1e-10
+# Automatic chunking: the model's activations for one chunk (batch included) may use this
+# fraction of the free accelerator memory, or of the available RAM on the CPU ...
+MEMORY_BUDGET_FRACTION = 0.25
+# ... and chunks are never longer than this (longer ones gain nothing in quality that
+# the overlap does not already give, and keep memory predictable).
+MAX_AUTO_CHUNK_SECONDS = 60.0
+MIN_AUTO_CHUNK_SECONDS = 2.0
+# Length of the probe input that measures the activation memory per second of a model.
+PROBE_SECONDS = 2.0
+# Peak of an output with --normalize peak.
+NORMALIZED_PEAK = 0.9
+NORMALIZE_CHOICES = ("none", "peak", "mixture-loudness")
+# Output formats that --format offers (libsndfile names, lower case, as file suffixes).
+OUTPUT_FORMATS = ("wav", "flac", "ogg", "mp3", "aiff", "caf", "w64", "rf64", "au")
 
 
 class SeparationError(ValueError):
     """One input cannot be separated (e.g. the model's output is not finite); names the file."""
+
+
+def _energy(x: torch.Tensor) -> float:
+    """Mean square over every source and sample of ``[n_src, time]``."""
+    return float(x.square().mean(dtype=torch.float64)) if x.numel() else 0.0
+
+
+class ChunkStitcher:
+    """Separate a mixture that arrives in blocks, in overlapping chunks, with bounded memory.
+
+    Chunk ``k`` covers samples ``[k * hop, k * hop + size)`` (``hop = size - shared``).
+    Its sources are put in the order of the output so far by the permutation that
+    maximises SI-SDR against the previous chunk on their ``shared`` common samples, then
+    cross-faded into it with a linear ramp. When that overlap is too quiet to decide
+    (both speakers pause for longer than the overlap), the chunk is separated again
+    behind the most recent energetic stretch of the mixture (the *context*) and matched
+    on that stretch instead, so the order survives pauses of any length. Without a
+    context yet (silence from the start) the model's order is kept.
+
+    ``size=None`` separates the whole input in one pass at :meth:`finish`.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        size: int | None,
+        shared: int = 0,
+        match_gain: bool = False,
+        batch_chunks: int = 1,
+    ) -> None:
+        if size is not None and not 1 <= shared < size:
+            raise ValueError("overlap must leave at least one shared sample between chunks")
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.size = size
+        self.shared = shared
+        self.hop = size - shared if size is not None else 0
+        self.match_gain = match_gain
+        self.batch_chunks = max(1, batch_chunks)
+        # Mixture samples not yet consumed; the next chunk starts at its first sample.
+        self.pending = torch.zeros(0, device=self.device)
+        self.previous_tail: torch.Tensor | None = None  # [n_src, shared], output order
+        self.context_mixture: torch.Tensor | None = None  # [window]
+        self.context_sources: torch.Tensor | None = None  # [n_src, window], output order
+        self.context_energy = 0.0  # mean square of context_sources
+
+    def _run(self, mixtures: torch.Tensor) -> torch.Tensor:
+        """Model on ``[batch, time]`` -> ``[batch, n_src, time]``, optionally gain-matched
+        per chunk: all sources scaled by one factor so that their sum has the mixture's
+        energy (ESPnet's ``normalize_segment_scale``)."""
+        estimates = self.model(mixtures)
+        if self.match_gain:
+            mixture_norm = mixtures.double().norm(dim=-1)
+            sum_norm = estimates.sum(dim=1).double().norm(dim=-1)
+            scale = torch.where(sum_norm > 0, mixture_norm / sum_norm.clamp(min=1e-300), torch.ones_like(sum_norm))
+            estimates = estimates * scale.to(estimates.dtype)[:, None, None]
+        return estimates
+
+    def _energetic(self, x: torch.Tensor) -> bool:
+        """Whether sources ``[n_src, time]`` hold enough energy to decide a permutation on."""
+        energy = _energy(x)
+        return energy > SILENCE_FLOOR and energy >= SILENCE_RATIO * self.context_energy
+
+    def _stitch(self, mixture: torch.Tensor, estimate: torch.Tensor, last: bool) -> torch.Tensor:
+        """Order ``estimate`` ``[n_src, n]`` of chunk ``mixture`` ``[n]`` like the output, cross-fade
+        it in and return the samples now final."""
+        tail = self.previous_tail
+        if tail is not None:
+            n = min(self.shared, estimate.shape[-1])
+            if self._energetic(tail[:, :n]):
+                scores = pairwise_si_sdr(estimate[None, :, :n], tail[None, :, :n])
+                estimate = estimate[best_permutation(scores)[0]]
+            elif self.context_mixture is not None:
+                # Separate the chunk again behind the context, match on the context and keep
+                # this call's chunk part (its order is only known relative to the context).
+                width = self.context_mixture.shape[-1]
+                joint = self._run(torch.cat([self.context_mixture, mixture])[None])[0]
+                scores = pairwise_si_sdr(joint[None, :, :width], self.context_sources[None])
+                estimate = joint[best_permutation(scores)[0], width:]
+            ramp = torch.linspace(0, 1, self.shared + 2, device=self.device)[1 : n + 1]
+            estimate = estimate.clone()
+            estimate[:, :n] = tail[:, :n] * (1 - ramp) + estimate[:, :n] * ramp
+        self._update_context(mixture, estimate)
+        if last:
+            self.previous_tail = None
+            return estimate
+        self.previous_tail = estimate[:, self.hop :]
+        return estimate[:, : self.hop]
+
+    def _update_context(self, mixture: torch.Tensor, estimate: torch.Tensor) -> None:
+        """Remember the latest energetic ``shared``-long stretch of this chunk (output order)."""
+        width = min(self.shared, estimate.shape[-1])
+        step = max(1, width // 2)
+        for begin in range(estimate.shape[-1] - width, -1, -step):
+            window = estimate[:, begin : begin + width]
+            if self._energetic(window):
+                self.context_mixture = mixture[begin : begin + width].clone()
+                self.context_sources = window.clone()
+                self.context_energy = _energy(window)
+                return
+
+    def _ready_chunks(self, finished: bool) -> list[tuple[torch.Tensor, bool]]:
+        """Cut the chunks that can be separated now: ``(mixture [n], is_last)``."""
+        chunks = []
+        while True:
+            available = self.pending.shape[-1]
+            if available > self.size:  # more follows this chunk
+                chunks.append((self.pending[: self.size], False))
+                self.pending = self.pending[self.hop :]
+            elif finished and available > 0:
+                chunks.append((self.pending, True))
+                self.pending = self.pending[:0]
+                return chunks
+            else:
+                return chunks
+
+    def _separate_ready(self, finished: bool) -> torch.Tensor:
+        chunks = self._ready_chunks(finished)
+        pieces = []
+        for first in range(0, len(chunks), self.batch_chunks):
+            group = chunks[first : first + self.batch_chunks]
+            full = [mixture for mixture, _ in group if mixture.shape[-1] == self.size]
+            estimates = list(self._run(torch.stack(full))) if full else []
+            estimates += [self._run(mixture[None])[0] for mixture, _ in group[len(full) :]]
+            for (mixture, last), estimate in zip(group, estimates):
+                pieces.append(self._stitch(mixture, estimate, last))
+        return torch.cat(pieces, dim=-1) if pieces else torch.zeros(self.model.n_src, 0, device=self.device)
+
+    @torch.no_grad()
+    def push(self, block: torch.Tensor) -> torch.Tensor:
+        """Take the next mixture samples ``[time]``; return the sources now final ``[n_src, k]``."""
+        self.pending = torch.cat([self.pending, block.to(device=self.device, dtype=torch.float32)])
+        if self.size is None:
+            return torch.zeros(self.model.n_src, 0, device=self.device)
+        return self._separate_ready(finished=False)
+
+    @torch.no_grad()
+    def finish(self) -> torch.Tensor:
+        """Separate what is left; return the remaining sources ``[n_src, k]``."""
+        if self.size is None:
+            whole, self.pending = self.pending, self.pending[:0]
+            if whole.shape[-1] == 0:
+                return torch.zeros(self.model.n_src, 0, device=self.device)
+            return self._run(whole[None])[0]
+        return self._separate_ready(finished=True)
 
 
 @torch.no_grad()
@@ -50,44 +220,110 @@ def separate(
     mixture: torch.Tensor,
     chunk_seconds: float | None = None,
     overlap: float = CHUNK_OVERLAP,
+    match_gain: bool = False,
+    batch_chunks: int = 1,
 ) -> torch.Tensor:
     """Separate one mixture ``[time]`` (at the model's rate) into ``[n_src, time]``.
 
-    With ``chunk_seconds`` the input is processed in overlapping windows (bounded
-    memory for long recordings). Each window's outputs are permuted to agree with the
-    previous window on their shared samples (the permutation maximising SI-SDR on the
-    overlap), then cross-faded with a linear ramp.
+    With ``chunk_seconds`` an input longer than one chunk is processed in overlapping
+    windows and stitched by :class:`ChunkStitcher` (``overlap``: shared fraction of a
+    chunk; ``match_gain``: per-chunk gain match; ``batch_chunks``: chunks per model call).
     """
-    device = next(model.parameters()).device
-    mixture = mixture.to(device=device, dtype=torch.float32)
     length = mixture.shape[-1]
-    if chunk_seconds is None or length <= int(chunk_seconds * model.sample_rate):
-        return model(mixture.unsqueeze(0))[0]
-    size = int(chunk_seconds * model.sample_rate)
-    shared = int(size * overlap)
-    if shared < 1:
-        raise ValueError("overlap must leave at least one shared sample between chunks")
-    hop = size - shared
-    output = torch.zeros(model.n_src, length, device=device)
-    fade_in = torch.linspace(0, 1, shared + 2, device=device)[1:-1]
-    previous_tail: torch.Tensor | None = None
-    for start in range(0, length, hop):
-        stop = min(start + size, length)
-        estimate = model(mixture[start:stop].unsqueeze(0))[0]
-        if previous_tail is not None:
-            n = min(shared, stop - start)
-            # Align this chunk's source order with what has already been written.
-            scores = pairwise_si_sdr(estimate[None, :, :n], previous_tail[None, :, :n])
-            estimate = estimate[best_permutation(scores)[0]]
-            ramp = fade_in[:n]
-            output[:, start : start + n] = output[:, start : start + n] * (1 - ramp) + estimate[:, :n] * ramp
-            output[:, start + n : stop] = estimate[:, n:]
-        else:
-            output[:, start:stop] = estimate
-        if stop == length:
-            break
-        previous_tail = estimate[:, hop:]
-    return output
+    size = None
+    if chunk_seconds is not None and length > int(chunk_seconds * model.sample_rate):
+        size = int(chunk_seconds * model.sample_rate)
+    stitcher = ChunkStitcher(
+        model, size, int(size * overlap) if size else 0, match_gain=match_gain, batch_chunks=batch_chunks
+    )
+    return torch.cat([stitcher.push(mixture), stitcher.finish()], dim=-1)
+
+
+def _available_memory(device: torch.device) -> int:
+    """Bytes free for activations: free accelerator memory, or MemAvailable of the host."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30  # no /proc (macOS, Windows): assume a modest machine
+
+
+@torch.no_grad()
+def auto_chunk_seconds(model: torch.nn.Module, batch_chunks: int = 1) -> float:
+    """Chunk length for inputs separated without ``--chunk-seconds``.
+
+    The rule: measure the model's peak activation memory ``A`` for a
+    ``PROBE_SECONDS`` input (:class:`sepkit.profiling.PeakMemoryMode`, any device),
+    take ``A / PROBE_SECONDS`` bytes per second of input (activations of these
+    models grow linearly with length) and let one model call (``batch_chunks`` chunks)
+    use ``MEMORY_BUDGET_FRACTION`` of the memory available on the model's device;
+    the result is clamped to ``[MIN_AUTO_CHUNK_SECONDS, MAX_AUTO_CHUNK_SECONDS]``.
+    Inputs up to this length are separated in one pass.
+    """
+    from sepkit.profiling import PeakMemoryMode
+
+    device = next(model.parameters()).device
+    probe = torch.zeros(1, int(PROBE_SECONDS * model.sample_rate), device=device)
+    probe[0, ::97] = 1e-3  # not all zeros, in case a model special-cases silence
+    with PeakMemoryMode() as memory:
+        model(probe)
+    per_second = max(memory.peak, 1) / PROBE_SECONDS
+    budget = MEMORY_BUDGET_FRACTION * _available_memory(device) / max(1, batch_chunks)
+    return float(min(MAX_AUTO_CHUNK_SECONDS, max(MIN_AUTO_CHUNK_SECONDS, budget / per_second)))
+
+
+@dataclass
+class OutputOptions:
+    """How :func:`separate_file` writes its outputs.
+
+    ``normalize``: ``none`` (as the model gives them), ``peak`` (each source scaled to a
+    peak of ``NORMALIZED_PEAK`` unless silent), ``mixture-loudness`` (each source scaled
+    so that its RMS equals the mixture's, unless silent).
+    """
+
+    subtype: str | None = "FLOAT"
+    normalize: str = "none"
+    match_gain: bool = False
+    batch_chunks: int = 1
+
+
+class _SourceWriters:
+    """One atomically written output per source, each opened once and filled block by block;
+    counts what an integer subtype clips."""
+
+    def __init__(
+        self, stack: ExitStack, targets: list[Path], rate: int, subtype: str | None, scratch: bool = False
+    ) -> None:
+        self.targets = targets
+        self.files = []
+        for target in targets:
+            # Scratch files (the first pass of --normalize) are written in place as float wav.
+            file_format = "WAV" if scratch else target.suffix.lstrip(".").upper()
+            self.subtype = subtype or sf.default_subtype(file_format)
+            tmp = target if scratch else stack.enter_context(atomic_output(target))
+            self.files.append(
+                stack.enter_context(
+                    sf.SoundFile(tmp, "w", samplerate=rate, channels=1, subtype=self.subtype, format=file_format)
+                )
+            )
+        self.clipped = [0] * len(targets)
+
+    def write(self, sources: np.ndarray) -> None:
+        """Append ``[n_src, time]``."""
+        for i, (handle, source) in enumerate(zip(self.files, sources)):
+            source = source.astype(np.float32)
+            self.clipped[i] += clipped_samples(source, self.subtype)
+            handle.write(source)
+
+    def warn_clipping(self) -> None:
+        for target, clipped in zip(self.targets, self.clipped):
+            if clipped:
+                warnings.warn(clip_warning(target, clipped, self.subtype), AudioWarning, stacklevel=3)
 
 
 def separate_file(
@@ -96,29 +332,114 @@ def separate_file(
     targets: list[Path],
     channel_policy: str = "mix",
     chunk_seconds: float | None = None,
-    subtype: str = "FLOAT",
+    subtype: str | None = "FLOAT",
+    options: OutputOptions | None = None,
 ) -> None:
-    """Separate one audio file into ``targets`` (one per source, in order) at the
-    file's own sample rate. Nothing is written unless every source is finite.
+    """Separate one audio file into ``targets`` (one per source, in order; format from
+    their suffix) at the file's own sample rate, in bounded memory: the file is read,
+    resampled (:class:`sepkit.resample.StreamingResampler`), separated in chunks
+    (:class:`ChunkStitcher`) and written block by block. ``chunk_seconds=None`` chunks
+    files longer than :func:`auto_chunk_seconds`. Nothing is written unless every
+    source is finite. ``options`` (normalisation, gain match, batching, subtype)
+    supersedes ``subtype``, which is kept for callers of the earlier signature.
 
     Raises:
         AudioError: unreadable, empty, too-short or non-finite input, naming the file.
         SeparationError: the model's output holds NaN or infinity.
     """
-    samples, rate = read_audio(path, channel_policy=channel_policy)
-    require_finite(samples, path, what="input audio")
-    at_model_rate = resample(samples.astype(np.float64), rate, model.sample_rate, source=path)
-    if len(at_model_rate) < max(MIN_SECONDS * model.sample_rate, 1):
+    options = options or OutputOptions(subtype=subtype)
+    frames, rate, blocks = read_audio_blocks(path, BLOCK_SECONDS, channel_policy)
+    model_rate = int(model.sample_rate)
+    model_frames = -(-frames * model_rate // rate)
+    if model_frames < max(MIN_SECONDS * model_rate, 1):
         raise AudioError(
-            f"{path}: too short to separate ({len(samples)} samples at {rate} Hz; "
-            f"need at least {MIN_SECONDS * 1000:.0f} ms)"
+            f"{path}: too short to separate ({frames} samples at {rate} Hz; need at least {MIN_SECONDS * 1000:.0f} ms)"
         )
-    estimate = separate(model, torch.from_numpy(at_model_rate).float(), chunk_seconds=chunk_seconds)
-    if not bool(torch.isfinite(estimate).all()):
-        raise SeparationError(f"{path}: the model output holds NaN or infinity; nothing written for this file")
-    estimate = resample(estimate.cpu().double().numpy(), model.sample_rate, rate, source=path)[:, : len(samples)]
-    for target, source in zip(targets, estimate):
-        write_audio_atomic(target, source.astype(np.float32), rate, subtype=subtype)
+    if chunk_seconds is None:
+        chunk_seconds = auto_chunk_seconds(model, options.batch_chunks)
+    size = int(chunk_seconds * model_rate)
+    if model_frames <= size:
+        size = None
+    stitcher = ChunkStitcher(
+        model,
+        size,
+        int(size * CHUNK_OVERLAP) if size else 0,
+        match_gain=options.match_gain,
+        batch_chunks=options.batch_chunks,
+    )
+    to_model = StreamingResampler(rate, model_rate, channels=1)
+    to_file = StreamingResampler(model_rate, rate, channels=model.n_src)
+    n_src = int(model.n_src)
+    # Running statistics for --normalize: peak and sum of squares per source, and the mixture's.
+    peaks = np.zeros(n_src)
+    source_energy = np.zeros(n_src)
+    mixture_energy = 0.0
+    read = written = 0
+
+    def at_file_rate(estimate: torch.Tensor) -> np.ndarray:
+        """Check ``[n_src, k]`` model-rate sources and resample what is ready to the file's rate."""
+        if not bool(torch.isfinite(estimate).all()):
+            raise SeparationError(f"{path}: the model output holds NaN or infinity; nothing written for this file")
+        return to_file.push(estimate.cpu().double().numpy())
+
+    def emit(sources: np.ndarray) -> None:
+        """Write ``[n_src, k]`` file-rate sources, cut to the input's length, and update the statistics."""
+        nonlocal peaks, source_energy, written
+        sources = sources[:, : max(0, read - written)]
+        peaks = np.maximum(peaks, np.abs(sources).max(axis=1, initial=0.0))
+        source_energy += np.square(sources).sum(axis=1)
+        writers.write(sources)
+        written += sources.shape[1]
+
+    with ExitStack() as stack:
+        if options.normalize == "none":
+            writers = _SourceWriters(stack, targets, rate, options.subtype)
+        else:  # a first pass at full precision, rescaled into the targets once the statistics are known
+            raw = [Path(stack.enter_context(_scratch_file(target))) for target in targets]
+            writers = _SourceWriters(stack, raw, rate, "FLOAT", scratch=True)
+        for block in blocks:
+            require_finite(block, path, what="input audio")
+            read += len(block)
+            mixture_energy += float(np.square(block, dtype=np.float64).sum())
+            emit(at_file_rate(stitcher.push(torch.from_numpy(to_model.push(block)[0]).float())))
+        emit(at_file_rate(stitcher.push(torch.from_numpy(to_model.finish()[0]).float())))
+        emit(at_file_rate(stitcher.finish()))
+        emit(to_file.finish())
+        if options.normalize == "none":
+            writers.warn_clipping()
+            return
+        for handle in writers.files:
+            handle.close()
+        if options.normalize == "peak":
+            scales = np.where(peaks > 0, NORMALIZED_PEAK / np.where(peaks > 0, peaks, 1.0), 1.0)
+        else:
+            mixture_rms = math.sqrt(mixture_energy / max(read, 1))
+            source_rms = np.sqrt(source_energy / max(written, 1))
+            scales = np.where(source_rms > 0, mixture_rms / np.where(source_rms > 0, source_rms, 1.0), 1.0)
+        with ExitStack() as final_stack:
+            final = _SourceWriters(final_stack, targets, rate, options.subtype)
+            readers = [final_stack.enter_context(sf.SoundFile(name)) for name in raw]
+            block_frames = max(1, int(BLOCK_SECONDS * rate))
+            while True:
+                parts = [reader.read(block_frames, dtype="float64") for reader in readers]
+                if len(parts[0]) == 0:
+                    break
+                final.write(np.stack(parts) * scales[:, None])
+            final.warn_clipping()
+
+
+@contextmanager
+def _scratch_file(beside: Path) -> Iterator[str]:
+    """A temporary file beside ``beside`` (named like sepkit's temp files, so a killed run's
+    leftover is cleaned up by the next), removed on exit."""
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX, dir=beside.parent)
+    os.close(fd)
+    try:
+        yield name
+    finally:
+        if os.path.exists(name):
+            os.unlink(name)
 
 
 @dataclass
@@ -150,11 +471,12 @@ def _read_manifest(path: Path) -> dict[str, dict[str, Any]]:
     return entries if isinstance(entries, dict) else {}
 
 
-def plan_jobs(inputs: list[str], out_dir: Path, n_src: int) -> list[Job]:
+def plan_jobs(inputs: list[str], out_dir: Path, n_src: int, extension: str = "wav") -> list[Job]:
     """Expand the command line's files and folders into jobs with output paths.
 
     A file found in folder ``F`` given on the command line at ``F/sub/x.flac`` writes
-    ``<out_dir>/sub/x_s1.wav``, ...; a file given directly writes into ``out_dir``.
+    ``<out_dir>/sub/x_s1.wav``, ... (``extension``: the output format's suffix); a file
+    given directly writes into ``out_dir``.
     Files with the same stem in one output folder (``clip.flac``, ``clip.ogg``) keep
     their suffix: ``clip.flac_s1.wav``. Files that an earlier ``sepkit separate``
     recorded as its outputs (in any manifest under a searched folder, or in
@@ -181,7 +503,7 @@ def plan_jobs(inputs: list[str], out_dir: Path, n_src: int) -> list[Job]:
     claimed: dict[Path, Path] = {}
     for job in jobs:
         stem = job.source.name if stems[(job.out_folder, job.source.stem)] > 1 else job.source.stem
-        job.targets = [job.out_folder / f"{stem}_s{i + 1}.wav" for i in range(n_src)]
+        job.targets = [job.out_folder / f"{stem}_s{i + 1}.{extension}" for i in range(n_src)]
         for target in job.targets:
             resolved = _resolved(target)
             if len(os.fsencode(target.name)) > MAX_NAME_BYTES:
@@ -220,15 +542,29 @@ def _option_errors(args: argparse.Namespace) -> str | None:
     """The first invalid option value, as a message; None if all are usable."""
     if args.chunk_seconds is not None and not (math.isfinite(args.chunk_seconds) and args.chunk_seconds > 0):
         return f"--chunk-seconds must be a positive number of seconds, got {args.chunk_seconds}"
-    if not sf.check_format("WAV", args.subtype):
-        return f"--subtype {args.subtype} cannot be written to wav; choose one of {', '.join(sf.available_subtypes('WAV'))}"
+    if args.batch_chunks < 1:
+        return f"--batch-chunks must be at least 1, got {args.batch_chunks}"
+    file_format = args.format.upper()
+    if file_format not in sf.available_formats():
+        return f"--format {args.format}: this soundfile/libsndfile build cannot write it"
+    if args.subtype is not None and not sf.check_format(file_format, args.subtype):
+        subtypes = ", ".join(sf.available_subtypes(file_format))
+        return f"--subtype {args.subtype} cannot be written to {args.format}; choose one of {subtypes}"
+    if args.subtype is None and not sf.check_format(file_format, sf.default_subtype(file_format)):
+        return f"--format {args.format}: this soundfile/libsndfile build cannot write it"
+    if args.device == "auto":
+        return _folder_error(Path(args.out_dir))
     try:
         device = torch.device(args.device)
     except RuntimeError:
-        return f"--device {args.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
+        return f"--device {args.device!r} is not a torch device (e.g. auto, cpu, cuda, cuda:1)"
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         return f"--device {args.device}: no such CUDA device on this machine"
-    out_dir = Path(args.out_dir)
+    return _folder_error(Path(args.out_dir))
+
+
+def _folder_error(out_dir: Path) -> str | None:
+    """Why ``out_dir`` cannot take outputs, or None."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
@@ -270,7 +606,10 @@ def _process(
         == previous.get("output_sizes")
     ):
         return False
-    separate_file(model, job.source, job.targets, args.channels, args.chunk_seconds, args.subtype)
+    options = OutputOptions(
+        subtype=args.subtype, normalize=args.normalize, match_gain=args.match_gain, batch_chunks=args.batch_chunks
+    )
+    separate_file(model, job.source, job.targets, args.channels, args.chunk_seconds, options=options)
     record["output_sizes"] = [target.stat().st_size for target in job.targets]
     manifest[key] = record
     write_text_atomic(out_dir / MANIFEST_NAME, json.dumps({"inputs": manifest}, indent=1))
@@ -286,18 +625,53 @@ def separate_main(argv: list[str]) -> int:
     parser.add_argument("checkpoint", help="sepkit checkpoint (.ckpt from sepkit train, or a model file)")
     parser.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
     parser.add_argument("-o", "--out-dir", required=True, help="output folder for <stem>_s<i>.wav")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device: auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ..."
+    )
     parser.add_argument(
         "--channels",
         choices=["mix", "first"],
         default="mix",
         help="multi-channel input: average channels or keep the first",
     )
-    parser.add_argument("--chunk-seconds", type=float, default=None, help="process long files in overlapping chunks")
-    parser.add_argument("--subtype", default="FLOAT", help="soundfile subtype of the outputs (FLOAT keeps peaks > 1)")
+    parser.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=None,
+        help="separate in overlapping chunks of this length (default: automatic, chunks as long as "
+        f"{MEMORY_BUDGET_FRACTION * 100:.0f}%% of the device's free memory holds at the model's activation memory "
+        f"per second, measured on a {PROBE_SECONDS:.0f} s probe, clamped to {MIN_AUTO_CHUNK_SECONDS:.0f}.."
+        f"{MAX_AUTO_CHUNK_SECONDS:.0f} s; shorter files are separated in one pass)",
+    )
+    parser.add_argument(
+        "--match-gain",
+        action="store_true",
+        help="scale each chunk's sources by one factor so their sum has the chunk mixture's energy",
+    )
+    parser.add_argument(
+        "--batch-chunks", type=int, default=1, help="chunks separated per model call (faster on a GPU; same output)"
+    )
+    parser.add_argument(
+        "--normalize",
+        choices=NORMALIZE_CHOICES,
+        default="none",
+        help=f"output level: none (as the model gives it); peak (each output scaled to a peak of {NORMALIZED_PEAK} "
+        "unless silent); mixture-loudness (each output scaled so its RMS equals the mixture's, unless silent)",
+    )
+    parser.add_argument(
+        "--format", choices=OUTPUT_FORMATS, default="wav", help="output file format (also the outputs' suffix)"
+    )
+    parser.add_argument(
+        "--subtype",
+        default=None,
+        help="soundfile subtype of the outputs (default: FLOAT for wav, which keeps peaks > 1; else the format's default)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="redo files even if their outputs are up to date")
     args = parser.parse_args(argv)
-    args.subtype = args.subtype.upper()
+    if args.subtype is not None:
+        args.subtype = args.subtype.upper()
+    elif args.format == "wav":
+        args.subtype = "FLOAT"
 
     from rich.progress import Progress
 
@@ -307,6 +681,8 @@ def separate_main(argv: list[str]) -> int:
     if problem:
         return _usage_error(problem)
     try:
+        if args.device == "auto":
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_model(args.checkpoint, map_location=args.device)
     except CheckpointError as err:
         return _usage_error(str(err))
@@ -315,7 +691,7 @@ def separate_main(argv: list[str]) -> int:
             f"--chunk-seconds {args.chunk_seconds} is shorter than a few samples at {model.sample_rate} Hz"
         )
     out_dir = Path(args.out_dir)
-    jobs = plan_jobs(args.inputs, out_dir, model.n_src)
+    jobs = plan_jobs(args.inputs, out_dir, model.n_src, extension=args.format)
     if not jobs:
         print(f"sepkit separate: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
         return 1
@@ -328,6 +704,9 @@ def separate_main(argv: list[str]) -> int:
         "channels": args.channels,
         "chunk_seconds": args.chunk_seconds,
         "subtype": args.subtype,
+        "format": args.format,
+        "normalize": args.normalize,
+        "match_gain": args.match_gain,
     }
     manifest = _read_manifest(out_dir / MANIFEST_NAME)
     failures: list[str] = []
