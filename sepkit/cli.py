@@ -127,11 +127,11 @@ def train_main(argv: list[str]) -> int:
         print(f"sepkit train: error: {problem}", file=sys.stderr)
         return 2
 
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     from sepkit.data.datamodule import SeparationDataModule
-    from sepkit.training import NonFiniteError, SeparationModule, model_data_settings
+    from sepkit.training import NonFiniteError, SeparationModule, ValidationExamplesLogger, model_data_settings
 
     class SepkitParser(LightningArgumentParser):
         def dump(self, cfg, *args, **kwargs) -> str:
@@ -185,6 +185,9 @@ def train_main(argv: list[str]) -> int:
                 "data.n_src",
                 compute_fn=lambda name, config: model_data_settings(name, config)[1],
             )
+            # Audio and spectrograms of the first validation mixtures in TensorBoard, as a
+            # `validation_examples:` block (n_examples: 0 turns it off).
+            parser.add_lightning_class_args(ValidationExamplesLogger, "validation_examples")
             parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint")
             parser.add_argument(
                 "--test_after_fit", type=bool, default=True, help="evaluate the best checkpoint on the test split"
@@ -198,6 +201,14 @@ def train_main(argv: list[str]) -> int:
                     callback
                     for callback in self.trainer_defaults["callbacks"]
                     if not isinstance(callback, RichProgressBar)
+                ]
+            # LearningRateMonitor refuses a Trainer without a logger; `--trainer.logger false`
+            # means nothing is logged, the learning rate included.
+            if self._get(self.config_init, "trainer", default={}).get("logger") is False:
+                self.trainer_defaults["callbacks"] = [
+                    callback
+                    for callback in self.trainer_defaults["callbacks"]
+                    if not isinstance(callback, LearningRateMonitor)
                 ]
             return super().instantiate_trainer(**kwargs)
 
@@ -213,7 +224,7 @@ def train_main(argv: list[str]) -> int:
             trainer_defaults={
                 # Rich redraws from its own thread; Lightning's default of 100 redraws a
                 # second competes with training for the CPU on small machines.
-                "callbacks": [RichProgressBar(refresh_rate=4)],
+                "callbacks": [RichProgressBar(refresh_rate=4), LearningRateMonitor(logging_interval="step")],
                 "gradient_clip_val": 5.0,
                 "logger": [
                     # Separate roots: two loggers in one folder would each claim a version_N.

@@ -231,3 +231,57 @@ class SeparationModule(L.LightningModule):
         check_finite_weights(checkpoint["state_dict"], self.global_step)
         # What `sepkit separate` needs to rebuild the model without this class.
         checkpoint["sepkit"] = model_metadata(self.model)
+
+
+def log_magnitude_image(signal: torch.Tensor, n_fft: int = 256) -> torch.Tensor:
+    """A grey-scale spectrogram image of ``signal`` ``[time]``: ``20 log10 |STFT|`` over the
+    top 80 dB, scaled to ``[0, 1]``, low frequencies at the bottom; ``[1, freq, frames]``."""
+    window = torch.hann_window(n_fft, device=signal.device)
+    magnitude = torch.stft(signal.float(), n_fft, hop_length=n_fft // 4, window=window, return_complex=True).abs()
+    decibels = 20 * torch.log10(magnitude + 1e-8)
+    floor = decibels.max() - 80.0
+    image = (decibels.clamp(min=floor) - floor) / 80.0
+    return image.flip(0).unsqueeze(0).cpu()
+
+
+class ValidationExamplesLogger(L.Callback):
+    """At the end of each validation, write the audio and the spectrograms of the first
+    ``n_examples`` validation mixtures and of the model's estimates of them to TensorBoard.
+
+    Fixed items (the first ones of the validation set, whose segments are deterministic)
+    let one listen to the same mixtures improve from one validation to the next. Nothing
+    is written without a TensorBoard logger, during the sanity check, or on ranks other
+    than zero; ``n_examples=0`` disables it.
+
+    Args:
+        n_examples: how many validation mixtures to log (small: each one is a forward pass
+            and a few hundred kB of event file per validation).
+    """
+
+    def __init__(self, n_examples: int = 2) -> None:
+        if n_examples < 0:
+            raise ValueError(f"n_examples must be >= 0, got {n_examples}")
+        self.n_examples = n_examples
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        if self.n_examples == 0 or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        board = next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
+        loaders = trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        dataset = getattr(loader, "dataset", None)
+        if board is None or dataset is None:
+            return
+        writer, step, rate = board.experiment, trainer.global_step, pl_module.sample_rate
+        for index in range(min(self.n_examples, len(dataset))):
+            mixture, _ = dataset[index]
+            with torch.no_grad():
+                estimates = pl_module(mixture.to(pl_module.device).unsqueeze(0))[0].float()
+            signals = {"mixture": mixture.float(), **{f"estimate{i + 1}": s for i, s in enumerate(estimates)}}
+            for name, signal in signals.items():
+                # Peak-normalised: TensorBoard clips audio outside [-1, 1].
+                audio = signal.cpu() / signal.abs().max().clamp(min=1e-8)
+                writer.add_audio(f"val_examples/{index}/{name}", audio.unsqueeze(0), step, sample_rate=rate)
+                writer.add_image(f"val_examples/{index}/{name}_spectrogram", log_magnitude_image(signal), step)
