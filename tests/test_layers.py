@@ -39,7 +39,7 @@ class Layer:
 # Bottom to top; docs/architecture.md explains each placement.
 LAYERS: tuple[Layer, ...] = (
     # Shared utilities on plain tensors/arrays and files, needed by several layers above.
-    Layer("base", 0, ("sepkit", "sepkit.fileio", "sepkit.audio", "sepkit.losses")),
+    Layer("base", 0, ("sepkit", "sepkit.fileio", "sepkit.audio", "sepkit.losses", "sepkit.metrics")),
     Layer("ops", 1, ("sepkit.ops", "sepkit.ops.*")),
     Layer("nn", 2, ("sepkit.nn", "sepkit.nn.*")),
     Layer("models", 3, ("sepkit.models", "sepkit.models.*")),
