@@ -1,4 +1,4 @@
-"""``sepkit`` command line: the built-in commands train | separate | evaluate | profile,
+"""``sepkit`` command line: the built-in commands train | separate | evaluate | score | compare | profile,
 and commands that other packages add as plugins (``sepkit prepare`` from data_prep).
 
 A plugin is a callable ``main(argv: list[str]) -> int`` registered in an installed
@@ -25,7 +25,9 @@ PLUGIN_GROUP = "sepkit.commands"
 BUILTIN_COMMANDS = {
     "train": "train a model from a LightningCLI YAML recipe (sepkit train --config recipes/...yaml)",
     "separate": "separate wav/flac files or folders with a checkpoint",
-    "evaluate": "SI-SDR(i) of a checkpoint on a test table or folder: per-utterance CSV + summary",
+    "evaluate": "separation metrics of a checkpoint on a test table or folder: per-utterance CSV, summary with CIs",
+    "score": "the same metrics and reports for separated files written by any toolkit",
+    "compare": "paired comparison of two evaluations: mean difference, bootstrap CI, fraction improved",
     "profile": "parameters, MACs and peak memory of a model",
 }
 
@@ -269,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         from sepkit.evaluation import evaluate_main
 
         return evaluate_main(rest)
+    if command == "score":
+        from sepkit.evaluation import score_main
+
+        return score_main(rest)
+    if command == "compare":
+        from sepkit.evaluation import compare_main
+
+        return compare_main(rest)
     if command == "profile":
         from sepkit.profiling import profile_main
 
