@@ -338,6 +338,12 @@ def _failed_row(head: dict[str, Any], err: Exception, command: str) -> dict[str,
     return {**head, "status": FAILED, "reason": reason, "file": str(file), "silent_references": []}
 
 
+def _single_threaded_worker() -> None:
+    """Worker start-up: one torch thread each, so that N workers use N cores instead of
+    each spreading over all of them (the parallelism is across utterances)."""
+    torch.set_num_threads(1)
+
+
 def score_all(
     items: Iterable[tuple[dict[str, Any], ScoringJob | Exception]], total: int, jobs: int, command: str
 ) -> list[dict[str, Any]]:
@@ -366,7 +372,8 @@ def score_all(
                 finish(head, job)
             return rows
         # spawn: forked children of a process that has run torch's thread pools can hang.
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_single_threaded_worker) as pool:
             pending: deque[tuple[dict[str, Any], Future | Exception]] = deque()
             for head, job in items:
                 pending.append((head, job if isinstance(job, Exception) else pool.submit(score_job, job)))
@@ -656,13 +663,17 @@ def write_plots(out_dir: Path, rows: list[dict[str, Any]], metric: str, example_
         _save_figure(figure, plots / f"{metric}_improvement_vs_input.png")
         written += [plots / f"{metric}_improvement_histogram.png", plots / f"{metric}_improvement_vs_input.png"]
     for folder in example_folders:
-        files = sorted(folder.glob("*.wav"), key=lambda path: (path.stem != "mixture", path.stem))
+        # mixture, then each reference above the estimate matched to it
+        files = sorted(
+            folder.glob("*.wav"),
+            key=lambda path: (path.stem != "mixture", path.stem.removeprefix("estimate_"), path.stem),
+        )
         figure = Figure(figsize=(8, 2 * len(files)))
         for number, path in enumerate(files, start=1):
             samples, sample_rate = sf.read(str(path), dtype="float64")
             axes = figure.add_subplot(len(files), 1, number)
             axes.specgram(samples, NFFT=256, Fs=sample_rate, noverlap=192)
-            axes.set(title=path.stem, ylabel="Hz")
+            axes.set(title=path.stem, ylabel="Hz", xlabel="s" if number == len(files) else None)
         figure.tight_layout()
         _save_figure(figure, plots / f"spectrograms_{folder.name}.png")
         written.append(plots / f"spectrograms_{folder.name}.png")
