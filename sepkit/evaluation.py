@@ -1060,6 +1060,7 @@ def score_main(argv: list[str]) -> int:
         "estimates": str(estimates.absolute()),
         "references": str(references.absolute()),
         "mixtures": str(mixtures.absolute()) if mixtures is not None else None,
+        "improvements": "reported" if mixtures is not None else "not reported: no --mixtures, so no input scores",
         "versions": package_versions(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

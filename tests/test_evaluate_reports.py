@@ -354,6 +354,7 @@ def test_score_without_mixtures_reports_no_improvements(tmp_path, capsys):
         assert float(row["si_sdr"]) == pytest.approx(oracle_si_sdr(estimates, split, name, "separate"), abs=0.01)
     summary = strict_json(out_dir / "summary.json")
     assert summary["metrics"]["si_sdr"]["improvement"]["mean"] is None and summary["mixtures"] is None
+    assert summary["improvements"].startswith("not reported")
     assert not (out_dir / "plots").exists()
 
 
