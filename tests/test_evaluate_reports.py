@@ -61,6 +61,16 @@ def test_training_logs_learning_rate_and_fixed_validation_examples(tmp_path):
     assert "lr-Adam" in tags["scalars"]
 
 
+def test_training_without_a_logger_still_runs(tmp_path):
+    # LearningRateMonitor refuses a Trainer without a logger: `sepkit train` leaves it out then.
+    recipe = tiny_recipe(tmp_path, train_mixtures=4, max_epochs=1)
+    result = run_sepkit(
+        "train", "--config", str(recipe), "--trainer.logger", "false", "--test_after_fit", "false", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
 # --- helpers -----------------------------------------------------------------------
 
 RATE = 8000
