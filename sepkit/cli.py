@@ -1,4 +1,4 @@
-"""``sepkit`` command line: the built-in commands train | separate | evaluate | profile,
+"""``sepkit`` command line: the built-in commands train | separate | evaluate | score | compare | profile,
 and commands that other packages add as plugins (``sepkit prepare`` from data_prep).
 
 A plugin is a callable ``main(argv: list[str]) -> int`` registered in an installed
@@ -25,7 +25,9 @@ PLUGIN_GROUP = "sepkit.commands"
 BUILTIN_COMMANDS = {
     "train": "train a model from a LightningCLI YAML recipe (sepkit train --config recipes/...yaml)",
     "separate": "separate wav/flac files or folders with a checkpoint",
-    "evaluate": "SI-SDR(i) of a checkpoint on a test table or folder: per-utterance CSV + summary",
+    "evaluate": "separation metrics of a checkpoint on a test table or folder: per-utterance CSV, summary with CIs",
+    "score": "the same metrics and reports for separated files written by any toolkit",
+    "compare": "paired comparison of two evaluations: mean difference, bootstrap CI, fraction improved",
     "profile": "parameters, MACs and peak memory of a model",
 }
 
@@ -127,11 +129,11 @@ def train_main(argv: list[str]) -> int:
         print(f"sepkit train: error: {problem}", file=sys.stderr)
         return 2
 
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     from sepkit.data.datamodule import SeparationDataModule
-    from sepkit.training import NonFiniteError, SeparationModule, model_data_settings
+    from sepkit.training import NonFiniteError, SeparationModule, ValidationExamplesLogger, model_data_settings
 
     class SepkitParser(LightningArgumentParser):
         def dump(self, cfg, *args, **kwargs) -> str:
@@ -185,6 +187,9 @@ def train_main(argv: list[str]) -> int:
                 "data.n_src",
                 compute_fn=lambda name, config: model_data_settings(name, config)[1],
             )
+            # Audio and spectrograms of the first validation mixtures in TensorBoard, as a
+            # `validation_examples:` block (n_examples: 0 turns it off).
+            parser.add_lightning_class_args(ValidationExamplesLogger, "validation_examples")
             parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint")
             parser.add_argument(
                 "--test_after_fit", type=bool, default=True, help="evaluate the best checkpoint on the test split"
@@ -198,6 +203,14 @@ def train_main(argv: list[str]) -> int:
                     callback
                     for callback in self.trainer_defaults["callbacks"]
                     if not isinstance(callback, RichProgressBar)
+                ]
+            # LearningRateMonitor refuses a Trainer without a logger; `--trainer.logger false`
+            # means nothing is logged, the learning rate included.
+            if self._get(self.config_init, "trainer", default={}).get("logger") is False:
+                self.trainer_defaults["callbacks"] = [
+                    callback
+                    for callback in self.trainer_defaults["callbacks"]
+                    if not isinstance(callback, LearningRateMonitor)
                 ]
             return super().instantiate_trainer(**kwargs)
 
@@ -213,7 +226,7 @@ def train_main(argv: list[str]) -> int:
             trainer_defaults={
                 # Rich redraws from its own thread; Lightning's default of 100 redraws a
                 # second competes with training for the CPU on small machines.
-                "callbacks": [RichProgressBar(refresh_rate=4)],
+                "callbacks": [RichProgressBar(refresh_rate=4), LearningRateMonitor(logging_interval="step")],
                 "gradient_clip_val": 5.0,
                 "logger": [
                     # Separate roots: two loggers in one folder would each claim a version_N.
@@ -258,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         from sepkit.evaluation import evaluate_main
 
         return evaluate_main(rest)
+    if command == "score":
+        from sepkit.evaluation import score_main
+
+        return score_main(rest)
+    if command == "compare":
+        from sepkit.evaluation import compare_main
+
+        return compare_main(rest)
     if command == "profile":
         from sepkit.profiling import profile_main
 

@@ -42,7 +42,15 @@ LAYERS: tuple[Layer, ...] = (
     Layer(
         "base",
         0,
-        ("sepkit", "sepkit.fileio", "sepkit.audio", "sepkit.resample", "sepkit.losses", "sepkit.restricted_pickle"),
+        (
+            "sepkit",
+            "sepkit.fileio",
+            "sepkit.audio",
+            "sepkit.resample",
+            "sepkit.losses",
+            "sepkit.metrics",
+            "sepkit.restricted_pickle",
+        ),
     ),
     Layer("ops", 1, ("sepkit.ops", "sepkit.ops.*")),
     Layer("nn", 2, ("sepkit.nn", "sepkit.nn.*")),

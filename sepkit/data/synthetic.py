@@ -460,20 +460,19 @@ def _export(table: Path, mixture_id: str, out_dir: Path) -> None:
 def _score(mixture_path: Path, separated_dir: Path, references_dir: Path) -> None:
     """Print SI-SDR of the mixture and of the separated files (best permutation)."""
     from sepkit.audio import read_audio
-    from sepkit.losses import pit_si_sdr, si_sdr
+    from sepkit.metrics import score_utterance
 
     stem = mixture_path.stem
-    mixture = torch.from_numpy(read_audio(mixture_path)[0])
+    mixture, sample_rate = read_audio(mixture_path)
     refs = sorted(references_dir.glob(f"{stem}_s*.wav"))
-    references = torch.stack([torch.from_numpy(read_audio(p)[0]) for p in refs])
-    estimates = torch.stack(
-        [torch.from_numpy(read_audio(separated_dir / f"{stem}_s{i + 1}.wav")[0]) for i in range(len(refs))]
-    )
-    score, _ = pit_si_sdr(estimates[None], references[None])
-    baseline = si_sdr(mixture.expand_as(references), references).mean()
+    references = np.stack([read_audio(p)[0] for p in refs])
+    estimates = np.stack([read_audio(separated_dir / f"{stem}_s{i + 1}.wav")[0] for i in range(len(refs))])
+    scores = score_utterance(estimates, references, mixture, sample_rate, ("si_sdr",))
+    if scores.values["si_sdr"] is None:
+        raise SystemExit(f"{stem}: SI-SDR undefined: {scores.flags['si_sdr']}")
     print(
-        f"{stem}: mixture SI-SDR {baseline:.2f} dB -> separated {score[0]:.2f} dB "
-        f"(SI-SDR improvement {score[0] - baseline:.2f} dB); files in {separated_dir}"
+        f"{stem}: mixture SI-SDR {scores.inputs['si_sdr']:.2f} dB -> separated {scores.values['si_sdr']:.2f} dB "
+        f"(SI-SDR improvement {scores.improvements['si_sdr']:.2f} dB); files in {separated_dir}"
     )
 
 
