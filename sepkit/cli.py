@@ -127,9 +127,10 @@ def train_main(argv: list[str]) -> int:
         print(f"sepkit train: error: {problem}", file=sys.stderr)
         return 2
 
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import EarlyStopping, RichProgressBar
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+    from sepkit.callbacks import PlainProgress, RunCheckpoint, time_cap_problem
     from sepkit.data.datamodule import SeparationDataModule
     from sepkit.training import NonFiniteError, SeparationModule, model_data_settings
 
@@ -149,7 +150,7 @@ def train_main(argv: list[str]) -> int:
     class SepkitCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             # Configurable from YAML as `checkpoint:` and `early_stopping:` blocks.
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
             parser.set_defaults(
                 {
                     "checkpoint.monitor": "val/loss",
@@ -192,13 +193,14 @@ def train_main(argv: list[str]) -> int:
 
         def instantiate_trainer(self, **kwargs):
             # The default RichProgressBar would make `--trainer.enable_progress_bar false`
-            # a Lightning error; honour the flag by leaving the bar out.
-            if self._get(self.config_init, "trainer", default={}).get("enable_progress_bar") is False:
-                self.trainer_defaults["callbacks"] = [
-                    callback
-                    for callback in self.trainer_defaults["callbacks"]
-                    if not isinstance(callback, RichProgressBar)
-                ]
+            # a Lightning error; honour the flag by leaving the bar out. Where stdout is not
+            # a terminal (SLURM, nohup, a pipe) a redrawn bar leaves only its last frame in
+            # the log: print plain lines instead.
+            bar_off = self._get(self.config_init, "trainer", default={}).get("enable_progress_bar") is False
+            callbacks = [cb for cb in self.trainer_defaults["callbacks"] if not isinstance(cb, RichProgressBar)]
+            if not bar_off:
+                callbacks.append(RichProgressBar(refresh_rate=4) if sys.stdout.isatty() else PlainProgress())
+            self.trainer_defaults["callbacks"] = callbacks
             return super().instantiate_trainer(**kwargs)
 
     # LightningCLI reads sys.argv; give it ours so `--help` reads "sepkit train".
@@ -211,9 +213,10 @@ def train_main(argv: list[str]) -> int:
             parser_class=SepkitParser,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
-                # Rich redraws from its own thread; Lightning's default of 100 redraws a
-                # second competes with training for the CPU on small machines.
-                "callbacks": [RichProgressBar(refresh_rate=4)],
+                # The progress display is chosen in instantiate_trainer. Rich redraws from
+                # its own thread; Lightning's default of 100 redraws a second competes with
+                # training for the CPU on small machines, hence refresh_rate=4 there.
+                "callbacks": [],
                 "gradient_clip_val": 5.0,
                 "logger": [
                     # Separate roots: two loggers in one folder would each claim a version_N.
@@ -229,6 +232,11 @@ def train_main(argv: list[str]) -> int:
         sys.argv = saved_argv
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+        time_cap = time_cap_problem(cli.trainer)
+        if time_cap is not None:
+            if cli.trainer.is_global_zero:
+                print(f"sepkit train: error: {time_cap}", file=sys.stderr)
+            return 1
         if cli.config.test_after_fit and cli.datamodule.paths["test"] is not None and not cli.trainer.interrupted:
             checkpoint = cli.trainer.checkpoint_callback
             best = checkpoint.best_model_path if checkpoint is not None else ""
