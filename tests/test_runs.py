@@ -7,6 +7,8 @@ import re
 import torch
 from conftest import run_sepkit, tiny_recipe
 
+from sepkit.data.synthetic import SyntheticConfig, build_split
+
 
 def test_last_checkpoint_is_the_final_state_when_the_last_validation_is_no_best(tmp_path):
     # 3 epochs of 4 steps, validated after each; the probe makes every validation after the
@@ -80,3 +82,11 @@ def test_run_stopped_by_max_time_exits_non_zero_with_the_reason(tmp_path):
         result.stderr,
     )
     assert "test/si_sdri" not in result.stdout  # no evaluation of a cut-short run
+
+
+def test_synthetic_speaker_bar_reaches_n_of_n(tmp_path, capsys):
+    config = SyntheticConfig(speakers=(3, 2, 2), utterances_per_speaker=1, mixtures=(2, 1, 1), mixture_seconds=0.5)
+    utterances = build_split(config, "train", tmp_path)[1]
+    assert len(utterances) == 3
+    bar = capsys.readouterr().err
+    assert "synthesising train speakers: 100%" in bar and "3/3" in bar, bar
