@@ -4,14 +4,20 @@ check that turns an expired ``trainer.max_time`` into an error."""
 
 from __future__ import annotations
 
+import csv
 import math
+import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 import lightning as L
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.callbacks.progress import ProgressBar
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -163,3 +169,104 @@ class PlainProgress(ProgressBar):
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")}
         if metrics:
             self._write("test  " + "  ".join(f"{key} {value:.3f}" for key, value in sorted(metrics.items())))
+
+
+# ---------------------------------------------------------------------------------------
+# The run folder: <trainer.default_root_dir>/<name>/ holds config.yaml, checkpoints/,
+# logs/csv (metrics.csv), logs/tensorboard, and what run.sh adds (evaluation/, examples/).
+# ---------------------------------------------------------------------------------------
+
+RUN_MEMBERS = ("config.yaml", "checkpoints", "logs", "evaluation", "examples")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked; the message is one line."""
+
+
+def default_run_name(config_paths: list[str]) -> str:
+    """``<recipe folder>_<recipe stem>`` of the first config file (``recipes/synthetic/
+    convtasnet.yaml`` -> ``synthetic_convtasnet``), or ``run`` without one."""
+    if not config_paths:
+        return "run"
+    path = Path(str(config_paths[0]))
+    return f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
+
+
+def claim_checkpoint_folder(checkpoints: Path, resuming: bool, restart: bool, run: Path | None) -> None:
+    """Make sure ``best.ckpt`` in ``checkpoints`` will be this run's.
+
+    A folder that already holds checkpoints is refused unless the run resumes
+    (``--ckpt_path``) or ``restart`` is set; ``restart`` deletes the earlier run's members
+    of ``run`` (:data:`RUN_MEMBERS`), or only the ``*.ckpt`` files of an explicitly given
+    checkpoint folder outside a run folder.
+
+    Raises:
+        RunFolderError: the folder holds an earlier run and neither flag is given.
+    """
+    earlier = sorted(checkpoints.glob("*.ckpt")) if checkpoints.is_dir() else []
+    if not earlier or resuming:
+        return
+    if not restart:
+        raise RunFolderError(
+            f"{checkpoints} already holds checkpoints of an earlier run ({', '.join(p.name for p in earlier[:3])}): "
+            "resume it with --ckpt_path last, start it afresh with --restart true, or choose another --name"
+        )
+    if run is not None:
+        for member in RUN_MEMBERS:
+            path = run / member
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    else:
+        for path in earlier:
+            path.unlink()
+
+
+class RunCSVLogger(CSVLogger):
+    """``CSVLogger`` that continues the run's ``metrics.csv`` when a run resumes.
+
+    Lightning's writer deletes an existing ``metrics.csv`` in its folder; with one fixed
+    folder per run that would drop everything logged before a resume. The earlier rows are
+    read first and written back ahead of the new ones.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._experiment is None:
+            metrics_file = Path(self.log_dir) / "metrics.csv"
+            earlier: list[dict[str, str]] = []
+            if metrics_file.is_file():
+                with metrics_file.open(newline="") as handle:
+                    earlier = list(csv.DictReader(handle))
+            writer = super().experiment
+            if earlier:
+                writer.metrics = earlier + writer.metrics
+            return writer
+        return self._experiment
+
+
+def run_loggers(run: Path) -> list[Logger]:
+    """The run's CSV and TensorBoard loggers, each in one fixed folder under ``run/logs``
+    (no version_N: a resumed run continues the same logs)."""
+    return [
+        RunCSVLogger(save_dir=str(run), name="logs", version="csv"),
+        TensorBoardLogger(save_dir=str(run), name="logs", version="tensorboard"),
+    ]
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Writes the parsed config to ``<run>/config.yaml`` (LightningCLI's own callback
+    writes it into the first logger's folder); without ``run`` it behaves like Lightning's."""
+
+    def __init__(self, *args: Any, run: Path | None = None, **kwargs: Any) -> None:
+        self.run = run
+        if run is not None:
+            kwargs["save_to_log_dir"] = False
+        super().__init__(*args, **kwargs)
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.run is not None and trainer.is_global_zero:
+            self.run.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(self.run / self.config_filename), skip_none=False, overwrite=True)

@@ -129,8 +129,18 @@ def train_main(argv: list[str]) -> int:
 
     from lightning.pytorch.callbacks import EarlyStopping, RichProgressBar
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.utilities import rank_zero_only
 
-    from sepkit.callbacks import PlainProgress, RunCheckpoint, time_cap_problem
+    from sepkit.callbacks import (
+        PlainProgress,
+        RunCheckpoint,
+        RunConfigSaver,
+        RunFolderError,
+        claim_checkpoint_folder,
+        default_run_name,
+        run_loggers,
+        time_cap_problem,
+    )
     from sepkit.data.datamodule import SeparationDataModule
     from sepkit.training import NonFiniteError, SeparationModule, model_data_settings
 
@@ -190,6 +200,41 @@ def train_main(argv: list[str]) -> int:
             parser.add_argument(
                 "--test_after_fit", type=bool, default=True, help="evaluate the best checkpoint on the test split"
             )
+            parser.add_argument(
+                "--name",
+                type=str | None,
+                default=None,
+                help="run folder <trainer.default_root_dir>/<name> (default: <recipe folder>_<recipe file stem>)",
+            )
+            parser.add_argument(
+                "--restart",
+                type=bool,
+                default=False,
+                help="start afresh in a run folder that holds an earlier run (deletes its checkpoints and logs)",
+            )
+
+        def before_instantiate_classes(self) -> None:
+            # One folder per run. A folder that already holds checkpoints is refused unless
+            # the run resumes (--ckpt_path last) or --restart says to start afresh: never a
+            # best-v1.ckpt beside an earlier run's best.ckpt.
+            config = self.config
+            config.name = config.name or default_run_name(config.get("config") or [])
+            if config.name in (".", "..") or Path(config.name).name != config.name:
+                raise RunFolderError(
+                    f"--name {config.name!r} is not a folder name (the run folder is <trainer.default_root_dir>/<name>)"
+                )
+            self.run_dir = Path(config.trainer.default_root_dir or ".") / config.name
+            derived = config.checkpoint.dirpath is None
+            if derived:
+                config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
+            if rank_zero_only.rank == 0:  # DDP workers parse again once rank 0 is under way
+                claim_checkpoint_folder(
+                    Path(config.checkpoint.dirpath),
+                    resuming=config.ckpt_path is not None,
+                    restart=config.restart,
+                    run=self.run_dir if derived else None,
+                )
+            self.save_config_kwargs["run"] = self.run_dir
 
         def instantiate_trainer(self, **kwargs):
             # The default RichProgressBar would make `--trainer.enable_progress_bar false`
@@ -201,6 +246,8 @@ def train_main(argv: list[str]) -> int:
             if not bar_off:
                 callbacks.append(RichProgressBar(refresh_rate=4) if sys.stdout.isatty() else PlainProgress())
             self.trainer_defaults["callbacks"] = callbacks
+            if self._get(self.config_init, "trainer", default={}).get("logger") is None:
+                kwargs.setdefault("logger", run_loggers(self.run_dir))
             return super().instantiate_trainer(**kwargs)
 
     # LightningCLI reads sys.argv; give it ours so `--help` reads "sepkit train".
@@ -211,6 +258,11 @@ def train_main(argv: list[str]) -> int:
             SeparationDataModule,
             run=False,
             parser_class=SepkitParser,
+            save_config_callback=RunConfigSaver,
+            # SeparationModule.configure_optimizers is the one source of the optimizer and
+            # LR schedule (model.lr, model.lr_schedule, ...): LightningCLI's --optimizer and
+            # --lr_scheduler would silently replace both, so they are not offered.
+            auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 # The progress display is chosen in instantiate_trainer. Rich redraws from
@@ -218,18 +270,18 @@ def train_main(argv: list[str]) -> int:
                 # training for the CPU on small machines, hence refresh_rate=4 there.
                 "callbacks": [],
                 "gradient_clip_val": 5.0,
-                "logger": [
-                    # Separate roots: two loggers in one folder would each claim a version_N.
-                    {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/csv"}},
-                    {
-                        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                        "init_args": {"save_dir": "runs/tensorboard"},
-                    },
-                ],
+                # The run folder's parent; without a logger in the recipe, CSV and TensorBoard
+                # logs go to <run>/logs (instantiate_trainer).
+                "default_root_dir": "runs",
             },
         )
+    except RunFolderError as err:
+        print(f"sepkit train: error: {err}", file=sys.stderr)
+        return 2
     finally:
         sys.argv = saved_argv
+    if cli.trainer.is_global_zero:
+        print(f"sepkit train: run folder {cli.run_dir}", flush=True)
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
         time_cap = time_cap_problem(cli.trainer)
@@ -246,6 +298,8 @@ def train_main(argv: list[str]) -> int:
         if cli.trainer.is_global_zero:
             print(f"sepkit train: error: {err}", file=sys.stderr)
         return 1
+    if cli.trainer.is_global_zero:
+        print(f"sepkit train: run folder {cli.run_dir}", flush=True)
     return 0
 
 

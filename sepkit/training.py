@@ -3,9 +3,13 @@ utterance-level PIT SI-SDR."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -87,6 +91,57 @@ def model_data_settings(model_name: str, model_config: dict[str, Any] | None) ->
         raise ValueError(f"model {model_name!r}: {err}") from err
     arguments.apply_defaults()
     return int(arguments.arguments["sample_rate"]), int(arguments.arguments["n_src"])
+
+
+@functools.cache
+def source_commit() -> str | None:
+    """The git commit of the sepkit source tree (``+dirty`` with uncommitted changes), or
+    ``None`` outside a git checkout (an installed wheel)."""
+    package_dir = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(package_dir), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        status = subprocess.run(
+            ["git", "-C", str(package_dir), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as YAML-like plain data (dataclasses as dicts, other objects by type name),
+    so that a checkpoint stays loadable with ``torch.load(weights_only=True)``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return type(value).__name__
+
+
+def data_configuration(datamodule: Any) -> dict[str, Any] | None:
+    """The constructor arguments of ``datamodule`` as its attributes hold them now (the
+    train/valid/test tables from its ``paths``), as plain data; ``None`` without one."""
+    if datamodule is None:
+        return None
+    paths = getattr(datamodule, "paths", {})
+    config = {}
+    for name in list(inspect.signature(type(datamodule).__init__).parameters)[1:]:
+        if name in paths:
+            config[name] = _plain(paths[name])
+        elif hasattr(datamodule, name):
+            config[name] = _plain(getattr(datamodule, name))
+    return config
 
 
 class SeparationModule(L.LightningModule):
@@ -229,5 +284,24 @@ class SeparationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called for every checkpoint (weights-only ones too), before it is written.
         check_finite_weights(checkpoint["state_dict"], self.global_step)
-        # What `sepkit separate` needs to rebuild the model without this class.
-        checkpoint["sepkit"] = model_metadata(self.model)
+        # What `sepkit separate` needs to rebuild the model without this class, and how
+        # this run was set up.
+        checkpoint["sepkit"] = model_metadata(self.model, training=self.training_record())
+
+    def training_record(self) -> dict[str, Any] | None:
+        """Seed, data configuration, source commit and best validation score so far (the
+        checkpoint callback's monitored value, e.g. ``val/loss``) of the run training this
+        module; ``None`` outside a Trainer."""
+        if self._trainer is None:
+            return None
+        checkpoint_callback = self.trainer.checkpoint_callback
+        best = getattr(checkpoint_callback, "best_model_score", None)
+        seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything (the recipe's seed_everything)
+        return {
+            "seed": None if seed is None else int(seed),
+            "data": data_configuration(self.trainer.datamodule),
+            "source_commit": source_commit(),
+            "monitor": getattr(checkpoint_callback, "monitor", None),
+            "best_score": None if best is None else float(best),
+            "global_step": int(self.global_step),
+        }
