@@ -90,3 +90,10 @@ def test_sudormrf_divides_by_five_every_50_epochs(corpus):
     assert lr == 1e-3
     assert rates == pytest.approx(every_n_epochs(SCRIPT, lr, 0.2, 50), rel=1e-12)
     assert rates[48] == lr and rates[49] == pytest.approx(lr / 5) and rates[99] == pytest.approx(lr / 25)
+
+
+@pytest.mark.parametrize("corpus", CORPORA)
+def test_afrcnn_divides_by_three_every_40_epochs(corpus):
+    lr, rates = scheduled_rates(RECIPES / corpus / "afrcnn.yaml", SCRIPT)
+    assert lr == 1e-3
+    assert rates == pytest.approx([lr / 3 ** (k // 40) for k in range(1, 121)], rel=1e-12)
