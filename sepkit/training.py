@@ -74,6 +74,15 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_ratio: f
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def stepped_decay(epoch: int, factor: float, every: int, later_factor: float | None, switch_epoch: int) -> float:
+    """LR multiplier during ``epoch`` (0-based): ``factor`` applied every ``every`` epochs,
+    and from ``switch_epoch`` on ``later_factor`` instead (when given), e.g. DP-RCNet's
+    ``0.98 ** (min(e, 100) // 2) * 0.9 ** (max(e - 100, 0) // 2)``."""
+    if later_factor is None:
+        return factor ** (epoch // every)
+    return factor ** (min(epoch, switch_epoch) // every) * later_factor ** (max(epoch - switch_epoch, 0) // every)
+
+
 def model_data_settings(model_name: str, model_config: dict[str, Any] | None) -> tuple[int, int]:
     """``(sample_rate, n_src)`` of the model ``build_model(model_name, **model_config)``
     builds, from the config and the builder's signature defaults (no model is built, so
@@ -166,6 +175,10 @@ class SeparationModule(L.LightningModule):
             is reduced at the ``lr_patience + 1``-th consecutive validation without
             improvement (a paper's "halve after 3 epochs without improvement" is 2).
         lr_step_epochs: step schedule only: epochs between reductions.
+        lr_later_factor: step schedule only: the factor from ``lr_switch_epoch`` on
+            (DP-RCNet: 0.98 every 2 epochs for 100 epochs, then 0.9 every 2); ``None``
+            keeps ``lr_factor`` throughout.
+        lr_switch_epoch: step schedule only: the epoch where ``lr_later_factor`` starts.
         warmup_steps: cosine schedule only: steps of linear warm-up from 0.
         final_lr_ratio: cosine schedule only: final LR as a fraction of ``lr``.
         loss_clamp: if set, clamp the batch loss at ``-loss_clamp`` dB (SuDoRM-RF's
@@ -195,6 +208,8 @@ class SeparationModule(L.LightningModule):
         lr_factor: float = 0.5,
         lr_patience: int = 3,
         lr_step_epochs: int = 2,
+        lr_later_factor: float | None = None,
+        lr_switch_epoch: int = 0,
         warmup_steps: int = 0,
         final_lr_ratio: float = 0.01,
         loss_clamp: float | None = None,
@@ -284,9 +299,14 @@ class SeparationModule(L.LightningModule):
             cosine = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
         if self.hparams.lr_schedule == "step":
-            step = torch.optim.lr_scheduler.StepLR(
-                optimizer, step_size=self.hparams.lr_step_epochs, gamma=self.hparams.lr_factor
+            multiplier = functools.partial(
+                stepped_decay,
+                factor=self.hparams.lr_factor,
+                every=self.hparams.lr_step_epochs,
+                later_factor=self.hparams.lr_later_factor,
+                switch_epoch=self.hparams.lr_switch_epoch,
             )
+            step = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": step, "interval": "epoch"}}
         # Improvement means strictly lower. PyTorch's default relative threshold (1e-4)
         # compares with best * (1 - 1e-4), which for a negative SI-SDR loss lies above the

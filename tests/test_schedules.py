@@ -97,3 +97,19 @@ def test_afrcnn_divides_by_three_every_40_epochs(corpus):
     lr, rates = scheduled_rates(RECIPES / corpus / "afrcnn.yaml", SCRIPT)
     assert lr == 1e-3
     assert rates == pytest.approx([lr / 3 ** (k // 40) for k in range(1, 121)], rel=1e-12)
+
+
+@pytest.mark.parametrize("corpus", CORPORA)
+def test_dprcnet_decays_by_0_98_every_two_epochs_then_by_0_9(corpus):
+    lr, rates = scheduled_rates(RECIPES / corpus / "dprcnet.yaml", SCRIPT)
+    assert lr == 1e-3
+    # Yang & Bao: x0.98 every two epochs for the first 100 epochs, then x0.9 every two.
+    # rates[k - 1] is the LR during epoch k (0-based), after k scheduler steps.
+    expected = []
+    current = lr
+    for epoch in range(1, 121):
+        if epoch % 2 == 0:
+            current *= 0.98 if epoch <= 100 else 0.9
+        expected.append(current)
+    assert rates == pytest.approx(expected, rel=1e-12)
+    assert rates[99] == pytest.approx(lr * 0.98**50) and rates[101] == pytest.approx(lr * 0.98**50 * 0.9)
