@@ -170,13 +170,13 @@ def train_recipe(recipe: Path, steps: int, synthetic_root: Path, workdir: Path) 
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
-    # Run inside run_dir: the CLI's loggers write under ./runs.
+    # Run inside run_dir: the run folder (checkpoints, logs) is ./runs/<recipe folder>_<stem>.
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=run_dir, check=False)
     wall_s = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"bench/zoo.py: training {recipe} failed:\n{done.stderr[-3000:]}")
     test_metrics: dict[str, float] = {}
-    for metrics_csv in sorted(run_dir.glob("runs/csv/**/metrics.csv")):
+    for metrics_csv in sorted(run_dir.glob("runs/**/metrics.csv")):
         with metrics_csv.open() as handle:
             for record in csv.DictReader(handle):
                 test_metrics.update({k: float(v) for k, v in record.items() if k.startswith("test/") and v})

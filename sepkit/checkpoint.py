@@ -13,6 +13,8 @@ Published models of other toolkits are recognised by structure and converted fir
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import re
 import zipfile
 from pathlib import Path
@@ -29,16 +31,31 @@ from sepkit.models.published import load_published_model
 _PREFIX = "model."
 
 
-def model_metadata(model: torch.nn.Module) -> dict[str, Any]:
+def model_metadata(model: torch.nn.Module, training: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``"sepkit"`` entry of a model file and of a training checkpoint (the only
-    place it is built): what rebuilds ``model`` by name without the training code."""
-    return {
+    place it is built): what rebuilds ``model`` by name without the training code, the
+    software versions that wrote it and, for a training checkpoint, ``training``: how the
+    run was set up (``SeparationModule.training_record``: seed, data configuration,
+    source commit, best validation score). Plain values only (``weights_only`` loads)."""
+    try:
+        lightning_version: str | None = importlib.metadata.version("lightning")
+    except importlib.metadata.PackageNotFoundError:  # a lean model file needs no Lightning
+        lightning_version = None
+    metadata = {
         "version": __version__,
         "model_name": model.model_name,
         "model_config": dict(model.model_config),
         "sample_rate": int(model.sample_rate),
         "n_src": int(model.n_src),
+        "software": {
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),
+            "lightning": lightning_version,
+        },
     }
+    if training is not None:
+        metadata["training"] = training
+    return metadata
 
 
 def save_model(model: torch.nn.Module, path: str | Path) -> None:

@@ -129,9 +129,20 @@ def train_main(argv: list[str]) -> int:
         print(f"sepkit train: error: {problem}", file=sys.stderr)
         return 2
 
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.utilities import rank_zero_only
 
+    from sepkit.callbacks import (
+        PlainProgress,
+        RunCheckpoint,
+        RunConfigSaver,
+        RunFolderError,
+        claim_checkpoint_folder,
+        default_run_name,
+        run_loggers,
+        time_cap_problem,
+    )
     from sepkit.data.datamodule import SeparationDataModule
     from sepkit.training import NonFiniteError, SeparationModule, ValidationExamplesLogger, model_data_settings
 
@@ -151,7 +162,7 @@ def train_main(argv: list[str]) -> int:
     class SepkitCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             # Configurable from YAML as `checkpoint:` and `early_stopping:` blocks.
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
             parser.set_defaults(
                 {
                     "checkpoint.monitor": "val/loss",
@@ -194,16 +205,54 @@ def train_main(argv: list[str]) -> int:
             parser.add_argument(
                 "--test_after_fit", type=bool, default=True, help="evaluate the best checkpoint on the test split"
             )
+            parser.add_argument(
+                "--name",
+                type=str | None,
+                default=None,
+                help="run folder <trainer.default_root_dir>/<name> (default: <recipe folder>_<recipe file stem>)",
+            )
+            parser.add_argument(
+                "--restart",
+                type=bool,
+                default=False,
+                help="start afresh in a run folder that holds an earlier run (deletes its checkpoints and logs)",
+            )
+
+        def before_instantiate_classes(self) -> None:
+            # One folder per run. A folder that already holds checkpoints is refused unless
+            # the run resumes (--ckpt_path last) or --restart says to start afresh: never a
+            # best-v1.ckpt beside an earlier run's best.ckpt.
+            config = self.config
+            config.name = config.name or default_run_name(config.get("config") or [])
+            if config.name in (".", "..") or Path(config.name).name != config.name:
+                raise RunFolderError(
+                    f"--name {config.name!r} is not a folder name (the run folder is <trainer.default_root_dir>/<name>)"
+                )
+            self.run_dir = Path(config.trainer.default_root_dir or ".") / config.name
+            derived = config.checkpoint.dirpath is None
+            if derived:
+                config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
+            if rank_zero_only.rank == 0:  # DDP workers parse again once rank 0 is under way
+                claim_checkpoint_folder(
+                    Path(config.checkpoint.dirpath),
+                    resuming=config.ckpt_path is not None,
+                    restart=config.restart,
+                    run=self.run_dir if derived else None,
+                )
+            self.save_config_kwargs["run"] = self.run_dir
 
         def instantiate_trainer(self, **kwargs):
             # The default RichProgressBar would make `--trainer.enable_progress_bar false`
-            # a Lightning error; honour the flag by leaving the bar out.
-            if self._get(self.config_init, "trainer", default={}).get("enable_progress_bar") is False:
-                self.trainer_defaults["callbacks"] = [
-                    callback
-                    for callback in self.trainer_defaults["callbacks"]
-                    if not isinstance(callback, RichProgressBar)
-                ]
+            # a Lightning error; honour the flag by leaving the bar out. Where stdout is not
+            # a terminal (SLURM, nohup, a pipe) a redrawn bar leaves only its last frame in
+            # the log: print plain lines instead.
+            bar_off = self._get(self.config_init, "trainer", default={}).get("enable_progress_bar") is False
+            callbacks = [cb for cb in self.trainer_defaults["callbacks"] if not isinstance(cb, RichProgressBar)]
+            if not bar_off:
+                callbacks.append(RichProgressBar(refresh_rate=4) if sys.stdout.isatty() else PlainProgress())
+            self.trainer_defaults["callbacks"] = callbacks
+            if self._get(self.config_init, "trainer", default={}).get("logger") is None:
+                kwargs.setdefault("logger", run_loggers(self.run_dir))
             # LearningRateMonitor refuses a Trainer without a logger; `--trainer.logger false`
             # means nothing is logged, the learning rate included.
             if self._get(self.config_init, "trainer", default={}).get("logger") is False:
@@ -222,26 +271,37 @@ def train_main(argv: list[str]) -> int:
             SeparationDataModule,
             run=False,
             parser_class=SepkitParser,
+            save_config_callback=RunConfigSaver,
+            # SeparationModule.configure_optimizers is the one source of the optimizer and
+            # LR schedule (model.lr, model.lr_schedule, ...): LightningCLI's --optimizer and
+            # --lr_scheduler would silently replace both, so they are not offered.
+            auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
-                # Rich redraws from its own thread; Lightning's default of 100 redraws a
-                # second competes with training for the CPU on small machines.
-                "callbacks": [RichProgressBar(refresh_rate=4), LearningRateMonitor(logging_interval="step")],
+                # The progress display is chosen in instantiate_trainer. Rich redraws from
+                # its own thread; Lightning's default of 100 redraws a second competes with
+                # training for the CPU on small machines, hence refresh_rate=4 there.
+                "callbacks": [LearningRateMonitor(logging_interval="step")],
                 "gradient_clip_val": 5.0,
-                "logger": [
-                    # Separate roots: two loggers in one folder would each claim a version_N.
-                    {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/csv"}},
-                    {
-                        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                        "init_args": {"save_dir": "runs/tensorboard"},
-                    },
-                ],
+                # The run folder's parent; without a logger in the recipe, CSV and TensorBoard
+                # logs go to <run>/logs (instantiate_trainer).
+                "default_root_dir": "runs",
             },
         )
+    except RunFolderError as err:
+        print(f"sepkit train: error: {err}", file=sys.stderr)
+        return 2
     finally:
         sys.argv = saved_argv
+    if cli.trainer.is_global_zero:
+        print(f"sepkit train: run folder {cli.run_dir}", flush=True)
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+        time_cap = time_cap_problem(cli.trainer)
+        if time_cap is not None:
+            if cli.trainer.is_global_zero:
+                print(f"sepkit train: error: {time_cap}", file=sys.stderr)
+            return 1
         if cli.config.test_after_fit and cli.datamodule.paths["test"] is not None and not cli.trainer.interrupted:
             checkpoint = cli.trainer.checkpoint_callback
             best = checkpoint.best_model_path if checkpoint is not None else ""
@@ -251,6 +311,8 @@ def train_main(argv: list[str]) -> int:
         if cli.trainer.is_global_zero:
             print(f"sepkit train: error: {err}", file=sys.stderr)
         return 1
+    if cli.trainer.is_global_zero:
+        print(f"sepkit train: run folder {cli.run_dir}", flush=True)
     return 0
 
 

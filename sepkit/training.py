@@ -3,9 +3,13 @@ utterance-level PIT SI-SDR."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,7 +22,7 @@ from sepkit.metrics import si_sdr_improvement
 from sepkit.models import build_model
 from sepkit.models.registry import model_builder
 
-LR_SCHEDULES = ("plateau", "cosine")
+LR_SCHEDULES = ("plateau", "step", "cosine")
 
 
 _DIVERGENCE_HINTS = {
@@ -71,6 +75,15 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_ratio: f
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def stepped_decay(epoch: int, factor: float, every: int, later_factor: float | None, switch_epoch: int) -> float:
+    """LR multiplier during ``epoch`` (0-based): ``factor`` applied every ``every`` epochs,
+    and from ``switch_epoch`` on ``later_factor`` instead (when given), e.g. DP-RCNet's
+    ``0.98 ** (min(e, 100) // 2) * 0.9 ** (max(e - 100, 0) // 2)``."""
+    if later_factor is None:
+        return factor ** (epoch // every)
+    return factor ** (min(epoch, switch_epoch) // every) * later_factor ** (max(epoch - switch_epoch, 0) // every)
+
+
 def model_data_settings(model_name: str, model_config: dict[str, Any] | None) -> tuple[int, int]:
     """``(sample_rate, n_src)`` of the model ``build_model(model_name, **model_config)``
     builds, from the config and the builder's signature defaults (no model is built, so
@@ -90,6 +103,57 @@ def model_data_settings(model_name: str, model_config: dict[str, Any] | None) ->
     return int(arguments.arguments["sample_rate"]), int(arguments.arguments["n_src"])
 
 
+@functools.cache
+def source_commit() -> str | None:
+    """The git commit of the sepkit source tree (``+dirty`` with uncommitted changes), or
+    ``None`` outside a git checkout (an installed wheel)."""
+    package_dir = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(package_dir), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        status = subprocess.run(
+            ["git", "-C", str(package_dir), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as YAML-like plain data (dataclasses as dicts, other objects by type name),
+    so that a checkpoint stays loadable with ``torch.load(weights_only=True)``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return type(value).__name__
+
+
+def data_configuration(datamodule: Any) -> dict[str, Any] | None:
+    """The constructor arguments of ``datamodule`` as its attributes hold them now (the
+    train/valid/test tables from its ``paths``), as plain data; ``None`` without one."""
+    if datamodule is None:
+        return None
+    paths = getattr(datamodule, "paths", {})
+    config = {}
+    for name in list(inspect.signature(type(datamodule).__init__).parameters)[1:]:
+        if name in paths:
+            config[name] = _plain(paths[name])
+        elif hasattr(datamodule, name):
+            config[name] = _plain(getattr(datamodule, name))
+    return config
+
+
 class SeparationModule(L.LightningModule):
     """Train a separator built by name with negative PIT SI-SDR.
 
@@ -104,8 +168,18 @@ class SeparationModule(L.LightningModule):
             ``lr * final_lr_ratio`` at the Trainer's last step (``max_steps``, or the
             steps ``max_epochs`` implies), stepped every optimizer step. Fixed-budget
             runs (a time-boxed recipe) end on a small LR instead of mid-plateau.
-        lr_factor: ReduceLROnPlateau factor applied when ``val/loss`` stalls.
-        lr_patience: validation checks without improvement before the LR is reduced.
+            ``"step"``: the LR is multiplied by ``lr_factor`` every ``lr_step_epochs``
+            epochs (DPRNN: x0.98 every 2 epochs; SuDoRM-RF: /5 every 50).
+        lr_factor: the factor applied when ``val/loss`` stalls (plateau) or every
+            ``lr_step_epochs`` (step).
+        lr_patience: plateau schedule: PyTorch's ReduceLROnPlateau patience, i.e. the LR
+            is reduced at the ``lr_patience + 1``-th consecutive validation without
+            improvement (a paper's "halve after 3 epochs without improvement" is 2).
+        lr_step_epochs: step schedule only: epochs between reductions.
+        lr_later_factor: step schedule only: the factor from ``lr_switch_epoch`` on
+            (DP-RCNet: 0.98 every 2 epochs for 100 epochs, then 0.9 every 2); ``None``
+            keeps ``lr_factor`` throughout.
+        lr_switch_epoch: step schedule only: the epoch where ``lr_later_factor`` starts.
         warmup_steps: cosine schedule only: steps of linear warm-up from 0.
         final_lr_ratio: cosine schedule only: final LR as a fraction of ``lr``.
         loss_clamp: if set, clamp the batch loss at ``-loss_clamp`` dB (SuDoRM-RF's
@@ -134,6 +208,9 @@ class SeparationModule(L.LightningModule):
         lr_schedule: str = "plateau",
         lr_factor: float = 0.5,
         lr_patience: int = 3,
+        lr_step_epochs: int = 2,
+        lr_later_factor: float | None = None,
+        lr_switch_epoch: int = 0,
         warmup_steps: int = 0,
         final_lr_ratio: float = 0.01,
         loss_clamp: float | None = None,
@@ -225,16 +302,53 @@ class SeparationModule(L.LightningModule):
             )
             cosine = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+        if self.hparams.lr_schedule == "step":
+            multiplier = functools.partial(
+                stepped_decay,
+                factor=self.hparams.lr_factor,
+                every=self.hparams.lr_step_epochs,
+                later_factor=self.hparams.lr_later_factor,
+                switch_epoch=self.hparams.lr_switch_epoch,
+            )
+            step = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": step, "interval": "epoch"}}
+        # Improvement means strictly lower. PyTorch's default relative threshold (1e-4)
+        # compares with best * (1 - 1e-4), which for a negative SI-SDR loss lies above the
+        # best: an epoch that ties or gets slightly worse would count as an improvement.
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=self.hparams.lr_factor, patience=self.hparams.lr_patience
+            optimizer,
+            mode="min",
+            factor=self.hparams.lr_factor,
+            patience=self.hparams.lr_patience,
+            threshold=0.0,
+            threshold_mode="abs",
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called for every checkpoint (weights-only ones too), before it is written.
         check_finite_weights(checkpoint["state_dict"], self.global_step)
-        # What `sepkit separate` needs to rebuild the model without this class.
-        checkpoint["sepkit"] = model_metadata(self.model)
+        # What `sepkit separate` needs to rebuild the model without this class, and how
+        # this run was set up.
+        checkpoint["sepkit"] = model_metadata(self.model, training=self.training_record())
+
+    def training_record(self) -> dict[str, Any] | None:
+        """Seed, data configuration, source commit and best validation score so far (the
+        checkpoint callback's monitored value, e.g. ``val/loss``) of the run training this
+        module; ``None`` outside a Trainer."""
+        if self._trainer is None:
+            return None
+        checkpoint_callback = self.trainer.checkpoint_callback
+        best = getattr(checkpoint_callback, "best_model_score", None)
+        seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything (the recipe's seed_everything)
+        return {
+            "seed": None if seed is None else int(seed),
+            "data": data_configuration(self.trainer.datamodule),
+            "source_commit": source_commit(),
+            "monitor": getattr(checkpoint_callback, "monitor", None),
+            "best_score": None if best is None else float(best),
+            "global_step": int(self.global_step),
+        }
 
 
 def log_magnitude_image(signal: torch.Tensor, n_fft: int = 256) -> torch.Tensor:

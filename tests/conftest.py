@@ -29,6 +29,8 @@ def tiny_recipe(root: Path, train_mixtures: int = 16, **trainer) -> Path:
             "max_epochs": 2,
             "log_every_n_steps": 1,
             "enable_model_summary": False,
+            # The run folder (config.yaml) stays under root, also for in-process runs.
+            "default_root_dir": str(root / "runs"),
             "logger": {
                 "class_path": "lightning.pytorch.loggers.CSVLogger",
                 "init_args": {"save_dir": str(root / "logs")},

@@ -12,26 +12,28 @@ import torch
 
 
 class StateProbe(L.Callback):
-    """Saves global step, optimizer and scheduler state when training starts and ends."""
+    """Saves global step, optimizer and scheduler state and the module's weights when
+    training starts and ends."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
 
-    def _dump(self, trainer: L.Trainer, name: str) -> None:
+    def _dump(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "global_step": trainer.global_step,
             "epoch": trainer.current_epoch,
             "optimizer": trainer.optimizers[0].state_dict(),
             "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+            "state_dict": {name: value.detach().clone() for name, value in pl_module.state_dict().items()},
         }
         torch.save(state, self.out_dir / f"{name}.pt")
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._dump(trainer, "start")
+        self._dump(trainer, pl_module, "start")
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._dump(trainer, "end")
+        self._dump(trainer, pl_module, "end")
 
 
 class BatchProbe(L.Callback):
@@ -80,3 +82,22 @@ class KillAtStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class WorseningMonitor(L.Callback):
+    """From the second validation on, replaces each validation batch's references by
+    noise, so every validation after the first is far worse than it (SI-SDR against noise
+    is some -30 dB): ``best.ckpt`` stays at the first validation."""
+
+    def __init__(self) -> None:
+        self.validations = 0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.validations += 1
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.validations > 1:
+            _, sources = batch
+            generator = torch.Generator().manual_seed(batch_idx)
+            sources.copy_(torch.randn(sources.shape, generator=generator))

@@ -279,4 +279,4 @@ def test_cosine_schedule_steps_per_optimizer_step_to_the_final_lr(tmp_path):
 
 def test_unknown_lr_schedule_is_refused():
     with pytest.raises(ValueError, match="lr_schedule"):
-        SeparationModule(model_config=TINY_MODEL, lr_schedule="step")
+        SeparationModule(model_config=TINY_MODEL, lr_schedule="exponential")

@@ -262,10 +262,13 @@ def build_split(
     speakers = make_speakers(split, cfg.speakers[index], cfg.seed)
     jobs = [(cfg, split, s, spk, out_dir) for s, spk in enumerate(speakers)]
     results = pool.map(_synthesize_speaker, jobs) if pool is not None else map(_synthesize_speaker, jobs)
-    utterances: Utterances = {
-        spk.name: rows
-        for spk, rows in zip(speakers, tqdm(results, total=len(jobs), desc=f"synthesising {split} speakers"))
-    }
+    utterances: Utterances = {}
+    # Counted by hand: a tqdm-wrapped iterable zipped after `speakers` is never asked for
+    # the item past its last, so the bar stopped at n-1 of n.
+    with tqdm(total=len(jobs), desc=f"synthesising {split} speakers") as bar:
+        for spk, rows in zip(speakers, results):
+            utterances[spk.name] = rows
+            bar.update()
     rng = np.random.default_rng([cfg.seed, index, 3])
     specs = [draw_mixture(rng, cfg, utterances, f"{split}_{m:05d}") for m in range(cfg.mixtures[index])]
     return specs, utterances
