@@ -1,4 +1,4 @@
-"""SI-SDR and permutation-invariant training (PIT).
+"""SI-SDR, SNR, SA-SDR and permutation-invariant training (PIT).
 
 Conventions follow Le Roux et al. 2019 and Conv-TasNet eq. (15) as the spec fixes them:
 both signals are zero-meaned on the time axis and ``eps = 1e-8`` enters in three places
@@ -10,6 +10,7 @@ under bf16/fp16 autocast.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from functools import cache
 
 import numpy as np
@@ -106,3 +107,68 @@ def pit_si_sdr_loss(
     """Negative PIT SI-SDR averaged over the batch: ``(loss scalar, perm [batch, n_src])``."""
     score, perm = pit_si_sdr(estimates, targets, eps=eps)
     return -score.mean(), perm
+
+
+def snr(estimate: torch.Tensor, target: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Plain SNR in dB along the last axis, ``10 log10(|s|^2 / |s - s_hat|^2)``: no mean
+    removal and no rescaling, so a wrong gain or offset costs SNR (unlike SI-SDR).
+    ``[..., time]`` x ``[..., time]`` -> ``[...]``; ``eps`` as in :func:`si_sdr`."""
+    with torch.autocast(device_type=estimate.device.type, enabled=False):
+        estimate, target = _as_float(estimate), _as_float(target)
+        ratio = target.pow(2).sum(-1) / ((target - estimate).pow(2).sum(-1) + eps)
+        return 10 * torch.log10(ratio + eps)
+
+
+def pairwise_snr(estimates: torch.Tensor, targets: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Pairwise SNR matrix ``[batch, n_src (estimate), n_src (target)]`` of
+    ``[batch, n_src, time]`` inputs (see :func:`pairwise_si_sdr`)."""
+    if estimates.shape != targets.shape:
+        raise ValueError(f"estimates {tuple(estimates.shape)} and targets {tuple(targets.shape)} differ")
+    return snr(estimates.unsqueeze(2), targets.unsqueeze(1), eps=eps)
+
+
+def pit_snr(estimates: torch.Tensor, targets: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Utterance-level PIT SNR: ``([batch]`` mean SNR over sources under the best
+    permutation, ``[batch, n_src]`` that permutation); inputs ``[batch, n_src, time]``."""
+    pairwise = pairwise_snr(estimates, targets, eps=eps)
+    perm = best_permutation(pairwise)
+    chosen = torch.gather(pairwise, 1, perm.unsqueeze(1)).squeeze(1)
+    return chosen.mean(dim=-1), perm
+
+
+def pit_sa_sdr(estimates: torch.Tensor, targets: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source-aggregated SDR (von Neumann et al. 2022) under PIT.
+
+    ``SA-SDR = 10 log10(sum_j |s_j|^2 / sum_j |s_j - s_hat_pi(j)|^2)``: the energies are
+    summed over all sources before the ratio, so a quiet source weighs by its energy
+    instead of equally (no per-source log). The best permutation ``pi`` minimises the
+    summed error energy, which is a sum of pairwise terms, so :func:`best_permutation`
+    (exhaustive or Hungarian) finds it exactly.
+
+    Args:
+        estimates, targets: ``[batch, n_src, time]``.
+
+    Returns:
+        ``(sa_sdr [batch] in dB, perm [batch, n_src])`` (``perm[b, j]``: estimate of target ``j``).
+    """
+    if estimates.shape != targets.shape:
+        raise ValueError(f"estimates {tuple(estimates.shape)} and targets {tuple(targets.shape)} differ")
+    with torch.autocast(device_type=estimates.device.type, enabled=False):
+        estimates, targets = _as_float(estimates), _as_float(targets)
+        # error[b, i, j] = |s_j - s_hat_i|^2; the assignment maximises its negative
+        error = (targets.unsqueeze(1) - estimates.unsqueeze(2)).pow(2).sum(-1)
+        perm = best_permutation(-error)
+        chosen_error = torch.gather(error, 1, perm.unsqueeze(1)).squeeze(1).sum(-1)
+        ratio = targets.pow(2).sum((-1, -2)) / (chosen_error + eps)
+        return 10 * torch.log10(ratio + eps), perm
+
+
+# Training objectives by name: each maps ([batch, n_src, time] x2) -> (score [batch] in dB, perm).
+PIT_OBJECTIVES = {"si_sdr": pit_si_sdr, "snr": pit_snr, "sa_sdr": pit_sa_sdr}
+
+
+def pit_objective(name: str) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The PIT score function called ``name`` (``si_sdr``, ``snr`` or ``sa_sdr``)."""
+    if name not in PIT_OBJECTIVES:
+        raise ValueError(f"loss must be one of {sorted(PIT_OBJECTIVES)}, got {name!r}")
+    return PIT_OBJECTIVES[name]

@@ -1,5 +1,5 @@
-"""SeparationModule: the LightningModule that trains any registered separator with
-utterance-level PIT SI-SDR."""
+"""SeparationModule: the LightningModule that trains any registered separator with an
+utterance-level PIT objective (SI-SDR by default, SNR or SA-SDR)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from sepkit.checkpoint import model_metadata
-from sepkit.losses import pit_si_sdr
+from sepkit.losses import pit_objective, pit_si_sdr
 from sepkit.metrics import si_sdr_improvement
 from sepkit.models import build_model
 from sepkit.models.registry import model_builder
@@ -184,6 +184,17 @@ class SeparationModule(L.LightningModule):
         final_lr_ratio: cosine schedule only: final LR as a fraction of ``lr``.
         loss_clamp: if set, clamp the batch loss at ``-loss_clamp`` dB (SuDoRM-RF's
             official recipe clamps at 30 dB, so easy batches stop pushing further).
+        loss: training objective, all under utterance-level PIT: ``"si_sdr"`` (default),
+            ``"snr"`` (plain SNR: gain and offset count) or ``"sa_sdr"`` (source-aggregated
+            SDR, von Neumann et al. 2022). Validation and test report the same objective as
+            ``loss`` and always SI-SDR(i) as metrics.
+        loss_threshold: SpeechBrain's ``threshold_byloss`` as SepFormer is trained (its
+            recipes use -30): the training loss is the mean over the examples whose own
+            loss ``-score`` is above ``loss_threshold`` dB, i.e. examples already separated
+            better than 30 dB stop contributing. A batch where no example is kept is
+            skipped (no backward, no optimizer step); under DDP the step is skipped only
+            when no rank kept an example, a rank with none contributes a zero gradient.
+            Validation and test losses are not thresholded.
 
     Gradient clipping is the Trainer's ``gradient_clip_val`` (5 in the recipes).
 
@@ -214,10 +225,13 @@ class SeparationModule(L.LightningModule):
         warmup_steps: int = 0,
         final_lr_ratio: float = 0.01,
         loss_clamp: float | None = None,
+        loss: str = "si_sdr",
+        loss_threshold: float | None = None,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        self.objective = pit_objective(loss)
         self.save_hyperparameters()
         self.model = build_model(model_name, **(model_config or {}))
 
@@ -254,18 +268,42 @@ class SeparationModule(L.LightningModule):
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(self.current_epoch)
 
-    def _loss(self, estimates: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        score, _ = pit_si_sdr(estimates, sources)
+    def _objective(self, estimates: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(batch loss, per-example objective score [batch] in dB)``; inputs ``[batch, n_src, time]``."""
+        score, _ = self.objective(estimates, sources)
         loss = -score.mean()
         if self.hparams.loss_clamp is not None:
             loss = loss.clamp(min=-self.hparams.loss_clamp)
         return loss, score
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def _loss(self, estimates: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(batch loss, per-example PIT SI-SDR [batch] in dB)``: the metric stays SI-SDR
+        whatever the objective, so validation numbers compare across losses."""
+        loss, score = self._objective(estimates, sources)
+        if self.objective is not pit_si_sdr:
+            score, _ = pit_si_sdr(estimates.detach(), sources)
+        return loss, score
+
+    def _thresholded_loss(self, score: torch.Tensor) -> torch.Tensor | None:
+        """SpeechBrain's per-example threshold on ``score`` ``[batch]``: the mean of the
+        losses above ``loss_threshold``; ``None`` when no rank kept one (skip the step)."""
+        per_example = -score
+        kept = per_example > self.hparams.loss_threshold
+        any_kept = bool(kept.any())
+        if not self.trainer.strategy.reduce_boolean_decision(any_kept, all=False):
+            return None
+        if not any_kept:
+            # Another rank trains on this step: join its gradient all-reduce with zeros.
+            return per_example.sum() * 0.0
+        return per_example[kept].mean()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         mixture, sources = batch
-        loss, _ = self._loss(self(mixture), sources)
+        loss, score = self._objective(self(mixture), sources)
         check_finite_loss(loss, "training", self.global_step, self.current_epoch, batch_idx, self.trainer.strategy)
         self.log("train/loss", loss, prog_bar=True, batch_size=mixture.shape[0])
+        if self.hparams.loss_threshold is not None:
+            return self._thresholded_loss(score)
         return loss
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, prefix: str) -> None:

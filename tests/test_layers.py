@@ -59,7 +59,17 @@ LAYERS: tuple[Layer, ...] = (
     # Saves and rebuilds models (needs the registry); used by training, inference and evaluation.
     Layer("checkpoint", 4, ("sepkit.checkpoint",)),
     Layer(
-        "tasks", 5, ("sepkit.callbacks", "sepkit.training", "sepkit.inference", "sepkit.evaluation", "sepkit.profiling")
+        "tasks",
+        5,
+        (
+            "sepkit.callbacks",
+            "sepkit.training",
+            "sepkit.averaging",
+            "sepkit.preemption",
+            "sepkit.inference",
+            "sepkit.evaluation",
+            "sepkit.profiling",
+        ),
     ),
     Layer("cli", 6, ("sepkit.cli",)),
     # Corpus recipes and the `sepkit prepare` front end: outermost, reached through an entry point.

@@ -1,4 +1,4 @@
-"""SI-SDR and PIT against independent oracles: a float64 numpy formula, brute force over
+"""SI-SDR, SNR, SA-SDR and PIT against independent oracles: float64 numpy formulas, brute force over
 permutations, and torchmetrics' implementation."""
 
 import functools
@@ -9,7 +9,16 @@ import pytest
 import torch
 from torchmetrics.functional.audio import permutation_invariant_training, scale_invariant_signal_distortion_ratio
 
-from sepkit.losses import best_permutation, pairwise_si_sdr, pit_si_sdr, pit_si_sdr_loss, si_sdr
+from sepkit.losses import (
+    best_permutation,
+    pairwise_si_sdr,
+    pit_objective,
+    pit_sa_sdr,
+    pit_si_sdr,
+    pit_si_sdr_loss,
+    pit_snr,
+    si_sdr,
+)
 
 
 def numpy_si_sdr(est: np.ndarray, ref: np.ndarray, eps: float = 1e-8) -> float:
@@ -133,3 +142,66 @@ def test_best_permutation_vectorised_and_hungarian_agree():
     finally:
         losses.MAX_EXHAUSTIVE_SOURCES = original
     np.testing.assert_array_equal(vectorised.numpy(), hungarian.numpy())
+
+
+# --- SNR and SA-SDR: float64 formulas written out here, brute force over permutations ---
+
+
+def numpy_snr(est: np.ndarray, ref: np.ndarray, eps: float = 1e-8) -> float:
+    est, ref = est.astype(np.float64), ref.astype(np.float64)
+    return 10 * np.log10((ref @ ref) / ((ref - est) @ (ref - est) + eps) + eps)
+
+
+def numpy_sa_sdr(est: np.ndarray, ref: np.ndarray, order: tuple[int, ...], eps: float = 1e-8) -> float:
+    est, ref = est.astype(np.float64), ref.astype(np.float64)
+    target_energy = sum(ref[j] @ ref[j] for j in range(len(order)))
+    error_energy = sum((ref[j] - est[order[j]]) @ (ref[j] - est[order[j]]) for j in range(len(order)))
+    return 10 * np.log10(target_energy / (error_energy + eps) + eps)
+
+
+def _shuffled_estimates(n_src: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    # sources of very different levels: SA-SDR weighs them by energy, mean SNR equally
+    ref = torch.randn(3, n_src, 500, generator=gen) * torch.logspace(0, -1.5, n_src).view(1, n_src, 1)
+    est = ref[:, torch.randperm(n_src, generator=gen)] + 0.05 * torch.randn(3, n_src, 500, generator=gen)
+    return est, ref
+
+
+@pytest.mark.parametrize("n_src", [2, 3, 5])
+def test_pit_snr_equals_brute_force(n_src):
+    est, ref = _shuffled_estimates(n_src, n_src)
+    score, perm = pit_snr(est, ref)
+    for b in range(3):
+        e, r = est[b].numpy(), ref[b].numpy()
+        best = max(
+            itertools.permutations(range(n_src)),
+            key=lambda p: np.mean([numpy_snr(e[p[j]], r[j]) for j in range(n_src)]),
+        )
+        assert score[b].item() == pytest.approx(np.mean([numpy_snr(e[best[j]], r[j]) for j in range(n_src)]), abs=1e-4)
+        assert tuple(perm[b].tolist()) == best
+    # not scale-invariant: halving the estimate costs SNR (SI-SDR would not move)
+    assert (pit_snr(0.5 * est, ref)[0] < score - 1).all()
+
+
+@pytest.mark.parametrize("n_src", [2, 3, 5])
+def test_pit_sa_sdr_equals_brute_force(n_src):
+    est, ref = _shuffled_estimates(n_src, 10 + n_src)
+    score, perm = pit_sa_sdr(est, ref)
+    for b in range(3):
+        e, r = est[b].numpy(), ref[b].numpy()
+        best = max(itertools.permutations(range(n_src)), key=lambda p: numpy_sa_sdr(e, r, p))
+        assert score[b].item() == pytest.approx(numpy_sa_sdr(e, r, best), abs=1e-4)
+        assert tuple(perm[b].tolist()) == best
+        # aggregated over sources, not the mean of per-source SNRs
+        per_source = np.mean([numpy_snr(e[best[j]], r[j]) for j in range(n_src)])
+        assert abs(score[b].item() - per_source) > 1
+    score64, _ = pit_sa_sdr(est.double(), ref.double())
+    assert score64.dtype == torch.float64
+
+
+def test_pit_objective_names():
+    assert pit_objective("si_sdr") is pit_si_sdr
+    assert pit_objective("snr") is pit_snr
+    assert pit_objective("sa_sdr") is pit_sa_sdr
+    with pytest.raises(ValueError, match="loss must be one of"):
+        pit_objective("sdr")

@@ -22,6 +22,12 @@ Gain laws (levels in dB, ``N(mean, std)`` normal draws):
 
 ``speed_perturb=(low, high)``: each source is played ``U(low, high)`` times faster
 (resampling, pitch and tempo change, like SoX ``speed``) before cropping.
+``speed_choices=[...]``: each source is played at a speed drawn uniformly from the list
+instead. SpeechBrain's SepFormer recipes (``speedperturb: SpeedPerturb(orig_freq=8000,
+speeds=[95, 100, 105], perturb_prob=1.0)``, each source perturbed independently, then all
+cropped to the shortest) resample a source to 95, 100 or 105 % of its length, i.e. the
+speed factors ``[100/95, 1.0, 100/105]``: ``SPEECHBRAIN_SPEEDS``. The factor is applied
+as the rational ``Fraction(speed).limit_denominator(100)`` (20/19 and 20/21 exactly here).
 
 Seeding: item ``index`` of epoch ``e`` on DDP rank ``r`` uses the generator
 ``numpy.random.default_rng([seed, e, r, index])``. Items therefore differ between
@@ -49,6 +55,9 @@ from torch.utils.data import Dataset
 
 from sepkit.audio import AUDIO_SUFFIXES, audio_info, read_frames
 from sepkit.data.paths import read_checked_table
+
+# SpeechBrain's SpeedPerturb speeds [95, 100, 105] (% of the length) as speed factors.
+SPEECHBRAIN_SPEEDS = (100 / 95, 1.0, 100 / 105)
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,8 @@ class DynamicMixingDataset(Dataset):
         epoch_size: items per epoch (``len(dataset)``).
         gain_law: ``"speechbrain"`` or ``"asteroid"`` (see the module docstring).
         speed_perturb: ``(low, high)`` speed factor range, or ``None``.
+        speed_choices: speed factors to draw from uniformly per source (e.g.
+            ``SPEECHBRAIN_SPEEDS``), or ``None``; exclusive with ``speed_perturb``.
         noise: optional folder of noise files (any layout) added to every mixture.
         exclude: tables whose utterances (and speakers, see ``exclude_speakers``) are removed.
         exclude_speakers: also remove every speaker of the ``exclude`` tables.
@@ -116,6 +127,7 @@ class DynamicMixingDataset(Dataset):
         epoch_size: int = 20000,
         gain_law: str = "speechbrain",
         speed_perturb: tuple[float, float] | None = None,
+        speed_choices: list[float] | None = None,
         noise: str | None = None,
         exclude: list[str] | None = None,
         exclude_speakers: bool = True,
@@ -123,6 +135,10 @@ class DynamicMixingDataset(Dataset):
     ) -> None:
         if gain_law not in ("speechbrain", "asteroid"):
             raise ValueError(f"gain_law must be 'speechbrain' or 'asteroid', got {gain_law!r}")
+        if speed_perturb and speed_choices:
+            raise ValueError("speed_perturb and speed_choices exclude each other: set one")
+        if speed_choices is not None and (not speed_choices or min(speed_choices) <= 0):
+            raise ValueError(f"speed_choices must be a non-empty list of positive factors, got {speed_choices!r}")
         sources = [utterances] if isinstance(utterances, (str, Path)) else list(utterances)
         pairs = collect_utterances(sources)
         excluded = collect_utterances(exclude or [])
@@ -154,6 +170,7 @@ class DynamicMixingDataset(Dataset):
         self.epoch_size = epoch_size
         self.gain_law = gain_law
         self.speed_perturb = tuple(speed_perturb) if speed_perturb else None
+        self.speed_choices = tuple(float(f) for f in speed_choices) if speed_choices else None
         self.seed = seed
         self.epoch = 0
         self.rank = _current_rank()
@@ -196,6 +213,14 @@ class DynamicMixingDataset(Dataset):
         ratio = Fraction(self.sample_rate, utt.sample_rate) / Fraction(speed).limit_denominator(100)
         return math.floor(utt.frames * ratio)
 
+    def _speed(self, rng: np.random.Generator) -> float:
+        """One source's speed factor (no draw without perturbation, so seeds keep their mixtures)."""
+        if self.speed_perturb:
+            return float(rng.uniform(*self.speed_perturb))
+        if self.speed_choices:
+            return self.speed_choices[int(rng.integers(len(self.speed_choices)))]
+        return 1.0
+
     def _pick(self, rng: np.random.Generator) -> list[Utterance]:
         if self.gain_law == "speechbrain":
             counts = np.array([len(self.by_speaker[s]) for s in self.speakers], dtype=np.float64)
@@ -211,7 +236,7 @@ class DynamicMixingDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, int(index)])
         picks = self._pick(rng)
-        speeds = [float(rng.uniform(*self.speed_perturb)) if self.speed_perturb else 1.0 for _ in picks]
+        speeds = [self._speed(rng) for _ in picks]
         if self.gain_law == "speechbrain":
             length = min([self.segment] + [self._out_length(u, s) for u, s in zip(picks, speeds)])
         else:
