@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 asteroid_models = pytest.importorskip(
     "asteroid.models",
@@ -18,10 +19,11 @@ asteroid_models = pytest.importorskip(
 
 from sepkit.models import from_asteroid  # noqa: E402
 
-# Asteroid's ConvTasNet/DPRNN encoder does not pad its input while sepkit pads onto the
-# encoder's frame grid, so exact agreement needs lengths with
-# length % stride == kernel_size % stride. SuDoRM-RF pads to a multiple of
-# stride * 2**(depth-1) in both libraries; lengths that are already multiples need none.
+# Each case's length is on its model's padding grid; the test also runs one sample
+# either side of it and a few samples further, off the encoder's stride grid, where
+# Asteroid's ConvTasNet/DPRNN drop the samples their unpadded encoder does not reach
+# (sepkit's framing="truncate") and its SuDoRM-RF pads to its lcm multiple.
+OFF_GRID = (0, 1, -1, 3, 5)
 CASES = [
     pytest.param(
         "ConvTasNet",
@@ -102,12 +104,26 @@ def test_asteroid_model_file_matches(name: str, kwargs: dict, length: int, tmp_p
     torch.save(reference.serialize(), path)
 
     model = from_asteroid(path)
-    wav = torch.randn(2, length)
+    for offset in OFF_GRID:
+        wav = torch.randn(2, length + offset)
+        with torch.no_grad():
+            expected = reference(wav)
+            got = model(wav)
+        assert got.shape == expected.shape == (2, n_src, length + offset)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5, msg=f"{length + offset} samples")
+
+
+def test_asteroid_models_take_inputs_shorter_than_one_window() -> None:
+    reference = asteroid_models.ConvTasNet(
+        n_src=2, n_filters=16, kernel_size=16, stride=8, bn_chan=8, hid_chan=16, skip_chan=8, n_blocks=2, n_repeats=1
+    ).eval()
+    model = from_asteroid(reference.serialize())
+    assert model.framing == "truncate"
+    wav = torch.randn(1, 11)
     with torch.no_grad():
-        expected = reference(wav)
-        got = model(wav)
-    assert got.shape == expected.shape == (2, n_src, length)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        # Asteroid cannot encode 11 < 16 samples; sepkit pads to one window, which is
+        # Asteroid's output on the zero-padded window, cropped.
+        torch.testing.assert_close(model(wav), reference(F.pad(wav, (0, 5)))[..., :11], atol=1e-6, rtol=1e-6)
 
 
 def test_from_asteroid_accepts_the_dict_and_records_the_config() -> None:

@@ -28,6 +28,7 @@ from conftest import run_sepkit
 from torch import nn
 
 from sepkit.checkpoint import load_model, save_model
+from sepkit.models import build_model
 from sepkit.models.gc3_compat import from_gc3
 from sepkit.models.speechbrain_compat import from_speechbrain
 from sepkit.models.sudormrf_compat import from_sudormrf
@@ -400,6 +401,39 @@ def sudo_shapes(improved: bool, a: dict = SUDO_ARGS) -> dict[str, tuple[int, ...
     return shapes
 
 
+def gc_sudo_shapes(a: dict, groups: int) -> dict[str, tuple[int, ...]]:
+    """State-dict names and shapes of the authors' ``GroupCommSudoRmRf``
+    (``groupcomm_sudormrf_v2.py``; its ``group_size`` argument is ``groups``): the
+    improved model's top level, and per block a ``TAC(M, 3M)`` (M = ``out_channels /
+    groups``) and one ``UBlock``, the improved U-ConvBlock at ``1/groups`` of the widths."""
+    cu, m = a["in_channels"], a["out_channels"] // groups
+    top = {key: shape for key, shape in sudo_shapes(True, dict(a, num_blocks=0)).items()}
+    block = sudo_shapes(True, dict(a, num_blocks=1, out_channels=m, in_channels=cu // groups))
+    shapes = dict(top)
+    for i in range(a["num_blocks"]):
+        t = f"sm.{i}.TAC."
+        shapes |= {
+            t + "TAC_input.0.weight": (3 * m, m),
+            t + "TAC_input.0.bias": (3 * m,),
+            t + "TAC_input.1.weight": (1,),
+        }
+        shapes |= {
+            t + "TAC_mean.0.weight": (3 * m, 3 * m),
+            t + "TAC_mean.0.bias": (3 * m,),
+            t + "TAC_mean.1.weight": (1,),
+        }
+        shapes |= {
+            t + "TAC_output.0.weight": (m, 6 * m),
+            t + "TAC_output.0.bias": (m,),
+            t + "TAC_output.1.weight": (1,),
+        }
+        shapes |= {t + "TAC_norm.gamma": (m,), t + "TAC_norm.beta": (m,)}
+        shapes |= {
+            f"sm.{i}.UBlock." + key.removeprefix("sm.0."): v for key, v in block.items() if key.startswith("sm.0.")
+        }
+    return shapes
+
+
 def _norm(x: torch.Tensor, w: dict, prefix: str) -> torch.Tensor:
     """gLN of the reference (GroupNorm(1) or its GlobLN with gamma/beta, eps 1e-8)."""
     weight = w.get(prefix + "weight", w.get(prefix + "gamma"))
@@ -409,12 +443,55 @@ def _norm(x: torch.Tensor, w: dict, prefix: str) -> torch.Tensor:
     return (x - mean) / torch.sqrt(var + 1e-8) * weight[:, None] + bias[:, None]
 
 
-def sudo_separate(mix: torch.Tensor, state: dict, improved: bool, a: dict = SUDO_ARGS) -> torch.Tensor:
-    """The authors' ``SuDORMRF.forward`` on ``[batch, time]`` (time a multiple of
-    ``kernel // 2 * 2**depth``, so their padding adds nothing) -> ``[batch, spks, time]``."""
+def _ref_ublock(y: torch.Tensor, w: dict, b: str, depth: int, improved: bool) -> torch.Tensor:
+    """The authors' ``UConvBlock.forward`` (weights under prefix ``b``) on ``[batch, C, T]``."""
+    h = F.conv1d(y, w[b + "proj_1x1.conv.weight"], w[b + "proj_1x1.conv.bias"])
+    h = F.prelu(_norm(h, w, b + "proj_1x1.norm."), w[b + "proj_1x1.act.weight"])
+    levels = []
+    for level in range(depth):
+        conv_w, conv_b = w[b + f"spp_dw.{level}.conv.weight"], w[b + f"spp_dw.{level}.conv.bias"]
+        h = F.conv1d(h, conv_w, conv_b, stride=1 if level == 0 else 2, padding=2, groups=h.shape[1])
+        h = _norm(h, w, b + f"spp_dw.{level}.norm.")
+        levels.append(h)
+    merged = levels.pop()
+    while levels:
+        merged = levels.pop() + F.interpolate(merged, scale_factor=2, mode="nearest")
+    merged = F.prelu(_norm(merged, w, b + "final_norm.norm."), w[b + "final_norm.act.weight"])
+    if improved:
+        return F.conv1d(merged, w[b + "res_conv.weight"], w[b + "res_conv.bias"]) + y
+    out = _norm(
+        F.conv1d(merged, w[b + "conv_1x1_exp.conv.weight"], w[b + "conv_1x1_exp.conv.bias"]),
+        w,
+        b + "conv_1x1_exp.norm.",
+    )
+    return F.prelu(_norm(out + y, w, b + "module_act.norm."), w[b + "module_act.act.weight"])
+
+
+def _ref_gc_tac(x: torch.Tensor, w: dict, p: str, groups: int) -> torch.Tensor:
+    """``TAC.forward`` of ``groupcomm_sudormrf_v2.py`` on ``[B, C, T]`` split into ``groups``:
+    per frame and group Linear+PReLU, the mean over groups through Linear+PReLU,
+    concatenated, Linear+PReLU, then its GlobLN (eps 1e-8) per group, residual."""
+    b, c, t = x.shape
+    g = x.reshape(b, groups, c // groups, t).permute(0, 3, 1, 2)  # B, T, G, M
+    f = F.prelu(F.linear(g, w[p + "TAC_input.0.weight"], w[p + "TAC_input.0.bias"]), w[p + "TAC_input.1.weight"])
+    mean = F.linear(f.mean(2), w[p + "TAC_mean.0.weight"], w[p + "TAC_mean.0.bias"])
+    mean = F.prelu(mean, w[p + "TAC_mean.1.weight"]).unsqueeze(2).expand_as(f)
+    out = F.linear(torch.cat([f, mean], dim=-1), w[p + "TAC_output.0.weight"], w[p + "TAC_output.0.bias"])
+    out = F.prelu(out, w[p + "TAC_output.1.weight"]).permute(0, 2, 3, 1).reshape(b * groups, c // groups, t)
+    return x + _norm(out, w, p + "TAC_norm.").reshape(x.shape)
+
+
+def sudo_separate(mix: torch.Tensor, state: dict, improved: bool, a: dict = SUDO_ARGS, groups: int = 1) -> torch.Tensor:
+    """The authors' ``SuDORMRF.forward`` (``GroupCommSudoRmRf.forward`` with ``groups`` >
+    1) on ``[batch, time]`` -> ``[batch, spks, time]``. The improved models pad the input
+    with zeros to a multiple of ``kernel // 2 * 2**depth`` (at least one) as their
+    ``pad_to_appropriate_length``; for the original one, time must be such a multiple."""
     w = {key: value.double() for key, value in state.items()}
     k, e, spks, depth = a["enc_kernel_size"], a["enc_num_basis"], a["num_sources"], a["upsampling_depth"]
     x = mix.unsqueeze(1)
+    if improved:
+        multiple = k // 2 * 2**depth
+        x = F.pad(x, (0, max(1, math.ceil(mix.shape[-1] / multiple)) * multiple - mix.shape[-1]))
     if improved:
         enc = F.conv1d(x, w["encoder.weight"], stride=k // 2, padding=k // 2)
         y = F.conv1d(_norm(enc, w, "ln."), w["bottleneck.weight"], w["bottleneck.bias"])
@@ -422,28 +499,12 @@ def sudo_separate(mix: torch.Tensor, state: dict, improved: bool, a: dict = SUDO
         enc = F.relu(F.conv1d(x, w["encoder.0.weight"], w["encoder.0.bias"], stride=k // 2, padding=k // 2))
         y = F.conv1d(_norm(enc, w, "ln."), w["l1.weight"], w["l1.bias"])
     for i in range(a["num_blocks"]):
-        b = f"sm.{i}."
-        h = F.conv1d(y, w[b + "proj_1x1.conv.weight"], w[b + "proj_1x1.conv.bias"])
-        h = F.prelu(_norm(h, w, b + "proj_1x1.norm."), w[b + "proj_1x1.act.weight"])
-        levels = []
-        for level in range(depth):
-            conv_w, conv_b = w[b + f"spp_dw.{level}.conv.weight"], w[b + f"spp_dw.{level}.conv.bias"]
-            h = F.conv1d(h, conv_w, conv_b, stride=1 if level == 0 else 2, padding=2, groups=h.shape[1])
-            h = _norm(h, w, b + f"spp_dw.{level}.norm.")
-            levels.append(h)
-        merged = levels.pop()
-        while levels:
-            merged = levels.pop() + F.interpolate(merged, scale_factor=2, mode="nearest")
-        merged = F.prelu(_norm(merged, w, b + "final_norm.norm."), w[b + "final_norm.act.weight"])
-        if improved:
-            y = F.conv1d(merged, w[b + "res_conv.weight"], w[b + "res_conv.bias"]) + y
+        if groups == 1:
+            y = _ref_ublock(y, w, f"sm.{i}.", depth, improved)
         else:
-            out = _norm(
-                F.conv1d(merged, w[b + "conv_1x1_exp.conv.weight"], w[b + "conv_1x1_exp.conv.bias"]),
-                w,
-                b + "conv_1x1_exp.norm.",
-            )
-            y = F.prelu(_norm(out + y, w, b + "module_act.norm."), w[b + "module_act.act.weight"])
+            y = _ref_gc_tac(y, w, f"sm.{i}.TAC.", groups)
+            grouped = y.reshape(y.shape[0] * groups, -1, y.shape[-1])
+            y = _ref_ublock(grouped, w, f"sm.{i}.UBlock.", depth, improved=True).reshape(y.shape)
     if improved:
         masks = F.conv1d(F.prelu(y, w["mask_net.0.weight"]), w["mask_net.1.weight"], w["mask_net.1.bias"])
         masks = F.relu(masks.reshape(y.shape[0], spks, e, -1))
@@ -550,11 +611,56 @@ def test_sudormrf_release_is_read_without_executing_pickled_code(tmp_path) -> No
     assert not marker.exists()
 
 
-def test_sudormrf_group_comm_and_bad_weights_are_named(tmp_path) -> None:
+GC_ARGS = dict(SUDO_ARGS, out_channels=8, in_channels=16)
+GC_GROUPS = 4
+GC_MODULE = "sudo_rm_rf.dnn.models.groupcomm_sudormrf_v2"
+
+
+def test_sudormrf_group_comm_default_count_equals_the_reference_layers() -> None:
+    reference_defaults = dict(
+        in_channels=512,
+        out_channels=256,
+        num_blocks=16,
+        upsampling_depth=5,
+        enc_kernel_size=21,
+        enc_num_basis=512,
+        num_sources=2,
+    )
+    reference = sum(math.prod(shape) for shape in gc_sudo_shapes(reference_defaults, groups=16).values())
+    model = build_model("sudormrf", improved=True, bottleneck=256, n_groups=16)
+    assert sum(p.numel() for p in model.parameters()) == reference == 565_073
+
+
+# On the padding grid (2 and 3 multiples of 80), one sample either side, shorter than
+# one encoder window (7), one sample.
+@pytest.mark.parametrize("length", [1, 7, 159, 160, 161, 240])
+def test_sudormrf_group_comm_release_matches_the_reference_forward(tmp_path, length) -> None:
+    state = random_state(gc_sudo_shapes(GC_ARGS, GC_GROUPS), seed=8)
+    write_release(tmp_path / "gc.pt", state, GC_MODULE, "GroupCommSudoRmRf", args=GC_ARGS)
+    model = from_sudormrf(tmp_path / "gc.pt").double()
+    assert model.model_config["n_groups"] == GC_GROUPS and model.model_config["improved"] is True
+    # Every published weight has exactly one place, and every sepkit weight is filled.
+    assert len(model.state_dict()) == len(state)
+    model.normalize_input = False
+    mix = torch.randn(2, length, generator=torch.Generator().manual_seed(length), dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(mix), sudo_separate(mix, state, True, GC_ARGS, groups=GC_GROUPS), rtol=1e-9, atol=1e-9
+        )
+
+
+def test_sudormrf_improved_release_matches_the_reference_off_the_padding_grid(tmp_path) -> None:
+    state = random_state(sudo_shapes(True), seed=9)
+    model = from_sudormrf(state, architecture=SUDO_ARGS).double()
+    model.normalize_input = False
+    for length in (1, 7, 79, 81, 161):
+        mix = torch.randn(1, length, generator=torch.Generator().manual_seed(length), dtype=torch.float64)
+        with torch.no_grad():
+            torch.testing.assert_close(model(mix), sudo_separate(mix, state, True), rtol=1e-9, atol=1e-9)
+
+
+def test_sudormrf_bad_weights_are_named(tmp_path) -> None:
     state = random_state(sudo_shapes(True), seed=5)
-    write_release(tmp_path / "gc.pt", state, "sudo_rm_rf.dnn.models.groupcomm_sudormrf_v2", "GroupCommSudoRmRf")
-    with pytest.raises(ValueError, match="GroupCommSudoRmRf"):
-        from_sudormrf(tmp_path / "gc.pt")
     extra = dict(state, **{"sm.0.extra.weight": torch.zeros(2)})
     with pytest.raises(ValueError, match=r"'sm\.0\.extra\.weight'"):
         from_sudormrf(extra, architecture=SUDO_ARGS)
@@ -563,6 +669,16 @@ def test_sudormrf_group_comm_and_bad_weights_are_named(tmp_path) -> None:
         from_sudormrf(missing, architecture=SUDO_ARGS)
     with pytest.raises(RestrictedPickleError, match="not a torch zip archive"):
         read_pickled_modules(tmp_path / "gc.pt.missing")
+    gc_state = random_state(gc_sudo_shapes(GC_ARGS, GC_GROUPS), seed=5)
+    gc_missing = {key: value for key, value in gc_state.items() if key != "sm.1.TAC.TAC_norm.beta"}
+    with pytest.raises(ValueError, match=r"masker\.blocks\.1\.tac\.norm\.bias"):
+        from_sudormrf(gc_missing, architecture=GC_ARGS)
+    odd_width = dict(gc_state, **{"sm.0.TAC.TAC_input.0.weight": torch.zeros(9, 3)})
+    with pytest.raises(ValueError, match=r"input width 3, which does not divide out_channels 8"):
+        from_sudormrf(odd_width, architecture=GC_ARGS)
+    stray_tac = dict(random_state(sudo_shapes(False), seed=5), **{"sm.0.TAC.TAC_input.0.weight": torch.zeros(6, 2)})
+    with pytest.raises(ValueError, match="TAC blocks in an original"):
+        from_sudormrf(stray_tac, architecture=SUDO_ARGS)
 
 
 def test_non_tensor_weights_are_named(tmp_path) -> None:
@@ -646,6 +762,13 @@ def test_load_model_and_separate_accept_a_sudormrf_release(tmp_path) -> None:
     )
     assert load_model(tmp_path / "release.pt").model_config["improved"] is True
     _separate_and_compare(tmp_path, tmp_path / "release.pt", sudo_length(10))
+
+
+def test_load_model_and_separate_accept_a_group_comm_sudormrf_release(tmp_path) -> None:
+    state = random_state(gc_sudo_shapes(GC_ARGS, GC_GROUPS), 12)
+    write_release(tmp_path / "gc.pt", state, GC_MODULE, "GroupCommSudoRmRf", args=GC_ARGS)
+    assert load_model(tmp_path / "gc.pt").model_config["n_groups"] == GC_GROUPS
+    _separate_and_compare(tmp_path, tmp_path / "gc.pt", sudo_length(10, GC_ARGS) + 37)
 
 
 # ----------------------------------------------------------------------------- GC3

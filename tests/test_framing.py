@@ -8,7 +8,9 @@ The oracles here are written from the references' formulas, not from sepkit's co
   ``split_feature`` / ``merge_feature``): with chunk K and hop P = K/2, append
   ``gap = K - (P + T % K) % K`` zeros, then P zeros at both ends, and read the chunks as
   two non-overlapping tilings, one shifted by P, interleaved.
-- GC3's waveform framing (``GC3_network.py`` ``TasNet.pad_input``): append
+- GC3's waveform framing (``GC3_network.py`` ``TasNet.pad_input``; the same as the
+  Conv-TasNet authors' ``TasNet.pad_signal``, naplab/Conv-TasNet, which Conv-TasNet and
+  DPRNN follow): append
   ``rest = win - (hop + T % win) % win`` zeros, then ``hop`` at both ends; crop the
   decoder output to ``hop .. hop + T``.
 - SpeechBrain's WSJ0-Mix recipe (``compute_forward``): encode the unpadded mixture, then
@@ -323,3 +325,76 @@ def test_sudormrf_normalises_with_the_unbiased_std() -> None:
     torch.testing.assert_close(est, expected, rtol=1e-12, atol=1e-12)
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(1, 1, dtype=torch.float64))).all()
+
+
+# ---------------------------------------------------------------------------------------
+# Conv-TasNet and DPRNN: the authors' TasNet front end (naplab/Conv-TasNet
+# ``TasNet.pad_signal`` and the crop in ``TasNet.forward``; the same in GC3's TasNet),
+# and for DPRNN the authors' chunking (yluo42/TAC ``DPRNN_base.split_feature`` /
+# ``merge_feature``), i.e. the two-tiling oracle above.
+
+
+def authors_tasnet(model: nn.Module, wav: torch.Tensor, masker) -> torch.Tensor:
+    """``rest = win - (stride + T % win) % win`` zeros appended, ``stride`` zeros at both
+    ends, masks from ``masker``, decoder output ``[stride : -(rest + stride)]``."""
+    win, stride = model.encoder.kernel_size, model.encoder.stride
+    rest = win - (stride + wav.shape[-1] % win) % win
+    rep = model.encoder(F.pad(wav, (stride, rest + stride)))
+    est = model.decoder(masker(rep) * rep.unsqueeze(1))
+    return est[..., stride : -(rest + stride)]
+
+
+def authors_dprnn_masker(masker: nn.Module, rep: torch.Tensor) -> torch.Tensor:
+    """sepkit's DPRNN layers around the authors' split/merge of the chunks."""
+    batch, _, frames = rep.shape
+    x = reference_split(masker.bottleneck(masker.input_norm(rep)), masker.chunk_size)
+    for block in masker.blocks:
+        x = block(x)
+    x = masker.output_conv(masker.output_act(x))
+    streams = x.reshape(batch * masker.n_src, masker.bottleneck_channels, *x.shape[-2:])
+    merged = reference_merge(streams, frames)
+    masks = gated_masks(merged, masker.output_tanh, masker.output_gate, masker.mask_conv)
+    return torch.sigmoid(masks).reshape(batch, masker.n_src, masker.n_filters, frames)
+
+
+# Shorter than one window (1, 7), on the window grid, one sample either side, and lengths
+# whose frame counts put ``frames % K`` in both halves of a DPRNN chunk (K = 10).
+TASNET_LENGTHS = [1, 7, 8, 9, 15, 16, 17, 39, 40, 41, 44, 52, 63, 64, 65, 101, 130]
+
+
+def test_conv_tasnet_default_equals_the_authors_framing_at_every_length() -> None:
+    torch.manual_seed(0)
+    config = dict(n_filters=16, kernel_size=8, stride=4, bottleneck=8, hidden=16, skip_channels=8, n_blocks=2)
+    model = build_model("conv_tasnet", n_repeats=1, **config).double().eval()
+    assert model.framing == "hop_padded"
+    with torch.no_grad():
+        for length in TASNET_LENGTHS:
+            wav = torch.randn(2, length, dtype=torch.float64)
+            expected = authors_tasnet(model, wav, model.masker)
+            torch.testing.assert_close(model(wav), expected, rtol=1e-10, atol=1e-10, msg=str(length))
+
+
+def test_dprnn_default_equals_the_authors_framing_at_every_length() -> None:
+    torch.manual_seed(0)
+    config = dict(n_filters=16, kernel_size=4, stride=2, bottleneck=8, hidden_size=8, n_blocks=2, chunk_size=10, hop=5)
+    model = build_model("dprnn", **config).double().eval()
+    assert (model.framing, model.masker.chunk_padding) == ("hop_padded", "pad_segment")
+    frames_mod_chunk = set()
+    with torch.no_grad():
+        for length in TASNET_LENGTHS:
+            wav = torch.randn(2, length, dtype=torch.float64)
+            expected = authors_tasnet(model, wav, lambda rep: authors_dprnn_masker(model.masker, rep))
+            torch.testing.assert_close(model(wav), expected, rtol=1e-10, atol=1e-10, msg=str(length))
+            rest = 4 - (2 + length % 4) % 4
+            frames_mod_chunk.add(((length + rest) // 2 + 1) % 10)
+    # Frame counts below, at and above a chunk boundary, in both halves of a chunk.
+    assert {0, 2, 4, 6, 8} <= frames_mod_chunk
+
+
+def test_dprnn_and_conv_tasnet_keep_sepkit_rules_as_options() -> None:
+    dprnn = build_model("dprnn", chunk_padding="overlap", framing="end")
+    assert (dprnn.framing, dprnn.masker.chunk_padding) == ("end", "overlap")
+    # Geometries the authors' code never uses fall back to sepkit's rules.
+    odd = build_model("dprnn", kernel_size=16, stride=4, chunk_size=15, hop=5)
+    assert (odd.framing, odd.masker.chunk_padding) == ("end", "overlap")
+    assert build_model("conv_tasnet", kernel_size=20, stride=8).framing == "end"

@@ -242,3 +242,30 @@ def test_ssc_preset_swap_runs_forward_and_backward(name: str, config: dict, pres
         # last residual conv feeds nothing, in the paper's model too).
         plain_used = all(p.grad is not None for p in plain_modules[path].parameters())
         assert plain_used == all(p.grad is not None for p in modules[path].parameters()), path
+
+
+@pytest.mark.parametrize("n_src", [1, 3])
+def test_sudormrf_group_comm_any_length_and_gradients(n_src: int) -> None:
+    torch.manual_seed(0)
+    config = dict(n_filters=16, bottleneck=8, hidden_channels=16, n_blocks=2, upsampling_depth=3)
+    model = build_model("sudormrf", n_src=n_src, improved=True, n_groups=4, **config)
+    for length in (1, 7, 80, 81):
+        est = model(torch.randn(2, length))
+        assert est.shape == (2, n_src, length) and torch.isfinite(est).all()
+    est.square().mean().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+    # The SSC preset names the 1x1 convolutions inside the group-shared blocks.
+    pointwise = model.ssc_presets["pointwise"]["include"]
+    paths = [
+        name for name, module in model.named_modules() if isinstance(module, nn.Conv1d) and module.kernel_size == (1,)
+    ]
+    matched = [path for path in paths if any(fnmatch.fnmatchcase(path, p) for p in pointwise)]
+    assert "masker.blocks.1.block.in_conv" in matched and "masker.blocks.0.block.out_conv" in matched
+
+
+def test_sudormrf_group_comm_refuses_what_the_reference_lacks() -> None:
+    with pytest.raises(ValueError, match="improved block only"):
+        build_model("sudormrf", improved=False, n_groups=4)
+    with pytest.raises(ValueError, match="3 groups do not divide bottleneck 128"):
+        build_model("sudormrf", improved=True, n_groups=3)

@@ -12,7 +12,8 @@ from conftest import check_recipe
 from torch import nn
 
 from sepkit.models import build_model
-from sepkit.models.gc3 import TAC, GroupBLSTM, GroupCommBLSTMLayer
+from sepkit.models.gc3 import GroupBLSTM, GroupCommBLSTMLayer
+from sepkit.nn.tac import TAC
 
 TINY = dict(
     n_filters=16,

@@ -5,16 +5,15 @@ Asteroid saves a dict with ``model_name``, ``model_args``, ``state_dict`` (and
 DPRNNTasNet, SuDORMRFNet and SuDORMRFImprovedNet onto ``conv_tasnet``, ``dprnn`` and
 ``sudormrf`` with the switches that reproduce Asteroid's computation:
 
+- ConvTasNet and DPRNN: Asteroid's encoder does not pad the input (it drops the last
+  ``(time - kernel_size) % stride`` samples) and ``pad_x_to_y`` zero-pads the decoded
+  estimates back to the input length: ``framing="truncate"`` (an input shorter than one
+  window, which Asteroid cannot take, is padded to one window).
 - DPRNN: Asteroid pads ``chunk_size`` on both sides when chunking (``chunk_padding="chunk"``).
 - SuDoRM-RF: Asteroid's encoder has no bias, one decoder is shared by all sources
   (``decoder="shared"``), and it does not normalise the input; its improved block uses
   a per-channel PReLU after the pyramid; it pads the input of both variants to a
   multiple of ``lcm(kernel_size // 2, 2**depth)`` (``pad_multiple``).
-
-Asteroid's ConvTasNet/DPRNN encoder does not pad the input, whereas sepkit pads it onto
-the encoder's frame grid, so outputs agree exactly only on lengths that need no padding
-(``length % stride == kernel_size % stride``); elsewhere sepkit also separates the last
-few samples Asteroid leaves at zero.
 """
 
 from __future__ import annotations
@@ -72,6 +71,7 @@ def _conv_tasnet(args: Mapping[str, Any], source: str) -> tuple[str, dict[str, A
         norm=_norm(args, source),
         causal=bool(args.get("causal", False)),
         mask_activation=mask_act,
+        framing="truncate",
         sample_rate=int(args.get("sample_rate", 8000)),
     )
     renames = [
@@ -116,6 +116,7 @@ def _dprnn(args: Mapping[str, Any], source: str) -> tuple[str, dict[str, Any], R
         dropout=0.0,
         mask_activation=mask_act,
         chunk_padding="chunk",
+        framing="truncate",
         sample_rate=int(args.get("sample_rate", 8000)),
     )
     renames = [

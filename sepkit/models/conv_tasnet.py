@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
-from sepkit.models.pipeline import EncoderMaskerDecoder
+from sepkit.models.pipeline import EncoderMaskerDecoder, Framing
 from sepkit.models.registry import register_model
 from sepkit.nn.activations import make_activation
 from sepkit.nn.norms import make_norm
@@ -74,6 +74,15 @@ class ConvTasNet(EncoderMaskerDecoder):
     N=512, L=16 (stride 8), B=128, H=512, Sc=128, P=3, X=8, R=3, gLN, sigmoid masks:
     5,050,545 parameters.
 
+    Framing (``framing`` of :class:`EncoderMaskerDecoder`): by default the authors' code
+    (``naplab/Conv-TasNet``, ``conv_tasnet.py``, ``TasNet.pad_signal`` and the crop in
+    ``TasNet.forward``), ``"hop_padded"``: ``kernel - (stride + time % kernel) % kernel``
+    zeros on the right, ``stride`` zeros on both sides, the estimates cropped to samples
+    ``stride .. stride + time``. It needs ``kernel_size == 2 * stride`` (the authors'
+    only geometry); other geometries default to ``"end"``. ``"truncate"`` is Asteroid's
+    (no padding, estimates zero-padded at the end by ``pad_x_to_y``), used by
+    :func:`~sepkit.models.from_asteroid`.
+
     Input ``[batch, time]``; output ``[batch, n_src, time]``.
 
     Args:
@@ -88,6 +97,7 @@ class ConvTasNet(EncoderMaskerDecoder):
         mask_activation: "sigmoid" (paper) or "relu" (Asteroid's recipes).
         filterbank_init: "random" (paper) or "stft": start encoder and decoder as a
             windowed Fourier analysis/synthesis pair (still learned).
+        framing: see above; ``None`` is the authors' rule where it applies.
         sample_rate: the sample rate the model is trained at.
     """
 
@@ -119,8 +129,11 @@ class ConvTasNet(EncoderMaskerDecoder):
         causal: bool = False,
         mask_activation: str = "sigmoid",
         filterbank_init: str = "random",
+        framing: Framing | None = None,
         sample_rate: int = 8000,
     ) -> None:
+        if framing is None:
+            framing = "hop_padded" if kernel_size == 2 * stride else "end"
         super().__init__(
             encoder=ConvEncoder(n_filters, kernel_size, stride, init=filterbank_init),
             masker=TCNMasker(
@@ -139,4 +152,5 @@ class ConvTasNet(EncoderMaskerDecoder):
             decoder=ConvDecoder(n_filters, kernel_size, stride, init=filterbank_init),
             n_src=n_src,
             sample_rate=sample_rate,
+            framing=framing,
         )

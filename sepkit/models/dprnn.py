@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
-from sepkit.models.pipeline import EncoderMaskerDecoder
+from sepkit.models.pipeline import EncoderMaskerDecoder, Framing
 from sepkit.models.registry import register_model
 from sepkit.nn.activations import make_activation
 from sepkit.nn.dual_path import CHUNK_PADDINGS, ChunkPadding, chunk, overlap_add
@@ -103,6 +103,19 @@ class DPRNN(EncoderMaskerDecoder):
     ``bottleneck=128`` (with ``kernel_size=16, stride=8, chunk_size=100, hop=50`` for the
     faster ks16 model): about 3.65M.
 
+    Framing follows the DPRNN authors' code by default:
+
+    - chunks: ``chunk_padding="pad_segment"``, ``DPRNN_base.pad_segment`` /
+      ``split_feature`` / ``merge_feature`` of ``yluo42/TAC`` (``utility/models.py``), the
+      dual-path code of DPRNN's first author (``K - (P + frames % K) % K`` zeros at the
+      end, then P at both ends; needs ``chunk_size == 2 * hop``, other geometries default
+      to ``"overlap"``, sepkit's own rule, kept as an option). Asteroid's rule is
+      ``"chunk"``, used by :func:`~sepkit.models.from_asteroid`;
+    - waveform: ``framing="hop_padded"``, the authors' TasNet front end
+      (``TasNet.pad_signal`` in ``naplab/Conv-TasNet``, ``TasNet.pad_input`` in
+      ``yluo42/GC3``): needs ``kernel_size == 2 * stride`` (the paper's L=2, stride 1),
+      otherwise ``"end"``. Asteroid's is ``"truncate"``.
+
     Input ``[batch, time]``; output ``[batch, n_src, time]``.
 
     Args:
@@ -118,7 +131,9 @@ class DPRNN(EncoderMaskerDecoder):
         rnn_type: "LSTM", "GRU" or "RNN".
         dropout: dropout on the RNN outputs.
         mask_activation: "sigmoid" or "relu".
-        chunk_padding: "overlap" (paper) or "chunk" (Asteroid); see ``sepkit.nn.dual_path``.
+        chunk_padding: "pad_segment" (the authors' code), "overlap" (sepkit) or "chunk"
+            (Asteroid); see ``sepkit.nn.dual_path``. ``None``: the authors' where it applies.
+        framing: see above; ``None``: the authors' rule where it applies.
         output_head: "gated" (default, FaSNet/Asteroid head) or "direct" (PReLU -> Conv2d
             to the masks, the TAC/GC3 authors' head; their 16 kHz baseline, N=128, L=32,
             stride 16, chunk 100, relu masks, ``bottleneck_bias=False``, has 2,616,065
@@ -152,11 +167,16 @@ class DPRNN(EncoderMaskerDecoder):
         rnn_type: str = "LSTM",
         dropout: float = 0.0,
         mask_activation: str = "sigmoid",
-        chunk_padding: ChunkPadding = "overlap",
+        chunk_padding: ChunkPadding | None = None,
         output_head: str = "gated",
         bottleneck_bias: bool = True,
+        framing: Framing | None = None,
         sample_rate: int = 8000,
     ) -> None:
+        if chunk_padding is None:
+            chunk_padding = "pad_segment" if chunk_size == 2 * hop else "overlap"
+        if framing is None:
+            framing = "hop_padded" if kernel_size == 2 * stride else "end"
         super().__init__(
             encoder=ConvEncoder(n_filters, kernel_size, stride),
             masker=DPRNNMasker(
@@ -179,4 +199,5 @@ class DPRNN(EncoderMaskerDecoder):
             decoder=ConvDecoder(n_filters, kernel_size, stride),
             n_src=n_src,
             sample_rate=sample_rate,
+            framing=framing,
         )

@@ -24,6 +24,7 @@ from sepkit.models.pipeline import EncoderMaskerDecoder
 from sepkit.models.registry import register_model
 from sepkit.nn.dual_path import chunk, overlap_add
 from sepkit.nn.dual_path_rnn import DPRNNBlock
+from sepkit.nn.tac import TAC, groups_to_channels_last
 from sepkit.nn.tcn import TemporalBlock
 from sepkit.nn.uconv import UConvBlock
 
@@ -32,40 +33,6 @@ BACKBONES = ("dprnn", "tcn", "sudormrf")
 # Backbone depth L_s and width (per model, divided by K per group) used in the paper.
 DEFAULT_LAYERS = {"dprnn": 8, "tcn": 12, "sudormrf": 8}
 DEFAULT_HIDDEN = {"dprnn": 256, "tcn": 512, "sudormrf": 512}
-
-
-def _groups_to_channels_last(x: Tensor) -> Tensor:
-    """``[batch, groups, M, *positions] -> [batch, groups, *positions, M]``."""
-    return x.movedim(2, -1)
-
-
-class TAC(nn.Module):
-    """Transform-average-concatenate group communication (paper eqs. 2-4).
-
-    At every position: ``f_i = PReLU(W1 g_i)``, ``f = PReLU(W2 mean_i f_i)``,
-    ``out_i = g_i + GroupNorm(PReLU(W3 [f_i; f]))``. The norm (one group over M channels
-    and all positions of each (batch, group) item) is in the authors' code, not the paper.
-
-    Input and output ``[batch, groups, group_size, *positions]``.
-    """
-
-    def __init__(self, group_size: int, hidden: int) -> None:
-        super().__init__()
-        self.transform = nn.Linear(group_size, hidden)
-        self.transform_act = nn.PReLU()
-        self.average = nn.Linear(hidden, hidden)
-        self.average_act = nn.PReLU()
-        self.concat = nn.Linear(2 * hidden, group_size)
-        self.concat_act = nn.PReLU()
-        self.norm = nn.GroupNorm(1, group_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch, groups, group_size = x.shape[:3]
-        f = self.transform_act(self.transform(_groups_to_channels_last(x)))
-        mean = self.average_act(self.average(f.mean(dim=1, keepdim=True)))
-        g = self.concat_act(self.concat(torch.cat([f, mean.expand_as(f)], dim=-1))).movedim(-1, 2)
-        g = self.norm(g.reshape(batch * groups, group_size, -1)).reshape(x.shape)
-        return x + g
 
 
 class GroupBLSTM(nn.Module):
@@ -83,7 +50,7 @@ class GroupBLSTM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch, groups, group_size = x.shape[:3]
-        h = _groups_to_channels_last(x)  # [batch, groups, *positions, M]
+        h = groups_to_channels_last(x)  # [batch, groups, *positions, M]
         positions = h.shape[2:-1]
         seq = h.reshape(batch, groups, -1, group_size).transpose(1, 2).reshape(-1, groups, group_size)
         y = self.proj(self.rnn(seq)[0])  # [batch * n_positions, groups, M]

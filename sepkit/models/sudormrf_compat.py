@@ -10,10 +10,13 @@ A plain state dict of either model (e.g. a training checkpoint, ``module.`` pref
 ``DataParallel`` allowed) is accepted too when those arguments are given.
 
 Supported: ``SuDORMRF`` of ``sudormrf.py`` (the original model: grouped decoder with bias,
-ReLU encoder with bias, softmax masks) and ``SuDORMRF`` of ``improved_sudormrf.py``
-(SuDoRM-RF++: joint decoder and encoder without bias, ReLU masks). The group
-communication variant ``GroupCommSudoRmRf`` has no sepkit equivalent (sepkit's ``gc3``
-wraps its backbones in a context codec this model lacks) and is refused by name.
+ReLU encoder with bias, softmax masks), ``SuDORMRF`` of ``improved_sudormrf.py``
+(SuDoRM-RF++: joint decoder and encoder without bias, ReLU masks) and
+``GroupCommSudoRmRf`` of ``groupcomm_sudormrf_v2.py`` (SuDoRM-RF++ GC: SuDoRM-RF++ whose
+blocks ``sm.<i>`` hold a ``TAC`` and a group-shared ``UBlock``), which becomes sepkit's
+``sudormrf(improved=True, n_groups=K)``. K is not stored on the authors' top-level module
+(only on each block), so it is read from the weights: the TAC's input width is the
+group size ``out_channels / K``.
 
 The authors encode with stride ``kernel // 2`` and padding ``kernel // 2`` and pad the
 input to a multiple of ``kernel // 2 * 2**depth`` (original: their lcm); sepkit's
@@ -83,6 +86,25 @@ _IMPROVED_RENAMES: list[tuple[str, str]] = [
     (r"^mask_net\.0\.", "masker.mask_act_in."),
     (r"^mask_net\.1\.", "masker.mask_conv."),
 ]
+# GroupCommSudoRmRf: each block's TAC, and its U-ConvBlock one level down (``UBlock``),
+# which sepkit keeps as ``tac`` and ``block`` of a GroupCommUConvBlock.
+_GROUP_COMM_RENAMES: list[tuple[str, str]] = [
+    (_BLOCK + r"TAC\." + re.escape(reference) + r"\.", rf"masker.blocks.\1.tac.{ours}.")
+    for reference, ours in [
+        ("TAC_input.0", "transform"),
+        ("TAC_input.1", "transform_act"),
+        ("TAC_mean.0", "average"),
+        ("TAC_mean.1", "average_act"),
+        ("TAC_output.0", "concat"),
+        ("TAC_output.1", "concat_act"),
+        ("TAC_norm", "norm"),
+    ]
+] + [
+    (_BLOCK + r"UBlock\." + pattern.removeprefix(_BLOCK), replacement.replace(r"blocks.\1.", r"blocks.\1.block."))
+    for pattern, replacement in _COMMON_RENAMES + _IMPROVED_RENAMES
+    if pattern.startswith(_BLOCK)
+]
+_TAC_INPUT = "sm.0.TAC.TAC_input.0.weight"
 # The improved model's own layer norm calls its affine parameters gamma and beta.
 _NORM_SUFFIXES = [(r"\.gamma$", ".weight"), (r"\.beta$", ".bias")]
 
@@ -106,6 +128,23 @@ def _is_improved(state: Mapping[str, torch.Tensor]) -> bool:
     """The two models differ in their top-level layer names (``l1``/``m`` vs
     ``bottleneck``/``mask_net``); group communication adds ``TAC`` inside the blocks."""
     return "bottleneck.weight" in state
+
+
+def _group_count(state: Mapping[str, torch.Tensor], args: Mapping[str, Any], source: str) -> int:
+    """K of a group-communication state (1 without TAC): ``out_channels`` over the width
+    of the first TAC's input Linear ``[3 M, M]``."""
+    if not any(".TAC." in key for key in state):
+        return 1
+    weight = state.get(_TAC_INPUT)
+    _require(isinstance(weight, torch.Tensor) and weight.dim() == 2, source, f"no 2-D weight {_TAC_INPUT!r}")
+    group_size = weight.shape[1]
+    channels = args.get("out_channels")
+    _require(
+        isinstance(channels, int) and group_size > 0 and channels % group_size == 0,
+        source,
+        f"{_TAC_INPUT!r} has input width {group_size}, which does not divide out_channels {channels}",
+    )
+    return channels // group_size
 
 
 def sudormrf_config(args: Mapping[str, Any], improved: bool, source: str, sample_rate: int) -> dict[str, Any]:
@@ -134,9 +173,13 @@ def sudormrf_config(args: Mapping[str, Any], improved: bool, source: str, sample
     )
 
 
-def _load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], improved: bool, source: str) -> None:
+def _load_into(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], improved: bool, group_comm: bool, source: str
+) -> None:
     target = model.state_dict()
     renames = _COMMON_RENAMES + (_IMPROVED_RENAMES if improved else _ORIGINAL_RENAMES)
+    if group_comm:
+        renames = _GROUP_COMM_RENAMES + renames
     mapped: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         _require(isinstance(value, torch.Tensor), source, f"weight {key!r} is not a tensor")
@@ -164,7 +207,8 @@ def from_sudormrf(
 
     Args:
         path_or_state: a ``.pt`` file holding the pickled module (read without executing
-            it), or a state dict of ``SuDORMRF`` (original or improved).
+            it), or a state dict of ``SuDORMRF`` (original or improved) or of
+            ``GroupCommSudoRmRf``.
         architecture: the authors' constructor arguments (:data:`ARCHITECTURE_ARGS`);
             required for a state dict, read from the file otherwise.
         sample_rate: the rate the model was trained at (the released models: 8000 Hz).
@@ -173,8 +217,8 @@ def from_sudormrf(
         The model in eval mode with ``model_name``/``model_config`` recorded.
 
     Raises:
-        ValueError: not a SuDoRM-RF model, the group-communication variant, or a weight
-            that is unknown, missing or of the wrong shape; the message names it.
+        ValueError: not a SuDoRM-RF model, or a weight that is unknown, missing or of the
+            wrong shape; the message names it.
     """
     if isinstance(path_or_state, Mapping):
         source = "<state dict>"
@@ -189,22 +233,17 @@ def from_sudormrf(
             root = (wrapper_state.get("_modules") or {}).get("module")
         _require(isinstance(root, StandIn), source, f"the file holds {type(root).__name__}, not a pickled model")
         class_name = root.qualified_name.rsplit(".", 1)[-1]
-        _require(
-            class_name != "GroupCommSudoRmRf",
-            source,
-            "GroupCommSudoRmRf (SuDoRM-RF++ GC) has no sepkit equivalent; only SuDORMRF models are supported",
-        )
         _require(class_name in SUDORMRF_CLASSES, source, f"{root.qualified_name} is not a SuDoRM-RF model")
         state = stand_in_state_dict(root, source)
         architecture = stand_in_attributes(root) if architecture is None else architecture
     if any(key.startswith("module.") for key in state):
         state = {key.removeprefix("module."): value for key, value in state.items()}
-    _require(
-        not any(".TAC." in key for key in state),
-        source,
-        "group-communication (TAC) blocks: GroupCommSudoRmRf has no sepkit equivalent",
-    )
     improved = _is_improved(state)
-    model = build_model("sudormrf", **sudormrf_config(architecture, improved, source, sample_rate))
-    _load_into(model, state, improved, source)
+    config = sudormrf_config(architecture, improved, source, sample_rate)
+    n_groups = _group_count(state, architecture, source)
+    _require(improved or n_groups == 1, source, "TAC blocks in an original (not improved) SuDoRM-RF")
+    if n_groups > 1:
+        config["n_groups"] = n_groups
+    model = build_model("sudormrf", **config)
+    _load_into(model, state, improved, n_groups > 1, source)
     return model.eval()

@@ -6,12 +6,13 @@ the original frame count. Padding changes the result (the extra all-zero frames 
 the norm statistics and the inter-chunk context), so each model uses the rule of the
 code it reproduces:
 
-- ``"overlap"`` (default; sepkit's own rule, DPRNN's default): zero-pad ``chunk_size -
-  hop`` on both sides, so every frame is covered by the same number of chunks, plus at
+- ``"overlap"`` (the functions' default; sepkit's own rule, a DPRNN option): zero-pad
+  ``chunk_size - hop`` on both sides, so every frame is covered by the same number of chunks, plus at
   the end the fewest zeros that put the last chunk on the hop grid.
-- ``"pad_segment"`` (SepFormer, GC3, DP-RCNet): the segmentation of the dual-path code
-  that descends from DPRNN's first author, as SpeechBrain
-  (``speechbrain/lobes/models/dual_path.py``, ``Dual_Path_Model._padding``), GC3
+- ``"pad_segment"`` (DPRNN, SepFormer, GC3, DP-RCNet): the segmentation of the
+  dual-path code that descends from DPRNN's first author, as SpeechBrain
+  (``speechbrain/lobes/models/dual_path.py``, ``Dual_Path_Model._padding``), his TAC
+  code (``yluo42/TAC``, ``utility/models.py``, ``DPRNN_base.split_feature``), GC3
   (``yluo42/GC3``, ``utility/basics.py``, ``pad_segment``) and ESPnet
   (``espnet2/enh/layers/dprnn.py``) ship it. With chunk size K and hop P = K/2, first
   ``K - (P + frames % K) % K`` zeros (1 to K, never 0) at the end, then P zeros at both
