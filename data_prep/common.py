@@ -31,7 +31,15 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from sepkit.data.mixtures import MixtureSpec, RowValueError, check_row_values, write_outputs, write_table
+from data_prep.progress import Progress
+from sepkit.data.mixtures import (
+    MixtureSpec,
+    RowValueError,
+    SignalCache,
+    check_row_values,
+    write_outputs,
+    write_table,
+)
 from sepkit.data.paths import MANIFEST, UnsafePathError, check_spec_paths, is_inside, output_file
 from sepkit.fileio import write_text_atomic
 
@@ -428,10 +436,27 @@ def worker_pool(jobs: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=jobs, initializer=_exit_with_parent, initargs=(os.getpid(),))
 
 
-def _write_one(job: tuple[MixtureSpec, Path, dict[str, str]]) -> int:
-    spec, directory, folders = job
-    write_outputs(spec, directory, folders)
-    return 1
+WriteJob = tuple[MixtureSpec, Path, dict[str, str]]  # a row, its split folder, the outputs still missing
+
+
+def _write_group(group: list[WriteJob]) -> int:
+    """Write the rows of one group (the same mixture at every rate and mode) with one
+    :class:`SignalCache`, so each source is read, convolved and resampled once for all of
+    them; returns the number of rows."""
+    cache = SignalCache()
+    for spec, directory, folders in group:
+        write_outputs(spec, directory, folders, cache=cache)
+    return len(group)
+
+
+def _group_by_mixture(todo: list[WriteJob]) -> list[list[WriteJob]]:
+    """``todo`` grouped by mixture id, in order of first appearance. Only which rows share a
+    cache depends on the grouping: the cache's keys hold every input of a signal, so rows of
+    different sources that happen to share an id still render exactly as alone."""
+    groups: dict[str, list[WriteJob]] = {}
+    for job in todo:
+        groups.setdefault(job[0].mixture_id, []).append(job)
+    return list(groups.values())
 
 
 def execute(
@@ -487,7 +512,7 @@ def execute(
             write_table(table_path, sorted(rows, key=lambda spec: f"{spec.mixture_id}.wav"))
     if not write:
         return summary
-    todo: list[tuple[MixtureSpec, Path, dict[str, str]]] = []
+    todo: list[WriteJob] = []
     missing_bytes = 0
     for plan in plans:
         # a killed worker (SIGKILL, power loss) can leave its temp file behind
@@ -512,16 +537,15 @@ def execute(
             raise PrepareError(
                 f"not enough disk space in {anchor}: {human_bytes(missing_bytes)} to write, {human_bytes(free)} free"
             )
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(todo), desc="writing mixtures", unit="mix", disable=not progress or not todo)
+    # a tqdm bar on a terminal, plain periodic lines in a log file (no carriage returns)
+    bar = Progress(len(todo), "writing mixtures", progress, unit="mix")
+    groups = _group_by_mixture(todo)
     if jobs <= 1:
-        for job in todo:
-            _write_one(job)
-            bar.update(1)
+        for group in groups:
+            bar.update(_write_group(group))
     else:
         with worker_pool(jobs) as pool:
-            for done in pool.map(_write_one, todo, chunksize=max(1, len(todo) // (jobs * 8))):
+            for done in pool.map(_write_group, groups, chunksize=max(1, len(groups) // (jobs * 8))):
                 bar.update(done)
     bar.close()
     summary["written"] = sum(len(job[2]) for job in todo)
