@@ -7,17 +7,20 @@ is fabricated (16 kHz int16 utterances of U(3, 6) s, so the shorter of two is 4 
 average). Run: ``PYTHONPATH=. python bench/data.py [--mixtures 120]``; writes
 ``bench/results/data.json``.
 
-``--recipes``: wall time of ``sepkit prepare <recipe> --write`` (one process, 8 kHz,
-min) against a plain reimplementation of the official generator's loop for the same
+``--recipes``: wall time and peak memory of ``sepkit prepare <recipe> --write`` (one
+process, ``--jobs 1``; 8 kHz min, WHAMR! 8 and 16 kHz min and max as its script's
+defaults) against a plain reimplementation of the official generator's loop for the same
 files (pywsj0-mix's generate_wsjmix.py for wsj0-mix, LibriMix's
-create_librimix_from_metadata.py, WHAM!'s create_wham_from_scratch.py; the loops live
-here, not in the package), run alternately on the same fabricated corpus, ``--rounds``
-times each. Writes ``bench/results/data_recipes.json`` with the median times, the ratio
-sepkit / official and the command line. sepkit's time includes what the official
-loops do not write (mixture tables, manifest, wsj0-mix's scaling.mat pass); with
-``--no-official-extras`` sepkit skips its scaling.mat / LibriMix metrics pass, which is
-the work sepkit did before those files were written (compare with a run of the older
-code: ``--label`` records which code was measured).
+create_librimix_from_metadata.py, WHAM!'s create_wham_from_scratch.py, whamr_scripts'
+create_wham_from_scratch.py; the loops live here, not in the package), run alternately
+on the same fabricated corpus, ``--rounds`` times each, every run in its own child
+process (peak RSS from ``wait4``, wall time measured inside the child after its
+imports). Writes ``bench/results/data_recipes.json`` with the median times, the ratio
+sepkit / official, the peak RSS of each side and the command line; for WHAMR! also the
+largest sample difference between the two sides' files. sepkit's time includes what
+the official loops do not write (mixture tables, manifest, RIR cache); with
+``--no-official-extras`` sepkit skips its scaling.mat / LibriMix metrics pass
+(``--label`` records which code was measured).
 """
 
 from __future__ import annotations
