@@ -513,9 +513,12 @@ def render_outputs(
     root: str | Path | None = None,
     names: list[str] | None = None,
     cache: SignalCache | None = None,
+    details: dict[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Render the outputs ``names`` of one row (default: every output), float64 ``[length]`` each.
     ``cache`` shares work with other rows of the same sources (see :class:`SignalCache`).
+    ``details``, if given, receives ``peak``: ``max |x|`` over every output before peak
+    normalisation, for a row that asks for it (wsj0-mix's ``scaling.mat`` is ``0.9 / peak``).
 
     Peak normalisation (if the row asks for it) always looks at every mixture and
     source of the row, whatever subset is returned, so the values never depend on
@@ -548,6 +551,8 @@ def render_outputs(
         out["noise"] = noise
     if mixture.peak_normalize is not None:
         peak = max(float(np.max(np.abs(x))) for x in out.values())
+        if details is not None:
+            details["peak"] = peak
         if peak > 0:
             gain = mixture.peak_normalize / peak
             out = {name: x * gain for name, x in out.items()}
@@ -586,9 +591,24 @@ def write_outputs(
     values; others as 32-bit float. Reading a written file back therefore gives
     exactly what :func:`render` returns on the fly.
     """
+    out = render_outputs(mixture, root, list(folders), cache)
+    return write_rendered(mixture, directory, folders, out)
+
+
+def as_written(mixture: MixtureSpec, signal: np.ndarray) -> np.ndarray:
+    """``signal [length]`` (an output of :func:`render_outputs`) as reading its written file
+    back in float64 gives it: quantised rows are already on the int16 grid ``k / 32768``;
+    others are stored as float32."""
+    return signal if mixture.quantize else signal.astype(np.float32).astype(np.float64)
+
+
+def write_rendered(
+    mixture: MixtureSpec, directory: str | Path, folders: dict[str, str], out: dict[str, np.ndarray]
+) -> list[Path]:
+    """Write the rendered outputs ``out`` of ``mixture`` (from :func:`render_outputs`) as
+    :func:`write_outputs` does; returns the written paths."""
     from sepkit.audio import write_audio_atomic
 
-    out = render_outputs(mixture, root, list(folders), cache)
     written = []
     for name, folder in folders.items():
         path = Path(directory) / folder / f"{mixture.mixture_id}.wav"
