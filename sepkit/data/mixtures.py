@@ -396,13 +396,12 @@ class SignalCache:
     them is computed once, as the official scripts do, instead of once per row. The
     arrays are never modified in place, so the outputs are bit-identical to rendering
     without a cache. Hold one only as long as its group is being rendered (it keeps the
-    signals in memory). ``convolutions`` counts the convolutions it computed.
+    signals in memory).
     """
 
     def __init__(self) -> None:
         self._prepared: dict[tuple, np.ndarray] = {}
         self._resampled: dict[tuple, np.ndarray] = {}
-        self.convolutions = 0
 
     def prepared(self, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """The signal at the file rate for ``key`` (computed by ``compute`` the first time)."""
@@ -448,13 +447,9 @@ def signal_samples(
     if whole:
         crop = spec.start * mixture.sample_rate // file_rate
         if cache is not None:
-            key = (str(path), spec.stop, spec.channel, spec.extend_to, spec.pad_to, rir_path)
-
-            def compute() -> np.ndarray:
-                cache.convolutions += bool(rir_path)
-                return _whole_signal(path, spec, rir_path, root)
-
-            x = cache.prepared(key, compute)
+            rir_file = str(_resolve(rir_path, root)) if rir_path else ""
+            key = (str(path), spec.stop, spec.channel, spec.extend_to, spec.pad_to, rir_file)
+            x = cache.prepared(key, lambda: _whole_signal(path, spec, rir_path, root))
             if mixture.gain_stage == "after_resample":
                 # the resampled signal is gain-free too: shared by every row at this rate
                 x = cache.resampled((*key, mixture.sample_rate), lambda: resample(x, file_rate, mixture.sample_rate))
