@@ -7,17 +7,20 @@ is fabricated (16 kHz int16 utterances of U(3, 6) s, so the shorter of two is 4 
 average). Run: ``PYTHONPATH=. python bench/data.py [--mixtures 120]``; writes
 ``bench/results/data.json``.
 
-``--recipes``: wall time of ``sepkit prepare <recipe> --write`` (one process, 8 kHz,
-min) against a plain reimplementation of the official generator's loop for the same
+``--recipes``: wall time and peak memory of ``sepkit prepare <recipe> --write`` (one
+process, ``--jobs 1``; 8 kHz min, WHAMR! 8 and 16 kHz min and max as its script's
+defaults) against a plain reimplementation of the official generator's loop for the same
 files (pywsj0-mix's generate_wsjmix.py for wsj0-mix, LibriMix's
-create_librimix_from_metadata.py, WHAM!'s create_wham_from_scratch.py; the loops live
-here, not in the package), run alternately on the same fabricated corpus, ``--rounds``
-times each. Writes ``bench/results/data_recipes.json`` with the median times, the ratio
-sepkit / official and the command line. sepkit's time includes what the official
-loops do not write (mixture tables, manifest, wsj0-mix's scaling.mat pass); with
-``--no-official-extras`` sepkit skips its scaling.mat / LibriMix metrics pass, which is
-the work sepkit did before those files were written (compare with a run of the older
-code: ``--label`` records which code was measured).
+create_librimix_from_metadata.py, WHAM!'s create_wham_from_scratch.py, whamr_scripts'
+create_wham_from_scratch.py; the loops live here, not in the package), run alternately
+on the same fabricated corpus, ``--rounds`` times each, every run in its own child
+process (peak RSS from ``wait4``, wall time measured inside the child after its
+imports). Writes ``bench/results/data_recipes.json`` with the median times, the ratio
+sepkit / official, the peak RSS of each side and the command line; for WHAMR! also the
+largest sample difference between the two sides' files. sepkit's time includes what
+the official loops do not write (mixture tables, manifest, RIR cache); with
+``--no-official-extras`` sepkit skips its scaling.mat / LibriMix metrics pass
+(``--label`` records which code was measured).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,9 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-from scipy.signal import resample_poly
-from torch.utils.data import DataLoader, Dataset
+from scipy.signal import fftconvolve, resample_poly
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -50,22 +52,25 @@ from data_prep import wsj0mix  # noqa: E402
 from data_prep.common import execute  # noqa: E402
 from sepkit.data.mixtures import MixtureSpec, render  # noqa: E402
 from sepkit.fileio import write_text_atomic  # noqa: E402
-from sepkit.losses import pit_si_sdr_loss  # noqa: E402
-from sepkit.models.registry import build_model  # noqa: E402
+
+# torch is imported only by the throughput bench: a --recipes child process measures its
+# peak memory, which should be the recipe's, not the deep-learning stack's
 
 
-class _Rows(Dataset):
-    """Renders table rows on the fly: ``(mixture [time], sources [2, time])``."""
+def _rows_dataset(specs: list[MixtureSpec]):
+    """A torch Dataset rendering table rows on the fly: ``(mixture [time], sources [2, time])``."""
+    import torch
+    from torch.utils.data import Dataset
 
-    def __init__(self, specs: list[MixtureSpec]) -> None:
-        self.specs = specs
+    class Rows(Dataset):
+        def __len__(self) -> int:
+            return len(specs)
 
-    def __len__(self) -> int:
-        return len(self.specs)
+        def __getitem__(self, index: int):
+            mix, src = render(specs[index])
+            return torch.from_numpy(mix), torch.from_numpy(src)
 
-    def __getitem__(self, index: int):
-        mix, src = render(self.specs[index])
-        return torch.from_numpy(mix), torch.from_numpy(src)
+    return Rows()
 
 
 def fabricate(root: Path, n_mixtures: int, seed: int = 0) -> tuple[Path, Path]:
@@ -96,6 +101,11 @@ def fabricate(root: Path, n_mixtures: int, seed: int = 0) -> tuple[Path, Path]:
 
 
 def time_training_step(batch: int, seconds: float, steps: int) -> float:
+    import torch
+
+    from sepkit.losses import pit_si_sdr_loss
+    from sepkit.models.registry import build_model
+
     torch.manual_seed(0)
     model = build_model("conv_tasnet", n_src=2, sample_rate=8000)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -280,6 +290,111 @@ def official_wham(inputs: dict[str, Path], out: Path) -> None:
             sf.write(out / folder / str(name), signal.astype(np.float32), 8000, subtype="FLOAT")
 
 
+def fabricate_reverb_params(root: Path, lists: Path, seed: int = 5) -> Path:
+    """``reverb_params_tt.csv`` for the ``tt`` pairs of ``lists``, drawn like WHAMR's
+    sample_reverb.py (room U[5, 10] x U[5, 10] x U[3, 4] m, array at the centre +-0.2 m and
+    U[0.9, 1.8] m high, speakers at a random azimuth) except two draws: speakers U[1, 2] m
+    from the centre (not U[0.66, 2]: sepkit's 0.3.1 port refuses a source within 0.858 m
+    of the microphone, as 0.3.1's response would lose its direct path) and T60 in WHAMR's
+    low range U[0.1, 0.3] s, so the room simulation (the same code on both sides) does not
+    drown the loops being compared."""
+    rng = np.random.default_rng(seed)
+    folder = root / "whamr_params"
+    folder.mkdir()
+    with open(lists / "mix_2_spk_filenames_tt.csv", newline="") as handle:
+        names = [row["output_filename"] for row in csv.DictReader(handle)]
+    header = ["utterance_id", "room_x", "room_y", "room_z", "micL_x", "micL_y", "micR_x", "micR_y", "mic_z"]
+    header += [f"s{s}_{a}" for s in (1, 2) for a in "xyz"] + ["T60"]
+    lines = [header]
+    for name in names:
+        x, y, z = rng.uniform(5, 10), rng.uniform(5, 10), rng.uniform(3, 4)
+        cx, cy = x / 2 + rng.uniform(-0.2, 0.2), y / 2 + rng.uniform(-0.2, 0.2)
+        spacing, turn = rng.uniform(0.15, 0.2), rng.uniform(0, np.pi)
+        dx, dy = spacing / 2 * np.cos(turn), spacing / 2 * np.sin(turn)
+        row = [name, x, y, z, cx - dx, cy - dy, cx + dx, cy + dy, rng.uniform(0.9, 1.8)]
+        for _ in (1, 2):
+            distance, angle = rng.uniform(1.0, 2.0), rng.uniform(0, 2 * np.pi)
+            row += [cx + distance * np.cos(angle), cy + distance * np.sin(angle), rng.uniform(0.9, 1.8)]
+        lines.append([*row, rng.uniform(0.1, 0.3)])
+    with open(folder / "reverb_params_tt.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(lines)
+    return folder
+
+
+WHAMR_RATES = (8000, 16000)
+WHAMR_MODES = ("min", "max")
+
+
+def official_whamr(inputs: dict[str, Path], out: Path) -> None:
+    """whamr_scripts' create_wham_from_scratch.py loop for tt at 8 and 16 kHz, min and max
+    (its defaults), mono: per utterance, simulate the room (sepkit's port of
+    pyroomacoustics 0.3.1, data_prep.image_source, on both sides: pyroomacoustics 0.3.1
+    itself does not build here, and the comparison is about the loop), convolve each
+    16 kHz source padded to the noise length with its reverberant and anechoic RIR once,
+    then per rate resample, and per mode scale both by sqrt(E[dry WHAM! s_i^2] /
+    E[anechoic s_i^2]) over whole signals, cut (min) or place at the speech start (max),
+    add the WHAM! noise and write eleven float32 files."""
+    from data_prep.whamr import FOLDERS, read_reverb_params, room_rirs
+
+    rooms = read_reverb_params(inputs["reverb_params"] / "reverb_params_tt.csv")
+    with np.load(inputs["wham_noise"] / "metadata" / "scaling_tt.npz") as npz:
+        scaling = {key: npz[key] for key in npz.files}
+    with open(inputs["lists"] / "mix_2_spk_filenames_tt.csv", newline="") as handle:
+        pairs = {row["output_filename"]: (row["s1_path"], row["s2_path"]) for row in csv.DictReader(handle)}
+    for rate in WHAMR_RATES:
+        for mode in WHAMR_MODES:
+            for folder in FOLDERS.values():
+                (out / f"wav{rate // 1000}k" / mode / "tt" / folder).mkdir(parents=True)
+    for index, name in enumerate(str(n) for n in scaling["utterance_id"]):
+        speech16 = [sf.read(str(inputs["wsj0"] / path), dtype="float64")[0] for path in pairs[name]]
+        noise16 = sf.read(str(inputs["wham_noise"] / "tt" / name), dtype="float64")[0][:, 0]
+        rirs = room_rirs(rooms[Path(name).stem], "legacy", "pra031")
+        padded = [np.concatenate([x, np.zeros(len(noise16) - len(x))]) for x in speech16]
+        wet16 = {kind: [fftconvolve(x, rirs[kind][i]) for i, x in enumerate(padded)] for kind in ("reverb", "anechoic")}
+        for rate in WHAMR_RATES:
+            tag = f"{rate // 1000}k"
+
+            def at_rate(x: np.ndarray, rate: int = rate) -> np.ndarray:
+                return x if rate == 16000 else resample_poly(x, rate, 16000)
+
+            wet = {kind: [at_rate(x) for x in signals] for kind, signals in wet16.items()}
+            speech = [at_rate(x) for x in speech16]
+            noise_at_rate = at_rate(noise16)
+            start = int(scaling["speech_start_sample_16k"][index]) * rate // 16000
+            for mode in WHAMR_MODES:
+                dry = [
+                    np.round(x * scaling[f"scaling_wsjmix_{tag}_{mode}"][index][i] * 32768)
+                    / 32768
+                    * scaling[f"scaling_wham_speech_{tag}_{mode}"][index]
+                    for i, x in enumerate(speech)
+                ]
+                gains = [np.sqrt(np.sum(d**2) / np.sum(a**2)) for d, a in zip(dry, wet["anechoic"])]
+                noise = noise_at_rate * scaling[f"scaling_wham_noise_{tag}_{mode}"][index]
+                outputs: dict[str, np.ndarray] = {}
+                if mode == "min":
+                    n = min(len(d) for d in dry)
+                    noise = noise[start : start + n]
+                else:
+                    n = len(noise)
+                outputs["noise"] = noise
+                for kind, suffix in (("reverb", ""), ("anechoic", "_anechoic")):
+                    placed = []
+                    for signal, gain in zip(wet[kind], gains):
+                        if mode == "min":
+                            placed.append(signal[:n] * gain)
+                        else:
+                            full = np.zeros(n)
+                            full[start:] = signal[: n - start] * gain
+                            placed.append(full)
+                    outputs[f"s1{suffix}"], outputs[f"s2{suffix}"] = placed
+                    outputs[f"mix_clean{suffix}"] = placed[0] + placed[1]
+                    outputs[f"mix_both{suffix}"] = placed[0] + placed[1] + noise
+                    outputs[f"mix_single{suffix}"] = placed[0] + noise
+                base = out / f"wav{tag}" / mode / "tt"
+                for key, folder in FOLDERS.items():
+                    sf.write(base / folder / name, outputs[key].astype(np.float32), rate, subtype="FLOAT")
+
+
 @dataclass
 class RecipeBench:
     """One comparison: the official loop writing into a folder, and sepkit's argv for it."""
@@ -310,19 +425,71 @@ RECIPES: dict[str, RecipeBench] = {
             + ["--lists", str(i["lists"]), "--splits", "tt", "--out", str(out)]
         ),
     ),
-    # WHAMR! hook: once the WHAMR! rewrite (data_prep/whamr.py) lands, add
-    # "whamr": RecipeBench(official_whamr, whamr_argv), where official_whamr reimplements
-    # whamr_scripts' create_wham_from_scratch.py loop (WhamRoom RIRs) for tt, 8 kHz, min,
-    # and the corpus gets reverb_params_tt.csv next to fabricate_wham's inputs.
+    "whamr": RecipeBench(
+        official_whamr,
+        lambda i, out: (
+            ["whamr", "--wsj0", str(i["wsj0"]), "--wham-noise", str(i["wham_noise"]), "--lists", str(i["lists"])]
+            + ["--reverb-params", str(i["reverb_params"]), "--splits", "tt", "--out", str(out)]
+            + ["--sample-rate", *map(str, WHAMR_RATES), "--mode", *WHAMR_MODES]
+        ),
+    ),
 }
 
 
-def time_recipes(names: list[str], n_mixtures: int, rounds: int, no_extras: bool = False) -> dict:
-    """Median wall time of the official loop and of ``sepkit prepare ... --write`` per recipe,
-    the two run alternately ``rounds`` times each, every run into a fresh folder;
-    ``no_extras`` passes ``--no-official-extras`` to the recipes that have it."""
-    from data_prep.cli import main as prepare
+def run_side(name: str, side: str, inputs: dict[str, str], out: Path, no_extras: bool) -> None:
+    """One run of one side, in this (child) process; prints its wall time as JSON."""
+    paths = {key: Path(value) for key, value in inputs.items()}
+    bench = RECIPES[name]
+    start = time.perf_counter()
+    if side == "official":
+        bench.official(paths, out)
+    else:
+        from data_prep.cli import main as prepare
 
+        argv = bench.sepkit_argv(paths, out) + ["--write", "--no-progress", "--jobs", "1"]
+        if no_extras and name in ("wsj0-mix", "librimix"):
+            argv.append("--no-official-extras")
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert prepare(argv) == 0, argv
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+
+
+def _child(name: str, side: str, inputs: dict[str, Path], out: Path, no_extras: bool) -> tuple[float, float]:
+    """Run one side in a fresh Python process: (its wall time in s, its peak RSS in MiB,
+    from the kernel's accounting of that process alone via wait4)."""
+    command = [sys.executable, __file__, "--child", name, side, json.dumps({k: str(v) for k, v in inputs.items()})]
+    command += [str(out)] + (["--no-official-extras"] if no_extras else [])
+    process = subprocess.Popen(command, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    stdout = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{name} {side}: exit status {process.returncode}")
+    seconds = json.loads(stdout.decode().strip().splitlines()[-1])["seconds"]
+    return seconds, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
+def _max_difference(official: Path, ours: Path) -> float:
+    """Largest absolute sample difference between the files the official loop wrote under
+    ``official`` and sepkit's files at the same relative paths (the layouts match)."""
+    worst = 0.0
+    files = sorted(official.rglob("*.wav"))
+    assert files, official
+    for path in files:
+        a = sf.read(str(path), dtype="float64")[0]
+        b = sf.read(str(ours / path.relative_to(official)), dtype="float64")[0]
+        assert a.shape == b.shape, path
+        worst = max(worst, float(np.max(np.abs(a - b))))
+    return worst
+
+
+def time_recipes(names: list[str], n_mixtures: int, rounds: int, no_extras: bool = False) -> dict:
+    """Median wall time and peak RSS of the official loop and of ``sepkit prepare ... --write``
+    per recipe, the two run alternately ``rounds`` times each, each run in its own child
+    process writing into a fresh folder; ``no_extras`` passes ``--no-official-extras`` to
+    the recipes that have it. WHAMR!'s first round also checks that both sides wrote the
+    same files (largest sample difference)."""
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -333,32 +500,37 @@ def time_recipes(names: list[str], n_mixtures: int, rounds: int, no_extras: bool
             "librimix": {"librispeech": libri, "wham_noise": libri_noise, "metadata": libri_meta},
             "wham": {"wsj0": wsj0, "lists": lists, "wham_noise": fabricate_wham(root, wsj0, lists)},
         }
+        inputs["whamr"] = {**inputs["wham"], "reverb_params": fabricate_reverb_params(root, lists)}
         for name in names:
-            bench = RECIPES[name]
             times: dict[str, list[float]] = {"official": [], "sepkit": []}
+            memory: dict[str, list[float]] = {"official": [], "sepkit": []}
+            difference = None
             for index in range(rounds):
-                for side in ("official", "sepkit"):
-                    out = root / f"{name}_{side}_{index}"
-                    start = time.perf_counter()
-                    if side == "official":
-                        bench.official(inputs[name], out)
-                    else:
-                        argv = bench.sepkit_argv(inputs[name], out) + ["--write", "--no-progress", "--jobs", "1"]
-                        if no_extras and name in ("wsj0-mix", "librimix"):
-                            argv.append("--no-official-extras")
-                        with contextlib.redirect_stdout(io.StringIO()):
-                            assert prepare(argv) == 0, argv
-                    times[side].append(time.perf_counter() - start)
+                outs = {side: root / f"{name}_{side}_{index}" for side in ("official", "sepkit")}
+                for side, out in outs.items():
+                    seconds, peak = _child(name, side, inputs[name], out, no_extras)
+                    times[side].append(seconds)
+                    memory[side].append(peak)
+                if name == "whamr" and index == 0:
+                    difference = _max_difference(outs["official"], outs["sepkit"])
+                for out in outs.values():
                     shutil.rmtree(out)
             official, ours = float(np.median(times["official"])), float(np.median(times["sepkit"]))
             results[name] = {
                 "official_s": official,
                 "sepkit_s": ours,
                 "sepkit_over_official": ours / official,
+                "official_peak_rss_mib": max(memory["official"]),
+                "sepkit_peak_rss_mib": max(memory["sepkit"]),
                 "rounds_s": times,
+                "rounds_peak_rss_mib": memory,
             }
+            if difference is not None:
+                results[name]["max_abs_difference_official_vs_sepkit"] = difference
             print(
-                f"{name:10s} official {official:7.2f} s  sepkit {ours:7.2f} s  ratio {ours / official:5.2f}", flush=True
+                f"{name:10s} official {official:7.2f} s {max(memory['official']):6.0f} MiB  "
+                f"sepkit {ours:7.2f} s {max(memory['sepkit']):6.0f} MiB  ratio {ours / official:5.2f}",
+                flush=True,
             )
     return results
 
@@ -379,7 +551,12 @@ def main() -> None:
         action="store_true",
         help="--recipes: run sepkit without the scaling.mat / metrics pass (the same work as before they existed)",
     )
+    parser.add_argument("--child", nargs=4, metavar=("RECIPE", "SIDE", "INPUTS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child is not None:
+        name, side, inputs, out = args.child
+        run_side(name, side, json.loads(inputs), Path(out), args.no_official_extras)
+        return
     if args.recipes is not None:
         results = {
             "command": "PYTHONPATH=. python bench/data.py " + shlex.join(sys.argv[1:]),
@@ -395,6 +572,9 @@ def main() -> None:
         out = args.out or Path(__file__).parent / "results" / "data_recipes.json"
         write_text_atomic(out, json.dumps(results, indent=1) + "\n")
         return
+    import torch
+    from torch.utils.data import DataLoader
+
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
         "load_average_at_start": os.getloadavg()[0],  # the machine is shared: figures are noisy
@@ -415,7 +595,7 @@ def main() -> None:
         assert specs is not None
         results["mean_mixture_seconds"] = float(np.mean([s.length for s in specs]) / 8000)
         for workers in (0, 1, 2):
-            loader = DataLoader(_Rows(specs), batch_size=1, num_workers=workers)
+            loader = DataLoader(_rows_dataset(specs), batch_size=1, num_workers=workers)
             start = time.perf_counter()
             for _ in loader:
                 pass

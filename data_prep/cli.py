@@ -15,6 +15,7 @@ import sepkit but sepkit never imports them (see docs/architecture.md).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ import soundfile as sf
 
 from data_prep.common import (
     PrepareError,
+    RowHook,
     SplitPlan,
     claim_output,
     download_pinned,
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-official-extras",
         action="store_true",
-        help="with --write, skip MERL's scaling.mat (a second pass over the data)",
+        help="with --write, skip MERL's scaling.mat (recorded while writing; a resumed run renders the rows already complete again for it)",
     )
     _common(p, [8000], ["min"])
 
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-official-extras",
         action="store_true",
-        help="with --write, skip LibriMix's metrics_*.csv (a second pass over the data)",
+        help="with --write, skip LibriMix's metrics_*.csv (computed while writing; a resumed run reads the files already complete back for it)",
     )
     _common(p, [8000], ["min"])
 
@@ -346,6 +348,22 @@ def verify(directory: Path, official: Path | None, samples: int) -> int:
     return problems
 
 
+def _side_file_hook(args: argparse.Namespace) -> RowHook | None:
+    """What the writing pass records per row for the official side files (LibriMix's
+    metrics CSVs, wsj0-mix's scaling.mat), so they need no second pass over the rows."""
+    if not args.write or getattr(args, "no_official_extras", False):
+        return None
+    if args.command == "librimix":
+        from data_prep.librimix import row_metrics
+
+        return functools.partial(row_metrics, types=tuple(args.types))
+    if args.command == "wsj0-mix":
+        from data_prep.wsj0mix import row_peak
+
+        return row_peak
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build WSJ0-2mix/3mix, LibriMix, WHAM!, WHAMR! or your own corpus.
 
@@ -364,16 +382,28 @@ def main(argv: list[str] | None = None) -> int:
         plans = _plans(args)
         claim_output(args.out, plans, parameters, args.force, args.dry_run)
         summary = execute(
-            plans, args.write, args.jobs, dry_run=args.dry_run, progress=not args.no_progress, force=args.force
+            plans,
+            args.write,
+            args.jobs,
+            dry_run=args.dry_run,
+            progress=not args.no_progress,
+            force=args.force,
+            row_hook=_side_file_hook(args),
         )
         if args.command == "librimix" and args.write and not args.dry_run:
             from data_prep.librimix import write_official_csvs
 
-            write_official_csvs(plans, args.types, metrics=not args.no_official_extras, progress=not args.no_progress)
+            write_official_csvs(
+                plans,
+                args.types,
+                metrics=not args.no_official_extras,
+                progress=not args.no_progress,
+                computed=summary["row_values"],
+            )
         if args.command == "wsj0-mix" and args.write and not args.dry_run and not args.no_official_extras:
             from data_prep.wsj0mix import write_scaling_mat
 
-            write_scaling_mat(plans, jobs=args.jobs, progress=not args.no_progress)
+            write_scaling_mat(plans, jobs=args.jobs, progress=not args.no_progress, peaks=summary["row_values"])
         if not args.dry_run:
             update_manifest(args.out, plans, args.write, parameters)
     except PrepareError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ import threading
 import time
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +33,17 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from sepkit.data.mixtures import MixtureSpec, RowValueError, check_row_values, write_outputs, write_table
-from sepkit.data.paths import MANIFEST, UnsafePathError, check_spec_paths, is_inside, output_file
+from data_prep.progress import Progress
+from sepkit.data.mixtures import (
+    MixtureSpec,
+    RowValueError,
+    SignalCache,
+    check_row_values,
+    render_outputs,
+    write_rendered,
+    write_table,
+)
+from sepkit.data.paths import MANIFEST, UnsafePathError, check_name, check_spec_paths, is_inside, output_file
 from sepkit.fileio import write_text_atomic
 
 WAV_HEADER_BYTES = 44
@@ -203,15 +214,29 @@ def file_is_complete(path: Path, spec: MixtureSpec) -> bool:
 def validate_plans(plans: list[SplitPlan]) -> None:
     """Refuse a plan with a row no recipe should produce: an id that is not a plain file
     name, a source outside the plan's roots, an output resolving outside ``--out``, a
-    length, position or gain out of range. Runs before anything is written."""
+    length, position or gain out of range. Runs before anything is written.
+
+    Resolving every path is most of the cost, so each output folder is resolved once
+    (a checked id is a plain name, so ``folder/<id>.wav`` resolves inside the folder
+    unless that file is a symlink, which gets the full check) and each set of source
+    paths once per set of roots (the rows of one utterance at every rate and mode share it)."""
+    base = Path.cwd()
+    checked_sources: set[tuple] = set()
     for plan in plans:
         out = plan.out if plan.out is not None else plan.directory
+        folder_inside = {folder: is_inside(plan.directory / folder, out) for folder in set(plan.folders.values())}
         for spec in plan.specs:
             try:
                 check_row_values(spec)
-                check_spec_paths(spec, Path.cwd(), plan.roots)
-                for folder in plan.folders.values():
-                    output_file(out, plan.directory / folder, spec.mixture_id)
+                check_name(spec.mixture_id)
+                signals = [*spec.sources, *([spec.noise] if spec.noise is not None else [])]
+                sources_key = (tuple((s.path, s.rir, s.anechoic_rir) for s in signals), plan.roots)
+                if sources_key not in checked_sources:
+                    check_spec_paths(spec, base, plan.roots)
+                    checked_sources.add(sources_key)
+                for folder, inside in folder_inside.items():
+                    if not inside or (plan.directory / folder / f"{spec.mixture_id}.wav").is_symlink():
+                        output_file(out, plan.directory / folder, spec.mixture_id)
             except (UnsafePathError, RowValueError) as err:
                 raise PrepareError(f"{plan.name}: mixture {spec.mixture_id!r}: {err}") from None
         for table in plan.tables:
@@ -428,10 +453,36 @@ def worker_pool(jobs: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=jobs, initializer=_exit_with_parent, initargs=(os.getpid(),))
 
 
-def _write_one(job: tuple[MixtureSpec, Path, dict[str, str]]) -> int:
-    spec, directory, folders = job
-    write_outputs(spec, directory, folders)
-    return 1
+WriteJob = tuple[MixtureSpec, Path, dict[str, str]]  # a row, its split folder, the outputs still missing
+# what a recipe computes from a row while it is written (its outputs as written, and
+# render_outputs' details such as the peak before normalisation), for its side files
+RowHook = Callable[[MixtureSpec, dict[str, np.ndarray], dict[str, float]], object]
+
+
+def _write_group(group: list[WriteJob], row_hook: RowHook | None = None) -> tuple[int, list[tuple[str, str, object]]]:
+    """Write the rows of one group (the same mixture at every rate and mode) with one
+    :class:`SignalCache`, so each source is read, convolved and resampled once for all of
+    them. Returns the number of rows and, with ``row_hook``, ``(split folder, mixture id,
+    row_hook's value)`` per row, computed from the signals just written (no second render)."""
+    cache = SignalCache()
+    values = []
+    for spec, directory, folders in group:
+        details: dict[str, float] = {}
+        out = render_outputs(spec, None, list(folders), cache, details)
+        write_rendered(spec, directory, folders, out)
+        if row_hook is not None:
+            values.append((str(directory), spec.mixture_id, row_hook(spec, out, details)))
+    return len(group), values
+
+
+def _group_by_mixture(todo: list[WriteJob]) -> list[list[WriteJob]]:
+    """``todo`` grouped by mixture id, in order of first appearance. Only which rows share a
+    cache depends on the grouping: the cache's keys hold every input of a signal, so rows of
+    different sources that happen to share an id still render exactly as alone."""
+    groups: dict[str, list[WriteJob]] = {}
+    for job in todo:
+        groups.setdefault(job[0].mixture_id, []).append(job)
+    return list(groups.values())
 
 
 def execute(
@@ -441,6 +492,7 @@ def execute(
     dry_run: bool = False,
     progress: bool = True,
     force: bool = False,
+    row_hook: RowHook | None = None,
 ) -> dict:
     """Write the tables of ``plans`` and, with ``write``, every output file.
 
@@ -450,8 +502,15 @@ def execute(
     with other parameters) are refused, or removed with ``force``. Before writing, the
     free disk space is checked against the estimate for the files still missing.
 
+    ``row_hook(spec, outputs, details)`` (a module-level function, so workers can run it)
+    is called on every row rendered in this run with the outputs as rendered for
+    writing and :func:`render_outputs`' details; its values let a recipe write side files
+    without rendering the rows again.
+
     Returns:
-        a summary dict (counts, estimated bytes, files written / skipped).
+        a summary dict (counts, estimated bytes, files written / skipped, and
+        ``row_values``: ``(str(split folder), mixture id) -> row_hook's value`` for the
+        rows rendered in this run; rows found complete are not in it).
     """
     summary = {
         "mixtures": sum(len(p.specs) for p in plans),
@@ -459,6 +518,7 @@ def execute(
         "tables": [str(t) for p in plans for t in p.tables],
         "written": 0,
         "skipped": 0,
+        "row_values": {},
     }
     for plan in plans:
         ids = [spec.mixture_id for spec in plan.specs]
@@ -487,7 +547,7 @@ def execute(
             write_table(table_path, sorted(rows, key=lambda spec: f"{spec.mixture_id}.wav"))
     if not write:
         return summary
-    todo: list[tuple[MixtureSpec, Path, dict[str, str]]] = []
+    todo: list[WriteJob] = []
     missing_bytes = 0
     for plan in plans:
         # a killed worker (SIGKILL, power loss) can leave its temp file behind
@@ -512,17 +572,22 @@ def execute(
             raise PrepareError(
                 f"not enough disk space in {anchor}: {human_bytes(missing_bytes)} to write, {human_bytes(free)} free"
             )
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(todo), desc="writing mixtures", unit="mix", disable=not progress or not todo)
+    # a tqdm bar on a terminal, plain periodic lines in a log file (no carriage returns)
+    bar = Progress(len(todo), "writing mixtures", progress, unit="mix")
+    groups = _group_by_mixture(todo)
+    write_group = functools.partial(_write_group, row_hook=row_hook)
+    row_values: dict[tuple[str, str], object] = {}
     if jobs <= 1:
-        for job in todo:
-            _write_one(job)
-            bar.update(1)
+        results: Iterable[tuple[int, list[tuple[str, str, object]]]] = map(write_group, groups)
+        for done, values in results:
+            row_values.update(((directory, name), value) for directory, name, value in values)
+            bar.update(done)
     else:
         with worker_pool(jobs) as pool:
-            for done in pool.map(_write_one, todo, chunksize=max(1, len(todo) // (jobs * 8))):
+            for done, values in pool.map(write_group, groups, chunksize=max(1, len(groups) // (jobs * 8))):
+                row_values.update(((directory, name), value) for directory, name, value in values)
                 bar.update(done)
     bar.close()
     summary["written"] = sum(len(job[2]) for job in todo)
+    summary["row_values"].update(row_values)
     return summary

@@ -54,7 +54,7 @@ from scipy.signal import resample_poly
 from data_prep.common import PinnedFile, PrepareError, SplitPlan, require_file
 from data_prep.progress import Progress, track
 from sepkit.audio import write_audio_atomic
-from sepkit.data.mixtures import MixtureSpec, SourceSpec
+from sepkit.data.mixtures import MixtureSpec, SourceSpec, as_written
 from sepkit.data.paths import UnsafePathError, check_name, resolve_source
 from sepkit.fileio import atomic_output
 
@@ -278,10 +278,41 @@ def _write_csv(path: Path, header: list[str], lines: list[list[str]]) -> None:
         writer.writerows(lines)
 
 
-def write_official_csvs(plans: list[SplitPlan], types: list[str], metrics: bool = True, progress: bool = True) -> None:
-    """``{mode}/metadata/mixture_<subset>_<type>.csv`` and (with ``metrics``, which reads
-    every written file once more) ``metrics_<subset>_<type>.csv`` as the official recipe
-    writes them, from the written files (after :func:`execute`)."""
+def _metric_line(mixture_id: str, signals: dict[str, np.ndarray], mixture_type: str, n_src: int) -> list[str]:
+    """One line of ``metrics_<subset>_<type>.csv``: the id and each component's SNR in the mixture."""
+    folders, _ = _components(mixture_type, n_src)
+    mixture = signals[mixture_type]
+    return [mixture_id] + [repr(snr_db(signals[f], mixture - signals[f])) for f in folders]
+
+
+def row_metrics(
+    spec: MixtureSpec, outputs: dict[str, np.ndarray], details: dict[str, float], types: tuple[str, ...]
+) -> dict[str, list[str]] | None:
+    """:func:`data_prep.common.execute`'s row hook for the metrics CSVs (bind ``types`` with
+    functools.partial): per mixture type its metrics line, from the signals just rendered
+    as their files hold them (:func:`sepkit.data.mixtures.as_written`, so the values are
+    those a read-back gives); ``None`` when this run did not render every signal needed
+    (a resumed row), which then is read from its files."""
+    needed = {f for t in types for f in (t, *_components(t, spec.n_src)[0])}
+    if not needed <= outputs.keys():
+        return None
+    signals = {name: as_written(spec, outputs[name]) for name in needed}
+    return {t: _metric_line(spec.mixture_id, signals, t, spec.n_src) for t in types}
+
+
+def write_official_csvs(
+    plans: list[SplitPlan],
+    types: list[str],
+    metrics: bool = True,
+    progress: bool = True,
+    computed: dict[tuple[str, str], object] | None = None,
+) -> None:
+    """``{mode}/metadata/mixture_<subset>_<type>.csv`` and (with ``metrics``)
+    ``metrics_<subset>_<type>.csv`` as the official recipe writes them (after
+    :func:`execute`). ``computed``: :func:`row_metrics`' values from :func:`execute`
+    (``summary["row_values"]``); the metrics of the other rows are computed from their
+    written files, read once more."""
+    computed = computed or {}
     total = sum(len(plan.specs) for plan in plans)
     done = Progress(total, "LibriMix metrics", progress and metrics)
     for plan in plans:
@@ -292,19 +323,19 @@ def write_official_csvs(plans: list[SplitPlan], types: list[str], metrics: bool 
         metric_lines: dict[str, list[list[str]]] = {t: [] for t in types}
         for spec in plan.specs:
             name = f"{spec.mixture_id}.wav"
-            # each written signal read once, as float64 k / 32768
-            needed = {f for t in types for f in (t, *_components(t, n_src)[0])} if metrics else set()
-            signals = {f: sf.read(str(plan.directory / f / name), dtype="float64")[0] for f in needed}
+            lines = computed.get((str(plan.directory), spec.mixture_id)) if metrics else None
+            if metrics and not isinstance(lines, dict):
+                # each written signal read once, as float64 k / 32768
+                needed = {f for t in types for f in (t, *_components(t, n_src)[0])}
+                signals = {f: sf.read(str(plan.directory / f / name), dtype="float64")[0] for f in needed}
+                lines = {t: _metric_line(spec.mixture_id, signals, t, n_src) for t in types}
             for t in types:
                 folders, _ = _components(t, n_src)
                 line = [spec.mixture_id, str((plan.directory / t / name).resolve())]
                 line += [str((plan.directory / folder / name).resolve()) for folder in folders]
                 mixture_lines[t].append(line + [str(spec.length)])
-                if metrics:
-                    mixture = signals[t]
-                    metric_lines[t].append(
-                        [spec.mixture_id] + [repr(snr_db(signals[f], mixture - signals[f])) for f in folders]
-                    )
+                if lines is not None:
+                    metric_lines[t].append(lines[t])
             done.update()
         for t in types:
             _, columns = _components(t, n_src)

@@ -1,7 +1,7 @@
 """Progress reporting for the long phases of the recipes (decoding, level passes,
 noise augmentation), readable both in a terminal and in a log file.
 
-On a terminal it is a tqdm bar, as for writing mixtures (:func:`data_prep.common.execute`).
+On a terminal it is a tqdm bar (writing mixtures, :func:`data_prep.common.execute`, uses it too).
 When stderr is not a terminal (output redirected to a log), tqdm's carriage-return
 updates would pile up on one line, so plain lines ``<phase>: <done>/<total> (<pct>%)``
 are printed instead, at most every ``interval`` seconds, plus one when the phase ends.
@@ -20,7 +20,7 @@ Item = TypeVar("Item")
 class Progress:
     """Counts finished items of one phase of ``total`` items and reports them on stderr."""
 
-    def __init__(self, total: int, desc: str, enabled: bool = True, interval: float = 10.0) -> None:
+    def __init__(self, total: int, desc: str, enabled: bool = True, interval: float = 10.0, unit: str = "file") -> None:
         self.total = total
         self.desc = desc
         self.done = 0
@@ -31,7 +31,7 @@ class Progress:
         if self.enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit="file")
+            self._bar = tqdm(total=total, desc=desc, unit=unit)
 
     def update(self, count: int = 1) -> None:
         self.done += count

@@ -64,14 +64,13 @@ from typing import TypeVar
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import butter, fftconvolve, sosfilt
+from scipy.signal import butter, sosfilt
 from tqdm import tqdm
 
 from data_prep.common import PrepareError, SplitPlan, require_file
 from data_prep.image_source import max_reflection_order, room_response, sabine_absorption
 from data_prep.wham import SPLITS, wham_roots, wham_rows
-from sepkit.audio import resample
-from sepkit.data.mixtures import MixtureSpec, signal_samples
+from sepkit.data.mixtures import MixtureSpec, SignalCache, SourceSpec, signal_samples
 
 SIM_RATE = 16000
 SPEED_OF_SOUND = 343.0
@@ -379,11 +378,18 @@ def _reverberant(
     noise_frames16 = int(sf.info(first.noise.path).frames)
     n_src = len(first.sources)
     rates = sorted({rate for rate, _ in rows})
+    # one cache for this utterance: each source read and convolved once, resampled once per rate
+    cache = SignalCache()
     anechoic_energy: list[dict[int, float]] = []
     frames = [0 if dry_run else int(sf.info(src.path).frames) for src in first.sources]
     for i in range(n_src):
         rir = rir_dir / f"{first.mixture_id}_s{i + 1}_anechoic.npy"
-        anechoic_energy.append({} if dry_run else _anechoic_energies(first.sources[i].path, noise_frames16, rir, rates))
+        energies = (
+            {}
+            if dry_run
+            else {r: _anechoic_energy(first.sources[i].path, noise_frames16, rir, r, cache) for r in rates}
+        )
+        anechoic_energy.append(energies)
     out = {}
     for (rate, mode), spec in rows.items():
         sources = []
@@ -400,7 +406,7 @@ def _reverberant(
             if not dry_run:
                 # the whole dry utterance (stop at its end, placed at 0), not the part inside the mixture
                 whole = replace(dry, offset=0, start=0, stop=frames[i])
-                dry_signal = signal_samples(whole, replace(spec, sources=[whole], noise=None))
+                dry_signal = signal_samples(whole, replace(spec, sources=[whole], noise=None), cache=cache)
                 gain = math.sqrt(float(np.sum(dry_signal**2)) / anechoic_energy[i][rate])
                 if not math.isfinite(gain):
                     raise PrepareError(f"{dry.path}: WHAMR! gain of {spec.mixture_id} s{i + 1} is not finite")
@@ -410,19 +416,14 @@ def _reverberant(
     return out
 
 
-def _anechoic_energies(path: str, pad_to: int, rir_path: Path, rates: list[int]) -> dict[int, float]:
-    """Energy ``sum(x^2)`` of the whole anechoic source at each rate: the utterance
-    zero-padded to ``pad_to`` frames, convolved once, then resampled to each rate
-    (the steps :func:`sepkit.data.mixtures.signal_samples` takes for a row with gain 1)."""
-    x, file_rate = sf.read(path, dtype="float64", always_2d=True)
-    x = x[:, 0]
-    if pad_to > len(x):
-        x = np.concatenate([x, np.zeros(pad_to - len(x))])
-    wet = fftconvolve(x, np.load(rir_path).astype(np.float64))
-    energies = {}
-    for rate in rates:
-        energy = float(np.sum(resample(wet, file_rate, rate) ** 2))
-        if not energy > 0:
-            raise PrepareError(f"{path}: its anechoic convolution with {rir_path} is silent or not finite")
-        energies[rate] = energy
-    return energies
+def _anechoic_energy(path: str, pad_to: int, rir_path: Path, rate: int, cache: SignalCache) -> float:
+    """Energy ``sum(x^2)`` of the whole anechoic source at ``rate``: the utterance
+    zero-padded to ``pad_to`` frames, convolved, then resampled, by the renderer itself
+    (:func:`sepkit.data.mixtures.signal_samples` with gain 1, start and offset 0), so
+    ``cache`` convolves it once for every rate."""
+    source = SourceSpec(path=path, pad_to=pad_to, anechoic_rir=str(rir_path))
+    row = MixtureSpec(mixture_id=Path(path).stem, sample_rate=rate, length=1, sources=[source])
+    energy = float(np.sum(signal_samples(source, row, anechoic=True, cache=cache) ** 2))
+    if not energy > 0:
+        raise PrepareError(f"{path}: its anechoic convolution with {rir_path} is silent or not finite")
+    return energy

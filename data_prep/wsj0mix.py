@@ -164,41 +164,62 @@ def build_plans(
     return plans
 
 
-def peak_gain(spec: MixtureSpec) -> float:
+def peak_gain(spec: MixtureSpec, peak: float | None = None) -> float:
     """MERL's ``mix_scaling``: ``0.9 / max |.|`` over the mixture and the sources of one
-    row before normalisation and quantisation (the factor ``peak_normalize`` applies)."""
-    raw = replace(spec, peak_normalize=None, quantize="")
-    outputs = render_outputs(raw, None, ["mix_clean", *[f"s{i + 1}" for i in range(spec.n_src)]])
-    peak = max(float(np.max(np.abs(x))) for x in outputs.values())
+    row before normalisation and quantisation (the factor ``peak_normalize`` applies).
+    ``peak``: that maximum as recorded while the row was written (see :func:`row_peak`);
+    without it the row is rendered again."""
+    if peak is None:
+        raw = replace(spec, peak_normalize=None, quantize="")
+        outputs = render_outputs(raw, None, ["mix_clean", *[f"s{i + 1}" for i in range(spec.n_src)]])
+        peak = max(float(np.max(np.abs(x))) for x in outputs.values())
     if not peak > 0:
         raise PrepareError(f"mixture {spec.mixture_id}: silent sources, no peak gain (scaling.mat)")
     return PEAK_LEVEL / peak
 
 
-def write_scaling_mat(plans: list[SplitPlan], jobs: int = 1, progress: bool = True) -> list[Path]:
+def row_peak(spec: MixtureSpec, outputs: dict[str, np.ndarray], details: dict[str, float]) -> float | None:
+    """:func:`data_prep.common.execute`'s row hook for ``scaling.mat``: the peak the
+    renderer measured before normalising the row (``None`` for a row without it)."""
+    return details.get("peak")
+
+
+def write_scaling_mat(
+    plans: list[SplitPlan], jobs: int = 1, progress: bool = True, peaks: dict[tuple[str, str], object] | None = None
+) -> list[Path]:
     """Write ``scaling.mat`` into every split folder of ``plans`` (see the module doc);
-    returns the written paths."""
+    returns the written paths. ``peaks``: :func:`row_peak`'s values from
+    :func:`data_prep.common.execute` (``summary["row_values"]``) for the rows it rendered;
+    only the other rows (already complete from an earlier run) are rendered again here."""
     from scipy.io import savemat
 
-    specs = [spec for plan in plans for spec in plan.specs]
+    recorded_peaks = peaks or {}
+
+    def recorded(plan: SplitPlan, spec: MixtureSpec) -> float | None:
+        peak = recorded_peaks.get((str(plan.directory), spec.mixture_id))
+        return peak if isinstance(peak, float) else None
+
+    specs = [spec for plan in plans for spec in plan.specs if recorded(plan, spec) is None]
     bar = Progress(len(specs), "scaling.mat peak gains", progress)
-    gains: list[float] = []
+    rendered: list[float] = []
     if jobs <= 1:
         for spec in specs:
-            gains.append(peak_gain(spec))
+            rendered.append(peak_gain(spec))
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             for gain in pool.map(peak_gain, specs, chunksize=max(1, len(specs) // (jobs * 8))):
-                gains.append(gain)
+                rendered.append(gain)
                 bar.update()
     bar.close()
+    again = iter(rendered)
     written = []
-    start = 0
     for plan in plans:
         count = len(plan.specs)
-        mix_scaling = np.array(gains[start : start + count], dtype=np.float64).reshape(count, 1)
-        start += count
+        gains = [
+            peak_gain(spec, peak) if (peak := recorded(plan, spec)) is not None else next(again) for spec in plan.specs
+        ]
+        mix_scaling = np.array(gains, dtype=np.float64).reshape(count, 1)
         n_src = plan.specs[0].n_src if plan.specs else 0
         source_gains = np.array([[src.gain for src in spec.sources] for spec in plan.specs], dtype=np.float64)
         source_gains = source_gains.reshape(count, n_src)

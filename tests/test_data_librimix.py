@@ -277,3 +277,33 @@ def test_default_quantizer_is_libsndfile_exactly(tmp_path):
     assert written[-6] == 32767 and written[-5] == -32768
     assert not np.array_equal(written, np.clip(np.floor(x * 32768), -32768, 32767))
     assert not np.array_equal(written, np.clip(np.round(x * 32768), -32768, 32767))
+
+
+def test_metrics_come_from_the_writing_pass(corpus, tmp_path, monkeypatch):
+    """The metrics CSVs are computed from the signals as they are written, without reading
+    the written files back; a resumed run (files complete, metrics read back from them)
+    writes the same CSVs."""
+    libri, wham, meta = corpus
+    out = tmp_path / "out"
+    argv = ["librimix", "--librispeech", str(libri), "--wham-noise", str(wham), "--metadata", str(meta)]
+    argv += ["--subsets", "dev", "--types", "mix_clean", "mix_both", "mix_single", "--out", str(out)]
+    argv += ["--write", "--no-progress"]
+    real = sf.read
+    reads_of_outputs = []
+
+    def counting_read(file, *args, **kwargs):
+        if str(file).startswith(str(out)):
+            reads_of_outputs.append(file)
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(sf, "read", counting_read)
+    assert main(argv) == 0
+    monkeypatch.undo()
+    assert reads_of_outputs == []
+    meta_out = out / "Libri2Mix" / "wav8k" / "min" / "metadata"
+    names = [f"metrics_dev_{t}.csv" for t in ("mix_clean", "mix_both", "mix_single")]
+    first = {name: (meta_out / name).read_bytes() for name in names}
+    for name in names:
+        (meta_out / name).unlink()
+    assert main(argv) == 0  # every file complete: the metrics are read back from them
+    assert {name: (meta_out / name).read_bytes() for name in names} == first

@@ -231,3 +231,39 @@ def test_source_outside_room_is_a_one_line_error(corpus, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "reverb_params_tt.csv" in err and first[0].removesuffix(".wav") in err and "outside the room" in err
     assert len(err.splitlines()) == 1
+
+
+def test_writing_convolves_each_source_once_per_utterance(corpus, monkeypatch, capsys):
+    """The official loop convolves each source with each RIR once per utterance and derives
+    every rate and length mode from that; so does writing (one convolution per source and
+    RIR kind, not one per row), with files equal to the uncached renderer's, and the
+    'writing mixtures' progress comes as whole lines in a log (no carriage returns)."""
+    import sepkit.data.mixtures as mixtures
+    from data_prep.common import execute
+
+    root, wsj0, lists, wham, reverb = corpus
+    out = root / "out_once"
+    plans = build_plans(wsj0, wham, lists, reverb, out, [8000, 16000], ["min", "max"], splits=["tt"], progress=False)
+    assert len(plans) == 4
+    utterances = len(plans[0].specs)
+    calls = []
+
+    def counting_fftconvolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return fftconvolve(x, h)
+
+    monkeypatch.setattr(mixtures, "fftconvolve", counting_fftconvolve)
+    summary = execute(plans, write=True, progress=True)
+    monkeypatch.undo()
+    assert summary["written"] == 4 * utterances * len(plans[0].folders)
+    # 2 sources x (reverberant, anechoic) per utterance, whatever the number of rates and modes
+    assert len(calls) == utterances * 2 * 2
+    err = capsys.readouterr().err
+    assert "\r" not in err and f"writing mixtures: {utterances}/{utterances} (100%)" not in err
+    assert f"writing mixtures: {4 * utterances}/{4 * utterances} (100%)\n" in err
+    for plan in plans:
+        for spec in plan.specs:
+            expected = render_outputs(spec)
+            for name, folder in plan.folders.items():
+                got = sf.read(str(plan.directory / folder / f"{spec.mixture_id}.wav"), dtype="float32")[0]
+                np.testing.assert_array_equal(got, expected[name].astype(np.float32), err_msg=f"{plan.name} {name}")

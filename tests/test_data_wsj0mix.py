@@ -222,7 +222,7 @@ def test_interrupted_write_resumes_without_partial_files(corpus, tmp_path, monke
         "--write",
     ]
     argv += ["--no-progress"]
-    real = common.write_outputs
+    real = common.write_rendered
     calls = {"n": 0}
 
     def crash_after_four(*args, **kwargs):
@@ -231,10 +231,10 @@ def test_interrupted_write_resumes_without_partial_files(corpus, tmp_path, monke
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(common, "write_outputs", crash_after_four)
+    monkeypatch.setattr(common, "write_rendered", crash_after_four)
     with pytest.raises(KeyboardInterrupt):
         main(argv)
-    monkeypatch.setattr(common, "write_outputs", real)
+    monkeypatch.setattr(common, "write_rendered", real)
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     first = sorted(out.rglob("*.wav"))
     assert len(first) == 4 * 3  # four mixtures, three files each
@@ -306,3 +306,41 @@ def test_scaling_mat_can_be_left_out(corpus, tmp_path):
     assert main(argv + ["--no-progress", "--no-official-extras"]) == 0
     split = out / "2speakers" / "wav8k" / "min" / "tt"
     assert len(list((split / "mix").glob("*.wav"))) == 3 and not (split / "scaling.mat").exists()
+
+
+def test_scaling_mat_comes_from_the_writing_pass(corpus, tmp_path, monkeypatch):
+    """Each row is rendered once: scaling.mat's peak gains are recorded while the audio is
+    written, equal to a fresh render's 0.9 / peak; on a resumed run the rows already
+    complete are rendered again for it, giving the same file."""
+    import sepkit.data.mixtures as mixtures
+
+    wsj0, lists = corpus
+    out = tmp_path / "out"
+    argv = ["wsj0-mix", "--wsj0", str(wsj0), "--lists", str(lists), "--splits", "tt", "--out", str(out)]
+    argv += ["--write", "--no-progress"]
+    real = mixtures.render_signal
+    calls = []
+
+    def counting_render_signal(*args, **kwargs):
+        calls.append(args[0].path)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mixtures, "render_signal", counting_render_signal)
+    assert main(argv) == 0
+    monkeypatch.undo()
+    split = out / "2speakers" / "wav8k" / "min" / "tt"
+    specs = read_table(split.parent / "tt.csv")
+    assert len(calls) == sum(spec.n_src for spec in specs)  # one render per row
+    order = {
+        spec.mixture_id: spec for spec in wsj0mix.build_plans(wsj0, lists, out, [2], [8000], ["min"], ["tt"])[0].specs
+    }
+    first = loadmat(str(split / "scaling.mat"))
+    expected = np.array([[wsj0mix.peak_gain(spec)] for spec in order.values()])
+    np.testing.assert_array_equal(first["scaling16bit_8k"], expected)
+    # resumed: one file rewritten, the other rows' peaks come from a second render
+    (split / "scaling.mat").unlink()
+    next(iter((split / "s1").glob("*.wav"))).unlink()
+    assert main(argv) == 0
+    again = loadmat(str(split / "scaling.mat"))
+    for key in ("scaling_8k", "scaling16bit_8k"):
+        np.testing.assert_array_equal(again[key], first[key])

@@ -58,6 +58,7 @@ All arithmetic is float64 on integer sample positions.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -384,25 +385,77 @@ def _load_rir(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False).astype(np.float64)
 
 
+class SignalCache:
+    """The gain-free part of whole-file signals, shared by the rows of one group.
+
+    A corpus often renders the same source at several rates and length modes (WHAMR!
+    writes every utterance at 8 and 16 kHz, ``min`` and ``max``): the read, extended,
+    padded and convolved signal ``[n]`` at the file's rate, and its resampled version at
+    each output rate, do not depend on the row's gain, start or offset. Passed to
+    :func:`render_outputs` / :func:`write_outputs` for the rows of one utterance, each of
+    them is computed once, as the official scripts do, instead of once per row. The
+    arrays are never modified in place, so the outputs are bit-identical to rendering
+    without a cache. Hold one only as long as its group is being rendered (it keeps the
+    signals in memory).
+    """
+
+    def __init__(self) -> None:
+        self._prepared: dict[tuple, np.ndarray] = {}
+        self._resampled: dict[tuple, np.ndarray] = {}
+
+    def prepared(self, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The signal at the file rate for ``key`` (computed by ``compute`` the first time)."""
+        if key not in self._prepared:
+            self._prepared[key] = compute()
+        return self._prepared[key]
+
+    def resampled(self, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The signal of ``key`` (which includes the output rate) after resampling."""
+        if key not in self._resampled:
+            self._resampled[key] = compute()
+        return self._resampled[key]
+
+
+def _whole_signal(path: Path, spec: SourceSpec, rir_path: str, root: Path | None) -> np.ndarray:
+    """Read (up to ``stop``), extend, zero-pad and convolve one signal at its file rate: ``[n]`` float64."""
+    x, _ = _read(path, 0, spec.stop, spec.channel)
+    if spec.extend_to:
+        x = hann_crossfade_extend(x, spec.extend_to)
+    if spec.pad_to > len(x):
+        x = np.concatenate([x, np.zeros(spec.pad_to - len(x))])
+    if rir_path:
+        x = fftconvolve(x, _load_rir(_resolve(rir_path, root)))
+    return x
+
+
 def signal_samples(
-    spec: SourceSpec, mixture: MixtureSpec, root: Path | None = None, anechoic: bool = False
+    spec: SourceSpec,
+    mixture: MixtureSpec,
+    root: Path | None = None,
+    anechoic: bool = False,
+    cache: SignalCache | None = None,
 ) -> np.ndarray:
     """One signal of ``mixture`` after every per-signal step except placement:
-    ``[n]`` float64 at ``mixture.sample_rate``, starting at the kept ``start`` sample."""
+    ``[n]`` float64 at ``mixture.sample_rate``, starting at the kept ``start`` sample.
+    With ``cache``, the gain-free whole-file steps are shared with the other rows
+    rendered through it (see :class:`SignalCache`); the result is the same."""
     path = _resolve(spec.path, root)
     file_rate = _file_rate(path)
     rir_path = spec.anechoic_rir if anechoic else spec.rir
     whole = file_rate != mixture.sample_rate or bool(rir_path) or spec.extend_to > 0 or spec.pad_to > 0
     whole = whole or spec.stop is not None
     if whole:
-        x, _ = _read(path, 0, spec.stop, spec.channel)
-        if spec.extend_to:
-            x = hann_crossfade_extend(x, spec.extend_to)
-        if spec.pad_to > len(x):
-            x = np.concatenate([x, np.zeros(spec.pad_to - len(x))])
-        if rir_path:
-            x = fftconvolve(x, _load_rir(_resolve(rir_path, root)))
         crop = spec.start * mixture.sample_rate // file_rate
+        if cache is not None:
+            rir_file = str(_resolve(rir_path, root)) if rir_path else ""
+            key = (str(path), spec.stop, spec.channel, spec.extend_to, spec.pad_to, rir_file)
+            x = cache.prepared(key, lambda: _whole_signal(path, spec, rir_path, root))
+            if mixture.gain_stage == "after_resample":
+                # the resampled signal is gain-free too: shared by every row at this rate
+                x = cache.resampled((*key, mixture.sample_rate), lambda: resample(x, file_rate, mixture.sample_rate))
+                return _finish(x * spec.gain, spec)[crop:]
+        else:
+            x = _whole_signal(path, spec, rir_path, root)
     else:
         # same rate, no convolution: read only what lands inside the mixture
         x, _ = _read(path, spec.start, spec.start + max(1, mixture.length - spec.offset), spec.channel)
@@ -412,11 +465,16 @@ def signal_samples(
     x = resample(x, file_rate, mixture.sample_rate)
     if mixture.gain_stage == "after_resample":
         x = x * spec.gain
+    return _finish(x, spec)[crop:]
+
+
+def _finish(x: np.ndarray, spec: SourceSpec) -> np.ndarray:
+    """The steps after the gain: optional int16 rounding, then ``post_gain``."""
     if spec.quantize:
         x = quantize_int16(x)
     if spec.post_gain != 1.0:
         x = x * spec.post_gain
-    return x[crop:]
+    return x
 
 
 def _place(x: np.ndarray, offset: int, length: int) -> np.ndarray:
@@ -427,10 +485,14 @@ def _place(x: np.ndarray, offset: int, length: int) -> np.ndarray:
 
 
 def render_signal(
-    spec: SourceSpec, mixture: MixtureSpec, root: Path | None = None, anechoic: bool = False
+    spec: SourceSpec,
+    mixture: MixtureSpec,
+    root: Path | None = None,
+    anechoic: bool = False,
+    cache: SignalCache | None = None,
 ) -> np.ndarray:
     """Place one signal of ``mixture`` on its ``[length]`` float64 time line."""
-    return _place(signal_samples(spec, mixture, root, anechoic), spec.offset, mixture.length)
+    return _place(signal_samples(spec, mixture, root, anechoic, cache), spec.offset, mixture.length)
 
 
 def _sum(signals: list[np.ndarray]) -> np.ndarray:
@@ -442,9 +504,16 @@ def _sum(signals: list[np.ndarray]) -> np.ndarray:
 
 
 def render_outputs(
-    mixture: MixtureSpec, root: str | Path | None = None, names: list[str] | None = None
+    mixture: MixtureSpec,
+    root: str | Path | None = None,
+    names: list[str] | None = None,
+    cache: SignalCache | None = None,
+    details: dict[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Render the outputs ``names`` of one row (default: every output), float64 ``[length]`` each.
+    ``cache`` shares work with other rows of the same sources (see :class:`SignalCache`).
+    ``details``, if given, receives ``peak``: ``max |x|`` over every output before peak
+    normalisation, for a row that asks for it (wsj0-mix's ``scaling.mat`` is ``0.9 / peak``).
 
     Peak normalisation (if the row asks for it) always looks at every mixture and
     source of the row, whatever subset is returned, so the values never depend on
@@ -458,13 +527,13 @@ def render_outputs(
     noisy_outputs = ("noise", "mix_both", "mix_single")
     need_noise = normalised or any(name.startswith(noisy_outputs) for name in wanted)
     out: dict[str, np.ndarray] = {}
-    sources = [render_signal(src, mixture, root_path) for src in mixture.sources]
+    sources = [render_signal(src, mixture, root_path, cache=cache) for src in mixture.sources]
     noise = None
     if mixture.noise is not None and need_noise:
-        noise = render_signal(mixture.noise, mixture, root_path)
+        noise = render_signal(mixture.noise, mixture, root_path, cache=cache)
     variants = [("", sources)]
     if anechoic:
-        dry = [render_signal(src, mixture, root_path, anechoic=True) for src in mixture.sources]
+        dry = [render_signal(src, mixture, root_path, anechoic=True, cache=cache) for src in mixture.sources]
         variants.append(("_anechoic", dry))
     for suffix, signals in variants:
         for i, signal in enumerate(signals):
@@ -477,6 +546,8 @@ def render_outputs(
         out["noise"] = noise
     if mixture.peak_normalize is not None:
         peak = max(float(np.max(np.abs(x))) for x in out.values())
+        if details is not None:
+            details["peak"] = peak
         if peak > 0:
             gain = mixture.peak_normalize / peak
             out = {name: x * gain for name, x in out.items()}
@@ -502,18 +573,37 @@ def render(mixture: MixtureSpec, root: str | Path | None = None) -> tuple[np.nda
 
 
 def write_outputs(
-    mixture: MixtureSpec, directory: str | Path, folders: dict[str, str], root: str | Path | None = None
+    mixture: MixtureSpec,
+    directory: str | Path,
+    folders: dict[str, str],
+    root: str | Path | None = None,
+    cache: SignalCache | None = None,
 ) -> list[Path]:
     """Render ``mixture`` and write each output ``name`` to
-    ``directory/folders[name]/<mixture_id>.wav`` atomically.
+    ``directory/folders[name]/<mixture_id>.wav`` atomically. ``cache``: see :class:`SignalCache`.
 
     Quantised rows are written as 16-bit PCM from the exact int16
     values; others as 32-bit float. Reading a written file back therefore gives
     exactly what :func:`render` returns on the fly.
     """
+    out = render_outputs(mixture, root, list(folders), cache)
+    return write_rendered(mixture, directory, folders, out)
+
+
+def as_written(mixture: MixtureSpec, signal: np.ndarray) -> np.ndarray:
+    """``signal [length]`` (an output of :func:`render_outputs`) as reading its written file
+    back in float64 gives it: quantised rows are already on the int16 grid ``k / 32768``;
+    others are stored as float32."""
+    return signal if mixture.quantize else signal.astype(np.float32).astype(np.float64)
+
+
+def write_rendered(
+    mixture: MixtureSpec, directory: str | Path, folders: dict[str, str], out: dict[str, np.ndarray]
+) -> list[Path]:
+    """Write the rendered outputs ``out`` of ``mixture`` (from :func:`render_outputs`) as
+    :func:`write_outputs` does; returns the written paths."""
     from sepkit.audio import write_audio_atomic
 
-    out = render_outputs(mixture, root, list(folders))
     written = []
     for name, folder in folders.items():
         path = Path(directory) / folder / f"{mixture.mixture_id}.wav"
