@@ -27,6 +27,7 @@ BUILTIN_COMMANDS = {
     "separate": "separate wav/flac files or folders with a checkpoint",
     "evaluate": "SI-SDR(i) of a checkpoint on a test table or folder: per-utterance CSV + summary",
     "profile": "parameters, MACs and peak memory of a model",
+    "export": "export a checkpoint to ONNX (OUT.onnx) or a torch.export archive (OUT.pt2)",
 }
 
 
@@ -262,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         from sepkit.profiling import profile_main
 
         return profile_main(rest)
+    if command == "export":
+        from sepkit.export import export_main
+
+        return export_main(rest)
     plugins = plugin_entry_points()
     if command not in plugins:
         print(

@@ -1,0 +1,319 @@
+"""Export a separator to ONNX (``.onnx``) or a ``torch.export`` archive (``.pt2``).
+
+What is exported is the model's core, :meth:`EncoderMaskerDecoder.separate_padded`:
+``[batch, P] -> [batch, n_src, P]`` on an input already padded onto the model's length
+grid. The framing around it (pad on the right, crop or zero-fill the tail) is plain
+arithmetic that :class:`ExportedSeparator` repeats from the artefact's recorded
+framing, so a loaded artefact takes any ``[batch, time]`` like the eager model.
+
+Graph lengths ``P`` form an arithmetic grid ``P = base + step * k`` (see
+:func:`graph_length`): ``"end"``/``"truncate"`` framing ``base = padded_length(1)``,
+``step = lcm(stride, length_multiple)``; ``"centered"`` ``base = step =
+length_multiple``; ``"hop_padded"`` odd multiples of ``stride``. The exported graph is
+dynamic in ``k >= k_min`` (a derived ``torch.export.Dim``) and in the batch. torch.export
+assumes no axis has size 1, and near ``k = 0`` some model-internal axis does (one frame,
+one output of a dilated convolution), so the program is probed at ``k = 2 .. 8`` and
+``k_min`` (recorded as ``min_grid_index``) is the first from which it runs; a shorter
+input (a few encoder hops, milliseconds) is refused with an error.
+
+Models with an ``nn.LSTM`` across a length-dependent axis (DPRNN, DP-RCNet, GC3:
+the inter-chunk RNN runs over ``n_chunks``) cannot be exported with a dynamic length
+in torch 2.13, whose export specialises the LSTM's sequence length. They are exported
+at declared input lengths (``lengths=...``, ``sepkit export --lengths``): one graph per
+length, and the artefact records the lengths it supports.
+
+Artefact metadata (``sepkit.json`` in a ``.pt2`` archive, the ``sepkit`` metadata
+property of an ``.onnx`` model): model name, config, sample rate, ``n_src``, framing
+and, for declared lengths, ``lengths``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sepkit import __version__
+from sepkit.checkpoint import CheckpointError, load_model, model_metadata
+from sepkit.fileio import atomic_output
+
+EXPORT_FORMAT = "sepkit-export/1"
+SUFFIXES = (".onnx", ".pt2")
+_DYNAMIC_KEY = "dynamic"
+MIN_GRID_INDEX = 2
+_PROBED_UP_TO = 8
+
+
+class ExportError(ValueError):
+    """A model cannot be exported as asked, or an artefact cannot be read; one line."""
+
+
+class _Core(nn.Module):
+    """``separate_padded`` as a module's forward: ``[batch, P] -> [batch, n_src, P]``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.model.separate_padded(wav)
+
+
+def framing_of(model: nn.Module) -> dict[str, Any]:
+    """The length arithmetic of ``model`` the runner repeats around the graph."""
+    return {
+        "framing": str(model.framing),
+        "kernel_size": int(model.encoder.kernel_size),
+        "stride": int(model.encoder.stride),
+        "length_multiple": int(model.length_multiple),
+    }
+
+
+def length_grid(framing: dict[str, Any]) -> tuple[int, int]:
+    """``(base, step)``: the graph lengths are ``base + step * k``, ``k >= 0``."""
+    kind, kernel, stride, multiple = (framing[k] for k in ("framing", "kernel_size", "stride", "length_multiple"))
+    if kind == "centered":
+        return multiple, multiple
+    if kind == "hop_padded":
+        return stride, 2 * stride
+    step = stride * multiple // math.gcd(stride, multiple)
+    base = kernel + (-kernel) % stride  # == kernel
+    while base % multiple:
+        base += stride
+    return base, step
+
+
+def graph_length(framing: dict[str, Any], length: int) -> int:
+    """The length ``P`` the graph runs on for a ``length``-sample input; equals
+    ``EncoderMaskerDecoder.padded_length`` (``"truncate"``: the framed length)."""
+    kind, kernel, stride = framing["framing"], framing["kernel_size"], framing["stride"]
+    if kind == "truncate" and length >= kernel:
+        return length - (length - kernel) % stride
+    if kind == "hop_padded":
+        return length + kernel - (stride + length % kernel) % kernel
+    base, step = length_grid(framing)
+    return base + step * math.ceil(max(0, length - base) / step)
+
+
+def _graph_input(framing: dict[str, Any], wav: torch.Tensor) -> torch.Tensor:
+    length = wav.shape[-1]
+    target = graph_length(framing, length)
+    return wav[..., :target] if target <= length else F.pad(wav, (0, target - length))
+
+
+def _restore_length(framing: dict[str, Any], est: torch.Tensor, length: int) -> torch.Tensor:
+    # "truncate" fills the dropped tail with zeros; the other framings crop their padding.
+    return F.pad(est, (0, length - est.shape[-1])) if est.shape[-1] < length else est[..., :length]
+
+
+def _export_program(core: _Core, framing: dict[str, Any], length: int | None) -> torch.export.ExportedProgram:
+    """One program, dynamic in the batch; in the grid index when ``length`` is None, else
+    at that input length's graph length."""
+    base, step = length_grid(framing)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    if length is not None:
+        example = torch.zeros(2, graph_length(framing, length))
+        return torch.export.export(core, (example,), dynamic_shapes=({0: batch},), strict=False)
+    example = torch.zeros(2, base + (_PROBED_UP_TO + 2) * step)
+    grid_index = torch.export.Dim("grid_index", min=MIN_GRID_INDEX, max=2**24)
+    shapes = ({0: batch, 1: base + step * grid_index},)
+    return torch.export.export(core, (example,), dynamic_shapes=shapes, strict=False)
+
+
+def export_programs(
+    model: nn.Module, lengths: Sequence[int] | None = None
+) -> tuple[dict[str, torch.export.ExportedProgram], int | None]:
+    """``({"dynamic": program}, k_min)`` (the program runs from grid index ``k_min``) or
+    ``({"length_<n>": program, ...}, None)`` for declared lengths.
+
+    Raises:
+        ExportError: no dynamic length possible (names the model and asks for lengths).
+    """
+    core = _Core(model.eval())
+    framing = framing_of(model)
+    if lengths:
+        bad = [n for n in lengths if n < 1]
+        if bad:
+            raise ExportError(f"export lengths must be positive sample counts, got {bad}")
+        return {f"length_{n}": _export_program(core, framing, n) for n in sorted(set(lengths))}, None
+    message = (
+        f"{model.model_name}: cannot be exported with a dynamic length (see its docstring); "
+        "export at declared lengths (--lengths N [N ...])"
+    )
+    try:
+        program = _export_program(core, framing, None)
+    except Exception as err:  # torch reports specialisation as several error types
+        if "specializ" not in str(err) and "Guard" not in str(err) and "Constraints violated" not in str(err):
+            raise
+        raise ExportError(message) from None
+    # Export can specialise a length-dependent size silently (an nn.LSTM's sequence
+    # length under a derived Dim), or keep a guard against a size-1 axis a few grid
+    # points up; the program then fails its guards there. Probe the short grid lengths:
+    # the artefact takes inputs from the first one after which every probe runs.
+    base, step = length_grid(framing)
+    runnable = program.module()
+    runs = []
+    with torch.no_grad():
+        for grid_index in range(MIN_GRID_INDEX, _PROBED_UP_TO + 1):
+            try:
+                runnable(torch.zeros(1, base + grid_index * step))
+                runs.append(True)
+            except AssertionError as err:
+                if "Guard failed" not in str(err):
+                    raise
+                runs.append(False)
+    if not runs[-1]:
+        raise ExportError(message)
+    first_failure_from_end = runs[::-1].index(False) if False in runs else len(runs)
+    return {_DYNAMIC_KEY: program}, _PROBED_UP_TO + 1 - first_failure_from_end
+
+
+def _metadata(model: nn.Module, lengths: Sequence[int] | None, min_grid_index: int | None) -> dict[str, Any]:
+    return {
+        "format": EXPORT_FORMAT,
+        "sepkit_version": __version__,
+        "torch_version": torch.__version__,
+        **model_metadata(model),
+        **framing_of(model),
+        "lengths": sorted(set(lengths)) if lengths else None,
+        "min_grid_index": min_grid_index,
+    }
+
+
+def export_model(model: nn.Module, out: str | Path, lengths: Sequence[int] | None = None) -> Path:
+    """Write ``model`` to ``out`` (``.onnx`` or ``.pt2``, atomically).
+
+    ``.onnx`` with several declared lengths writes one file per length,
+    ``<stem>.<n>.onnx`` (an ONNX model has one graph); the return value is ``out`` or
+    the first of them.
+    """
+    out = Path(out)
+    if out.suffix not in SUFFIXES:
+        raise ExportError(f"{out}: unknown export format {out.suffix!r}; use .onnx or .pt2")
+    programs, min_grid_index = export_programs(model, lengths)
+    meta = _metadata(model, lengths, min_grid_index)
+    if out.suffix == ".pt2":
+        from torch.export.pt2_archive._package import package_pt2  # the multi-program archive writer
+
+        buffer = io.BytesIO()  # the archive writer wants a .pt2 name or a buffer, not our temp name
+        package_pt2(buffer, exported_programs=programs, extra_files={"sepkit.json": json.dumps(meta)})
+        with atomic_output(out) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+        return out
+    import onnx
+
+    written = []
+    for key, program in programs.items():
+        if len(programs) == 1:
+            target, record = out, meta
+        else:
+            target = out.with_name(f"{out.stem}.{key.removeprefix('length_')}{out.suffix}")
+            record = {**meta, "lengths": [int(key.removeprefix("length_"))]}
+        proto = torch.onnx.export(program, dynamo=True, verbose=False).model_proto
+        onnx.helper.set_model_props(proto, {"sepkit": json.dumps(record)})
+        with atomic_output(target) as tmp:
+            onnx.save_model(proto, str(tmp))
+        written.append(target)
+    return written[0]
+
+
+class ExportedSeparator:
+    """A loaded artefact, called like the eager model: ``[batch, time]`` ->
+    ``[batch, n_src, time]`` (float32, CPU)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ExportError(f"{self.path}: exported model not found")
+        if self.path.suffix == ".pt2":
+            from torch.export.pt2_archive._package import load_pt2
+
+            try:
+                contents = load_pt2(self.path)
+                meta = json.loads(contents.extra_files["sepkit.json"])
+            except Exception as err:
+                raise ExportError(f"{self.path}: not a sepkit .pt2 export ({type(err).__name__})") from None
+            self._programs = {key: program.module() for key, program in contents.exported_programs.items()}
+        elif self.path.suffix == ".onnx":
+            import onnxruntime
+
+            try:
+                self._session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+                meta = json.loads(self._session.get_modelmeta().custom_metadata_map["sepkit"])
+            except Exception as err:
+                raise ExportError(f"{self.path}: not a sepkit .onnx export ({type(err).__name__})") from None
+        else:
+            raise ExportError(f"{self.path}: unknown export format {self.path.suffix!r}; use .onnx or .pt2")
+        if meta.get("format") != EXPORT_FORMAT:
+            raise ExportError(f"{self.path}: unsupported export format {meta.get('format')!r}")
+        self.metadata: dict[str, Any] = meta
+        self.lengths: list[int] | None = meta["lengths"]
+        self.sample_rate: int = int(meta["sample_rate"])
+        self.n_src: int = int(meta["n_src"])
+        base, step = length_grid(meta)
+        smallest_graph = base + (meta["min_grid_index"] or 0) * step
+        #: the shortest input a dynamic artefact takes (its graph length is on the dynamic range)
+        self.shortest: int = next(n for n in range(1, smallest_graph + 1) if graph_length(meta, n) >= smallest_graph)
+
+    def _check_length(self, length: int) -> None:
+        if self.lengths is None:
+            if length < self.shortest:
+                raise ExportError(
+                    f"{self.path}: an input of {length} samples is shorter than the exported graph's minimum "
+                    f"of {self.shortest} samples"
+                )
+            return
+        graphs = {graph_length(self.metadata, n) for n in self.lengths}
+        if graph_length(self.metadata, length) not in graphs:
+            raise ExportError(
+                f"{self.path}: exported at declared lengths {self.lengths}; an input of {length} samples "
+                "is not on one of their grids"
+            )
+
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        """``[batch, time]`` -> ``[batch, n_src, time]``."""
+        if wav.dim() != 2:
+            raise ExportError(f"{self.path}: expected [batch, time] input, got {tuple(wav.shape)}")
+        length = wav.shape[-1]
+        self._check_length(length)
+        graph_in = _graph_input(self.metadata, wav.detach().to("cpu", torch.float32))
+        if self.path.suffix == ".pt2":
+            key = _DYNAMIC_KEY if self.lengths is None else self._program_key(graph_in.shape[-1])
+            with torch.no_grad():
+                est = self._programs[key](graph_in)
+        else:
+            (out,) = self._session.run(None, {self._session.get_inputs()[0].name: graph_in.numpy()})
+            est = torch.from_numpy(np.asarray(out))
+        return _restore_length(self.metadata, est, length)
+
+    def _program_key(self, graph_len: int) -> str:
+        return next(f"length_{n}" for n in self.lengths or [] if graph_length(self.metadata, n) == graph_len)
+
+
+def export_main(argv: list[str]) -> int:
+    """``sepkit export CKPT OUT.onnx|OUT.pt2 [--lengths N ...]``."""
+    parser = argparse.ArgumentParser(prog="sepkit export", description=export_main.__doc__)
+    parser.add_argument("checkpoint", help="sepkit checkpoint, model file or published model")
+    parser.add_argument("out", type=Path, help="OUT.onnx or OUT.pt2")
+    parser.add_argument("--lengths", type=int, nargs="+", help="declared input lengths (samples)")
+    args = parser.parse_args(argv)
+    try:
+        if Path(str(args.checkpoint)).resolve() == args.out.resolve():
+            raise ExportError(f"{args.out}: the output would overwrite the input checkpoint")
+        model = load_model(args.checkpoint)
+        written = export_model(model, args.out, args.lengths)
+    except (CheckpointError, ExportError) as err:
+        print(f"sepkit export: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {written}")
+    return 0
