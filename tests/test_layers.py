@@ -45,8 +45,10 @@ LAYERS: tuple[Layer, ...] = (
     Layer("models", 3, ("sepkit.models", "sepkit.models.*")),
     Layer("data", 3, ("sepkit.data", "sepkit.data.*")),
     # Saves and rebuilds models (needs the registry); used by training, inference and evaluation.
-    Layer("checkpoint", 4, ("sepkit.checkpoint",)),
-    Layer("tasks", 5, ("sepkit.training", "sepkit.inference", "sepkit.evaluation", "sepkit.profiling")),
+    Layer("checkpoint", 4, ("sepkit.checkpoint", "sepkit.hub")),
+    Layer(
+        "tasks", 5, ("sepkit.training", "sepkit.inference", "sepkit.evaluation", "sepkit.profiling", "sepkit.export")
+    ),
     Layer("cli", 6, ("sepkit.cli",)),
     # Corpus recipes and the `sepkit prepare` front end: outermost, reached through an entry point.
     Layer("data_prep", 7, ("data_prep", "data_prep.*")),
