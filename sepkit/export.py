@@ -45,7 +45,7 @@ from torch import nn
 
 from sepkit import __version__
 from sepkit.checkpoint import CheckpointError, load_model, model_metadata
-from sepkit.fileio import atomic_output
+from sepkit.fileio import atomic_output, write_text_atomic
 
 EXPORT_FORMAT = "sepkit-export/1"
 SUFFIXES = (".onnx", ".pt2")
@@ -300,15 +300,117 @@ class ExportedSeparator:
         return next(f"length_{n}" for n in self.lengths or [] if graph_length(self.metadata, n) == graph_len)
 
 
+def _checkpoint_payload(path: Path) -> dict[str, Any]:
+    """The checkpoint's dict (weights-only load) when ``path`` is a sepkit file, else ``{}``."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a folder, a published model or anything torch cannot read: no training record
+        return {}
+    return payload if isinstance(payload, dict) and isinstance(payload.get("sepkit"), dict) else {}
+
+
+def _evaluation_summary(path: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The first ``summary.json`` of ``sepkit evaluate`` beside the run: in the
+    checkpoint's folder, its parent (the run folder), or one level below either."""
+    for folder in (path.parent, path.parent.parent):
+        for candidate in [folder / "summary.json", *sorted(folder.glob("*/summary.json"))]:
+            if candidate.is_file():
+                try:
+                    summary = json.loads(candidate.read_text())
+                except (OSError, ValueError) as err:
+                    raise ExportError(f"{candidate}: unreadable evaluation summary ({err})") from None
+                if isinstance(summary, dict):
+                    return candidate, summary
+    return None
+
+
+def model_card(source: str | Path) -> str:
+    """A Markdown model card of a checkpoint: config, training data (if the checkpoint
+    records its datamodule), evaluation metrics (a ``summary.json`` beside the run),
+    versions and the BibTeX of the model's paper (:mod:`sepkit.models.citations`)."""
+    from sepkit.hub import resolve_model_source
+    from sepkit.models.citations import citation
+
+    model = load_model(source)
+    meta = model_metadata(model)
+    resolved = resolve_model_source(source)
+    payload = _checkpoint_payload(resolved) if resolved.is_file() else {}
+    n_params = sum(param.numel() for param in model.parameters())
+    lines = [
+        f"# {meta['model_name']}: {Path(str(source)).name}",
+        "",
+        f"- model: `{meta['model_name']}`, {n_params:,} parameters",
+        f"- sample rate: {meta['sample_rate']} Hz; sources: {meta['n_src']}",
+        "",
+        "## Configuration",
+        "",
+        "```json",
+        json.dumps(meta["model_config"], indent=2, sort_keys=True),
+        "```",
+        "",
+        "## Training data",
+        "",
+    ]
+    data = payload.get("datamodule_hyper_parameters")
+    if isinstance(data, dict) and data:
+        lines += ["```json", json.dumps(data, indent=2, sort_keys=True, default=str), "```"]
+    else:
+        lines.append("Not recorded in the checkpoint.")
+    lines += ["", "## Evaluation", ""]
+    found = _evaluation_summary(resolved) if resolved.is_file() else None
+    if found is None:
+        lines.append("No `summary.json` of `sepkit evaluate` found beside the run.")
+    else:
+        summary_path, summary = found
+        lines.append(f"From `{summary_path}`:")
+        lines.append("")
+        lines += [f"- {key}: {value}" for key, value in summary.items() if isinstance(value, (int, float, str))]
+    trained_with = payload.get("sepkit", {}).get("version")
+    lines += [
+        "",
+        "## Versions",
+        "",
+        f"- written by sepkit {trained_with}"
+        if trained_with
+        else "- not written by sepkit (a converted published model)",
+        f"- card by sepkit {__version__}, torch {torch.__version__}",
+    ]
+    if payload.get("pytorch-lightning_version"):
+        lines.append(f"- trained with Lightning {payload['pytorch-lightning_version']}")
+    bibtex = citation(meta["model_name"])
+    if meta["model_config"].get("ssc"):
+        bibtex = "\n\n".join(filter(None, (bibtex, citation("ssc"))))
+    lines += ["", "## Citation", "", "```bibtex", bibtex, "```", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(source: str | Path, out: str | Path) -> None:
+    """Write :func:`model_card` of ``source`` to ``out`` atomically."""
+    out = Path(out)
+    if is_same_file(source, out):
+        raise ExportError(f"{out}: the model card would overwrite the input checkpoint")
+    write_text_atomic(out, model_card(source))
+
+
+def is_same_file(source: str | Path, out: Path) -> bool:
+    """Whether writing ``out`` would replace ``source`` (an hf:// id never is a local file)."""
+    return out.exists() and Path(str(source)).exists() and Path(str(source)).resolve() == out.resolve()
+
+
 def export_main(argv: list[str]) -> int:
-    """``sepkit export CKPT OUT.onnx|OUT.pt2 [--lengths N ...]``."""
+    """``sepkit export CKPT OUT.onnx|OUT.pt2 [--lengths N ...]`` and ``sepkit export --card CKPT OUT.md``."""
     parser = argparse.ArgumentParser(prog="sepkit export", description=export_main.__doc__)
-    parser.add_argument("checkpoint", help="sepkit checkpoint, model file or published model")
-    parser.add_argument("out", type=Path, help="OUT.onnx or OUT.pt2")
+    parser.add_argument("checkpoint", help="sepkit checkpoint, model file, published model or hf://owner/name")
+    parser.add_argument("out", type=Path, help="OUT.onnx or OUT.pt2 (with --card: OUT.md)")
     parser.add_argument("--lengths", type=int, nargs="+", help="declared input lengths (samples)")
+    parser.add_argument("--card", action="store_true", help="write a Markdown model card of CKPT instead")
     args = parser.parse_args(argv)
     try:
-        if Path(str(args.checkpoint)).resolve() == args.out.resolve():
+        if args.card:
+            write_model_card(args.checkpoint, args.out)
+            print(f"wrote {args.out}")
+            return 0
+        if is_same_file(args.checkpoint, args.out):
             raise ExportError(f"{args.out}: the output would overwrite the input checkpoint")
         model = load_model(args.checkpoint)
         written = export_model(model, args.out, args.lengths)

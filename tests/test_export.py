@@ -1,18 +1,23 @@
 """``sepkit export``: ONNX (run by onnxruntime) and ``.pt2`` (torch.export archive)
-artefacts of every registered model give the eager model's output at three lengths."""
+artefacts of every registered model give the eager model's output at three lengths;
+``sepkit export --card`` writes a model card with the README's citation."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
-from sepkit.checkpoint import save_model
+from sepkit import __version__
+from sepkit.checkpoint import load_model, save_model
 from sepkit.cli import main
 from sepkit.export import ExportedSeparator, ExportError, export_model, graph_length
 from sepkit.models import build_model, list_models, small_config
+from sepkit.models.citations import BIBTEX, CITATIONS
 
 MODELS = list_models()
 DECLARED = (50, 203, 801)
@@ -116,3 +121,46 @@ def test_cli_exports_a_checkpoint_and_refuses_bad_targets(tmp_path: Path, capsys
     assert main(["export", str(tmp_path / "missing.ckpt"), str(tmp_path / "o.onnx")]) == 2
     assert "missing.ckpt: checkpoint not found" in capsys.readouterr().err
     assert not (tmp_path / "o.onnx").exists()
+
+
+def readme_bibtex() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return readme[readme.index("## References") :]
+
+
+def test_every_citation_is_the_readme_entry_and_every_model_has_one() -> None:
+    references = readme_bibtex()
+    for key, entry in BIBTEX.items():
+        assert entry.startswith("@") and f"{{{key}," in entry.splitlines()[0]
+        assert entry in references, f"{key}: citations.py and README.md's References differ"
+    assert references.count("\n@") == len(BIBTEX), "README.md has a reference citations.py lacks"
+    assert set(MODELS) <= set(CITATIONS)
+
+
+def test_model_card_has_config_metrics_versions_and_citation(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    model = small_model("dprnn")
+    ckpt = run / "checkpoints" / "model.pt"
+    save_model(model, ckpt)
+    rng = np.random.default_rng(0)
+    for index in range(2):
+        sources = (0.1 * rng.standard_normal((2, 1600))).astype(np.float32)
+        for folder, signal in (("mix", sources.sum(0)), ("s1", sources[0]), ("s2", sources[1])):
+            (tmp_path / "split" / folder).mkdir(parents=True, exist_ok=True)
+            sf.write(tmp_path / "split" / folder / f"u{index}.wav", signal, model.sample_rate, subtype="FLOAT")
+    assert main(["evaluate", str(ckpt), "--data", str(tmp_path / "split"), "--out-dir", str(run / "eval")]) == 0
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+
+    assert main(["export", "--card", str(ckpt), str(tmp_path / "card.md")]) == 0
+    card = (tmp_path / "card.md").read_text()
+    assert card.startswith("# dprnn: model.pt\n")
+    assert f"{sum(p.numel() for p in model.parameters()):,} parameters" in card
+    config = card[card.index("```json\n") + 8 : card.index("\n```", card.index("```json"))]
+    assert json.loads(config) == small_config("dprnn")
+    assert "Not recorded in the checkpoint." in card
+    assert f"- si_sdri: {summary['si_sdri']}" in card and f"- n_scored: {summary['n_scored']}" in card
+    assert f"card by sepkit {__version__}, torch {torch.__version__}" in card
+    assert BIBTEX["luo2020dprnn"] in card and "luo2019convtasnet" not in card
+    # The card never replaces its input.
+    assert main(["export", "--card", str(ckpt), str(ckpt)]) == 2
+    assert load_model(ckpt).model_name == "dprnn"

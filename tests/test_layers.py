@@ -66,6 +66,7 @@ SHARED_MODEL_MODULES = frozenset(
         "sepkit.models.sudormrf_compat",  # converter from the SuDoRM-RF authors' releases
         "sepkit.models.gc3_compat",  # converter from state dicts of GC3's released code
         "sepkit.models.published",  # recognises the published formats for load_model
+        "sepkit.models.citations",  # BibTeX of the models' papers, for model cards
     }
 )
 
