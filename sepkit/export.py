@@ -12,9 +12,11 @@ Graph lengths ``P`` form an arithmetic grid ``P = base + step * k`` (see
 length_multiple``; ``"hop_padded"`` odd multiples of ``stride``. The exported graph is
 dynamic in ``k >= k_min`` (a derived ``torch.export.Dim``) and in the batch. torch.export
 assumes no axis has size 1, and near ``k = 0`` some model-internal axis does (one frame,
-one output of a dilated convolution), so the program is probed at ``k = 2 .. 8`` and
-``k_min`` (recorded as ``min_grid_index``) is the first from which it runs; a shorter
-input (a few encoder hops, milliseconds) is refused with an error.
+one output of a dilated convolution), so the program is compared with the eager core at
+``k = 2 .. 8`` and ``k_min`` (recorded as ``min_grid_index``) is the first from which it
+agrees; a shorter input (a few encoder hops, milliseconds) is refused with an error.
+A model that normalises its unpadded input in ``forward`` (SuDoRM-RF's
+``normalize_input``) records it, and the runner normalises around the graph the same way.
 
 Models with an ``nn.LSTM`` across a length-dependent axis (DPRNN, DP-RCNet, GC3:
 the inter-chunk RNN runs over ``n_chunks``) cannot be exported with a dynamic length
@@ -52,6 +54,8 @@ SUFFIXES = (".onnx", ".pt2")
 _DYNAMIC_KEY = "dynamic"
 MIN_GRID_INDEX = 2
 _PROBED_UP_TO = 8
+_LONG_PROBES = (13, 29, 64)
+_PROBE_TOLERANCE = 1e-5  # relative to the output's peak; float32 reordering stays far below
 
 
 class ExportError(ValueError):
@@ -76,6 +80,8 @@ def framing_of(model: nn.Module) -> dict[str, Any]:
         "kernel_size": int(model.encoder.kernel_size),
         "stride": int(model.encoder.stride),
         "length_multiple": int(model.length_multiple),
+        # SuDoRM-RF normalises the unpadded mixture in its forward, outside the core.
+        "normalize_input": bool(getattr(model, "normalize_input", False)),
     }
 
 
@@ -157,25 +163,34 @@ def export_programs(
             raise
         raise ExportError(message) from None
     # Export can specialise a length-dependent size silently (an nn.LSTM's sequence
-    # length under a derived Dim), or keep a guard against a size-1 axis a few grid
-    # points up; the program then fails its guards there. Probe the short grid lengths:
-    # the artefact takes inputs from the first one after which every probe runs.
+    # length under a derived Dim), or keep a guard or a size assumption that breaks on a
+    # short input; the program then fails its guards there or differs from eager. So
+    # the program is checked against the eager core: on the short grid lengths, where
+    # the artefact takes inputs from the first after which every check passes, and on
+    # a few longer ones, which must all pass.
     base, step = length_grid(framing)
-    runnable = program.module()
-    runs = []
-    with torch.no_grad():
-        for grid_index in range(MIN_GRID_INDEX, _PROBED_UP_TO + 1):
-            try:
-                runnable(torch.zeros(1, base + grid_index * step))
-                runs.append(True)
-            except AssertionError as err:
-                if "Guard failed" not in str(err):
-                    raise
-                runs.append(False)
-    if not runs[-1]:
+    short = range(MIN_GRID_INDEX, _PROBED_UP_TO + 1)
+    passes = [_matches_eager(program, core, base + k * step) for k in (*short, *_LONG_PROBES)]
+    if not all(passes[len(short) - 1 :]):
         raise ExportError(message)
-    first_failure_from_end = runs[::-1].index(False) if False in runs else len(runs)
-    return {_DYNAMIC_KEY: program}, _PROBED_UP_TO + 1 - first_failure_from_end
+    short_passes = passes[: len(short)]
+    first_passing_run = len(short_passes) - short_passes[::-1].index(False) if False in short_passes else 0
+    return {_DYNAMIC_KEY: program}, short[first_passing_run]
+
+
+def _matches_eager(program: torch.export.ExportedProgram, core: _Core, graph_len: int) -> bool:
+    """Whether ``program`` runs at ``graph_len`` and gives the eager core's output there."""
+    wav = torch.randn(2, graph_len, generator=torch.Generator().manual_seed(graph_len))
+    with torch.no_grad():
+        try:
+            exported = program.module()(wav)
+        except AssertionError as err:  # a runtime guard of the program
+            if "Guard failed" not in str(err):
+                raise
+            return False
+        eager = core(wav)
+    scale = float(eager.abs().max()) + 1e-12
+    return exported.shape == eager.shape and float((exported - eager).abs().max()) <= _PROBE_TOLERANCE * scale
 
 
 def _metadata(model: nn.Module, lengths: Sequence[int] | None, min_grid_index: int | None) -> dict[str, Any]:
@@ -286,7 +301,14 @@ class ExportedSeparator:
             raise ExportError(f"{self.path}: expected [batch, time] input, got {tuple(wav.shape)}")
         length = wav.shape[-1]
         self._check_length(length)
-        graph_in = _graph_input(self.metadata, wav.detach().to("cpu", torch.float32))
+        wav = wav.detach().to("cpu", torch.float32)
+        if self.metadata["normalize_input"]:
+            # As SuDoRM-RF's forward: statistics of the unpadded mixture, unbiased std
+            # (population std for one sample), the mean shared out over the sources.
+            mean = wav.mean(dim=-1, keepdim=True)
+            scale = wav.std(dim=-1, keepdim=True, correction=1 if length > 1 else 0) + 1e-8
+            wav = (wav - mean) / scale
+        graph_in = _graph_input(self.metadata, wav)
         if self.path.suffix == ".pt2":
             key = _DYNAMIC_KEY if self.lengths is None else self._program_key(graph_in.shape[-1])
             with torch.no_grad():
@@ -294,7 +316,10 @@ class ExportedSeparator:
         else:
             (out,) = self._session.run(None, {self._session.get_inputs()[0].name: graph_in.numpy()})
             est = torch.from_numpy(np.asarray(out))
-        return _restore_length(self.metadata, est, length)
+        est = _restore_length(self.metadata, est, length)
+        if self.metadata["normalize_input"]:
+            est = est * scale.reshape(-1, 1, 1) + mean.reshape(-1, 1, 1) / self.n_src
+        return est
 
     def _program_key(self, graph_len: int) -> str:
         return next(f"length_{n}" for n in self.lengths or [] if graph_length(self.metadata, n) == graph_len)
