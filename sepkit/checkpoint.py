@@ -8,7 +8,8 @@ Two layouts are accepted by :func:`load_model`:
 - a lean model file from :func:`save_model` (``"sepkit"`` entry + ``state_dict``).
 
 Published models of other toolkits are recognised by structure and converted first
-(:mod:`sepkit.models.published`).
+(:mod:`sepkit.models.published`); ``hf://owner/name`` ids and snapshot folders are
+resolved to their model file by :mod:`sepkit.hub`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from sepkit import __version__
 from sepkit.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from sepkit.fileio import atomic_output
+from sepkit.hub import HubError, resolve_model_source
 from sepkit.models import build_model
 from sepkit.models.published import load_published_model
 
@@ -144,10 +146,16 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> to
     is refused before anything big is allocated. Weights with NaN or infinity and
     sample rates outside the supported range are refused too.
 
+    ``path`` may also be a Hugging Face model id ``hf://owner/name[@revision]`` or a
+    local snapshot folder (:mod:`sepkit.hub`), loaded by the model file it holds.
+
     Raises:
         CheckpointError: any problem with the file, in one line naming it.
     """
-    path = Path(path)
+    try:
+        path = resolve_model_source(path)
+    except HubError as err:
+        raise CheckpointError(str(err)) from None
     try:
         published = load_published_model(path)  # SpeechBrain folder, SuDoRM-RF release, Asteroid file
     except ValueError as err:

@@ -29,6 +29,7 @@ BUILTIN_COMMANDS = {
     "score": "the same metrics and reports for separated files written by any toolkit",
     "compare": "paired comparison of two evaluations: mean difference, bootstrap CI, fraction improved",
     "profile": "parameters, MACs and peak memory of a model",
+    "export": "export a checkpoint to ONNX (OUT.onnx) or a torch.export archive (OUT.pt2)",
 }
 
 
@@ -345,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         from sepkit.profiling import profile_main
 
         return profile_main(rest)
+    if command == "export":
+        from sepkit.export import export_main
+
+        return export_main(rest)
     plugins = plugin_entry_points()
     if command not in plugins:
         print(

@@ -622,7 +622,11 @@ def separate_main(argv: list[str]) -> int:
         description="Separate audio files (wav/flac/ogg/mp3/..., any sample rate) into one wav file per source. "
         "Folders are searched recursively and their layout is mirrored under the output folder.",
     )
-    parser.add_argument("checkpoint", help="sepkit checkpoint (.ckpt from sepkit train, or a model file)")
+    parser.add_argument(
+        "checkpoint",
+        help="sepkit checkpoint (.ckpt from sepkit train, or a model file), a published model, "
+        "or a Hugging Face model id hf://owner/name",
+    )
     parser.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
     parser.add_argument("-o", "--out-dir", required=True, help="output folder for <stem>_s<i>.wav")
     parser.add_argument(
@@ -676,6 +680,7 @@ def separate_main(argv: list[str]) -> int:
     from rich.progress import Progress
 
     from sepkit.checkpoint import CheckpointError, load_model
+    from sepkit.hub import resolve_model_source
 
     problem = _option_errors(args)
     if problem:
@@ -700,7 +705,7 @@ def separate_main(argv: list[str]) -> int:
     # Everything that changes the outputs of one input: its identity and content stamp
     # (added per file), the weights and the options.
     settings = {
-        "checkpoint_sha256": _file_digest(Path(args.checkpoint)),
+        "checkpoint_sha256": _file_digest(resolve_model_source(args.checkpoint)),  # an hf:// id: its model file
         "channels": args.channels,
         "chunk_seconds": args.chunk_seconds,
         "subtype": args.subtype,

@@ -57,7 +57,7 @@ LAYERS: tuple[Layer, ...] = (
     Layer("models", 3, ("sepkit.models", "sepkit.models.*")),
     Layer("data", 3, ("sepkit.data", "sepkit.data.*")),
     # Saves and rebuilds models (needs the registry); used by training, inference and evaluation.
-    Layer("checkpoint", 4, ("sepkit.checkpoint",)),
+    Layer("checkpoint", 4, ("sepkit.checkpoint", "sepkit.hub")),
     Layer(
         "tasks",
         5,
@@ -69,6 +69,7 @@ LAYERS: tuple[Layer, ...] = (
             "sepkit.inference",
             "sepkit.evaluation",
             "sepkit.profiling",
+            "sepkit.export",
         ),
     ),
     Layer("cli", 6, ("sepkit.cli",)),
@@ -88,6 +89,7 @@ SHARED_MODEL_MODULES = frozenset(
         "sepkit.models.sudormrf_compat",  # converter from the SuDoRM-RF authors' releases
         "sepkit.models.gc3_compat",  # converter from state dicts of GC3's released code
         "sepkit.models.published",  # recognises the published formats for load_model
+        "sepkit.models.citations",  # BibTeX of the models' papers, for model cards
     }
 )
 

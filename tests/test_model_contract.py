@@ -6,6 +6,8 @@ tests by registering:
 - ``n_src`` 1, 2 and 3 give ``[batch, n_src, time]``;
 - forward and backward give finite gradients on the parameters;
 - ``torch.export`` at a fixed length gives the eager output;
+- ``sepkit export`` exports it with a dynamic length (or, where its docstring says so,
+  at declared lengths) and the ``.pt2`` artefact gives the eager output at three lengths;
 - parameters counted on the meta device equal the real count, and at the default
   configuration equal the count published for the model (table below).
 """
@@ -16,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from sepkit.export import ExportedSeparator, ExportError, export_model
 from sepkit.models import build_model, list_models, small_config
 
 MODELS = list_models()
@@ -114,6 +117,27 @@ def test_export_at_a_fixed_length_matches_eager(name: str) -> None:
     with torch.no_grad():
         for x in (wav, other):
             torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attributes .*_flat_weights")
+@pytest.mark.parametrize("name", MODELS)
+def test_export_with_a_dynamic_or_declared_length_matches_eager(name: str, tmp_path) -> None:
+    model = small_model(name)
+    declared = "at declared lengths only" in " ".join((type(model).__doc__ or "").split())
+    try:
+        export_model(model, tmp_path / "model.pt2")
+        assert not declared, f"{name}: exports with a dynamic length; drop the declared-lengths note of its docstring"
+        exported = ExportedSeparator(tmp_path / "model.pt2")
+        lengths = [exported.shortest, exported.shortest + 97, 1000]
+    except ExportError as err:
+        assert declared, f"{name}: {err}; document why in the model's docstring ('at declared lengths only')"
+        lengths = [64, 333, 1000]
+        export_model(model, tmp_path / "model.pt2", lengths)
+        exported = ExportedSeparator(tmp_path / "model.pt2")
+    with torch.no_grad():
+        for length in lengths:
+            wav = torch.randn(2, length)
+            torch.testing.assert_close(exported(wav), model(wav), rtol=0, atol=1e-4, msg=f"{name} at {length}")
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -277,6 +277,11 @@ class DPRCNet(EncoderMaskerDecoder):
         chunk_padding: "pad_segment" (default, DPRNN's code), "overlap" or "chunk"; see
             :mod:`sepkit.nn.dual_path`.
         sample_rate: the sample rate the model is trained at.
+
+    Export (``sepkit export``, :mod:`sepkit.export`): at declared lengths only
+    (``--lengths``). The inter-chunk recurrent sub-block runs an ``nn.LSTM`` over the chunk axis, whose
+    size follows the input length, and ``torch.export`` (torch 2.13) specialises an
+    LSTM's sequence length to the example's, so no graph with a dynamic length exists.
     """
 
     ssc_presets = {

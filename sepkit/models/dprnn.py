@@ -140,6 +140,11 @@ class DPRNN(EncoderMaskerDecoder):
             parameters).
         bottleneck_bias: bias on the 1x1 bottleneck conv (absent in the TAC/GC3 code).
         sample_rate: sample rate the model is trained at.
+
+    Export (``sepkit export``, :mod:`sepkit.export`): at declared lengths only
+    (``--lengths``). The inter-chunk RNN runs an ``nn.LSTM`` over the chunk axis, whose
+    size follows the input length, and ``torch.export`` (torch 2.13) specialises an
+    LSTM's sequence length to the example's, so no graph with a dynamic length exists.
     """
 
     ssc_presets = {

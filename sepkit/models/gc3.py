@@ -358,6 +358,11 @@ class GC3(EncoderMaskerDecoder):
       :mod:`sepkit.nn.dual_path`): ``utility/basics.py``, ``pad_segment`` /
       ``split_feature`` / ``merge_feature``, with hop C/2 and B/2; so ``context_size``
       and ``chunk_size`` must be even.
+
+    Export (``sepkit export``, :mod:`sepkit.export`): at declared lengths only
+    (``--lengths``). The inter-chunk BLSTMs runs an ``nn.LSTM`` over the chunk axis, whose
+    size follows the input length, and ``torch.export`` (torch 2.13) specialises an
+    LSTM's sequence length to the example's, so no graph with a dynamic length exists.
     """
 
     ssc_presets = {
