@@ -390,6 +390,16 @@ def model_card(source: str | Path) -> str:
         lines.append(f"From `{summary_path}`:")
         lines.append("")
         lines += [f"- {key}: {value}" for key, value in summary.items() if isinstance(value, (int, float, str))]
+        # Per metric: the separated value and the improvement over the mixture, with the
+        # bootstrap 95% CI sepkit evaluate computed.
+        for name, parts in (summary.get("metrics") or {}).items():
+            for part in ("separated", "improvement"):
+                stats = (parts or {}).get(part) or {}
+                if stats.get("mean") is not None:
+                    lines.append(
+                        f"- {name} {part}: {stats['mean']:.2f} "
+                        f"(95% CI {stats['ci_low']:.2f} to {stats['ci_high']:.2f}, n={stats['n']})"
+                    )
     trained_with = payload.get("sepkit", {}).get("version")
     lines += [
         "",

@@ -727,20 +727,17 @@ def _separate_and_compare(tmp_path: Path, model_path: Path, length: int) -> None
     sf.write(wav, mix, model.sample_rate, subtype="FLOAT")
     result = run_sepkit("separate", str(model_path), str(wav), "-o", str(tmp_path / "out"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    # The child runs single-threaded (OMP_NUM_THREADS=1); the same thread count keeps the
-    # float32 reduction order, and so the comparison tight.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            expected = model(torch.from_numpy(mix).unsqueeze(0))[0].numpy()
-    finally:
-        torch.set_num_threads(threads)
+    # The child runs single-threaded (OMP_NUM_THREADS=1), this process with two threads:
+    # float32 reduction order differs, hence 1e-5. (Switching this process's thread count
+    # for the comparison is no option: with torch 2.13's CPU build, torch.set_num_threads(1)
+    # and back leaves later batched torch.linalg.solve calls failing on bad LU pivots.)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(mix).unsqueeze(0))[0].numpy()
     for index in range(model.n_src):
         written, rate = sf.read(tmp_path / "out" / f"mix_s{index + 1}.wav", dtype="float32")
         assert rate == model.sample_rate and written.shape == (length,)
         assert np.isfinite(written).all()
-        np.testing.assert_allclose(written, expected[index], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(written, expected[index], rtol=1e-5, atol=1e-5)
 
 
 def test_load_model_and_separate_accept_a_speechbrain_folder(tmp_path) -> None:
