@@ -28,7 +28,7 @@ BUILTIN_COMMANDS = {
     "evaluate": "separation metrics of a checkpoint on a test table or folder: per-utterance CSV, summary with CIs",
     "score": "the same metrics and reports for separated files written by any toolkit",
     "compare": "paired comparison of two evaluations: mean difference, bootstrap CI, fraction improved",
-    "profile": "parameters, MACs and peak memory of a model",
+    "profile": "parameters, MACs, peak memory, forward latency and real-time factor of a model",
     "export": "export a checkpoint to ONNX (OUT.onnx) or a torch.export archive (OUT.pt2)",
 }
 

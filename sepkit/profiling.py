@@ -1,10 +1,14 @@
-"""``sepkit profile``: parameters, MACs and peak memory of a model for a given input."""
+"""``sepkit profile``: parameters, MACs, peak memory, forward latency and real-time factor
+of a model for a given input."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from sepkit.fileio import write_text_atomic
 from sepkit.models import build_model, list_models
 from sepkit.nn.depthwise import DepthwiseConv1d
 
@@ -112,6 +117,57 @@ def profile_model(model: torch.nn.Module, seconds: float = 4.0, batch: int = 1) 
     }
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so that a wall-clock reading covers the work it times."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: torch.nn.Module, seconds: float = 4.0, batch: int = 1, repeats: int = 10, warmup: int = 2
+) -> dict[str, Any]:
+    """Wall-clock time of one inference forward pass on ``[batch, time]`` white noise
+    (``time = round(seconds * sample_rate)``) on the model's device, in eval mode.
+
+    ``warmup`` untimed passes come first (allocator, oneDNN/cuDNN algorithm choice and
+    lazy initialisation would otherwise inflate the first readings); then ``repeats``
+    timed passes. The real-time factor is the median latency over the duration of audio
+    one pass separates, ``batch * time / sample_rate`` seconds: below 1 is faster than
+    real time.
+    """
+    device = next(model.parameters()).device
+    length = int(round(seconds * model.sample_rate))
+    generator = torch.Generator().manual_seed(0)
+    mixture = torch.randn(batch, length, generator=generator).to(device)
+    model.eval()
+    for _ in range(warmup):
+        model(mixture)
+    latencies = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        model(mixture)
+        _synchronize(device)
+        latencies.append(time.perf_counter() - start)
+    quartiles = statistics.quantiles(latencies, n=4, method="inclusive") if repeats > 1 else [latencies[0]] * 3
+    median = statistics.median(latencies)
+    audio_seconds = batch * length / model.sample_rate
+    return {
+        "latencies_s": latencies,
+        "latency_median_s": median,
+        "latency_min_s": min(latencies),
+        "latency_max_s": max(latencies),
+        "latency_iqr_s": quartiles[2] - quartiles[0],
+        "audio_seconds": audio_seconds,
+        "rtf": median / audio_seconds,
+        "repeats": repeats,
+        "warmup": warmup,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def load_model_config(path: str | Path, model_name: str) -> dict[str, Any]:
     """Model config from a YAML file: either the model's constructor arguments or a
     ``sepkit train`` recipe (``model.model_name`` / ``model.model_config``)."""
@@ -128,15 +184,48 @@ def _mebibytes(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+def _option_problem(args: argparse.Namespace) -> str | None:
+    """The first unusable numeric option, as one line; None if all are usable."""
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        return f"--seconds must be a positive number of seconds, got {args.seconds}"
+    for name, value, least in (
+        ("--batch", args.batch, 1),
+        ("--threads", args.threads, 1),
+        ("--repeats", args.repeats, 1),
+        ("--warmup", args.warmup, 0),
+    ):
+        if value is not None and value < least:
+            return f"{name} must be at least {least}, got {value}"
+    return None
+
+
 def profile_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sepkit profile", description="Parameters, MACs and peak memory of a model.")
+    parser = argparse.ArgumentParser(
+        prog="sepkit profile",
+        description="Parameters, MACs, peak memory, forward latency and real-time factor (RTF) of a model.",
+    )
     parser.add_argument("model", help=f"registered model name or 'all' ({', '.join(list_models())})")
     parser.add_argument("--config", default=None, help="YAML with the model's config, or a sepkit train recipe")
     parser.add_argument("--seconds", type=float, default=4.0, help="input length in seconds (default 4)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--device", default="cpu", help="device to profile on: cpu (default), cuda, cuda:1, ...")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch's operators (torch.set_num_threads; default: torch's own choice)",
+    )
+    parser.add_argument("--repeats", type=int, default=10, help="timed forward passes (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed forward passes before timing (default 2)")
     args = parser.parse_args(argv)
+    problem = _option_problem(args)
+    if problem:
+        print(f"sepkit profile: {problem}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        # Once, before any model runs: this process never changes the thread count again.
+        torch.set_num_threads(args.threads)
     try:
         device = torch.device(args.device)
     except RuntimeError as error:
@@ -156,14 +245,29 @@ def profile_main(argv: list[str]) -> int:
     if args.model != "all" and args.model not in list_models():
         print(f"sepkit profile: unknown model {args.model!r}; available: {', '.join(list_models())}", file=sys.stderr)
         return 2
-    on_device = "" if device.type == "cpu" else f" on {device}"
-    table = Table(title=f"{args.seconds:g} s input, batch {args.batch}{on_device}")
-    for column in ("model", "parameters", "MACs", "peak memory (inference)", "peak memory (train step)"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    where = f"{device}, {torch.get_num_threads()} CPU thread(s)" if device.type == "cpu" else str(device)
+    table = Table(
+        title=f"{args.seconds:g} s input, batch {args.batch} on {where}; "
+        f"latency: median ± IQR of {args.repeats} after {args.warmup} warm-up"
+    )
+    columns = (
+        "model",
+        "parameters",
+        "MACs",
+        "peak memory (inference)",
+        "peak memory (train step)",
+        "latency ms",
+        "RTF",
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     results = {}
     for name in names:
         config = load_model_config(args.config, name) if args.config else {}
-        stats = profile_model(build_model(name, **config).to(device), args.seconds, args.batch)
+        model = build_model(name, **config).to(device)
+        # Timed first, on a model that no profiling mode or training step has touched.
+        latency = measure_latency(model, args.seconds, args.batch, args.repeats, args.warmup)
+        stats = {**profile_model(model, args.seconds, args.batch), **latency}
         results[name] = stats
         table.add_row(
             name,
@@ -171,8 +275,10 @@ def profile_main(argv: list[str]) -> int:
             f"{stats['macs'] / 1e9:,.2f} G",
             _mebibytes(stats["peak_inference_bytes"]),
             _mebibytes(stats["peak_training_bytes"]),
+            f"{stats['latency_median_s'] * 1e3:,.1f} ± {stats['latency_iqr_s'] * 1e3:,.1f}",
+            f"{stats['rtf']:.3f}",
         )
     Console().print(table)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
     return 0
