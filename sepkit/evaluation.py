@@ -202,8 +202,10 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 def silent_references(references: np.ndarray, mixture: np.ndarray, silent_reference_db: float) -> list[str]:
     """Names (``s1``, ...) of the references ``[n_src, time]`` whose mean-removed energy is
     at or below ``silent_reference_db`` relative to the mixture's ``[time]``."""
-    centred_references = references.astype(np.float64) - references.astype(np.float64).mean(-1, keepdims=True)
-    centred_mixture = mixture.astype(np.float64) - mixture.astype(np.float64).mean()
+    references = references.astype(np.float64, copy=False)  # no copy of what is float64 already
+    mixture = mixture.astype(np.float64, copy=False)
+    centred_references = references - references.mean(-1, keepdims=True)
+    centred_mixture = mixture - mixture.mean()
     floor = float(centred_mixture @ centred_mixture) * 10 ** (silent_reference_db / 10)
     energies = (centred_references**2).sum(-1)
     return [f"s{i + 1}" for i, energy in enumerate(energies) if energy <= floor]
@@ -255,16 +257,14 @@ def score_job(job: ScoringJob) -> dict[str, Any]:
             "flags": {},
             "silent_references": silent,
         }
+    # Without a mixture, the metrics compute no input values (None) instead of scoring a stand-in.
     scores = measure_utterance(
-        job.estimates, job.references, baseline, job.sample_rate, job.metrics, job.silent_reference_db
+        job.estimates, job.references, job.mixture, job.sample_rate, job.metrics, job.silent_reference_db
     )
-    unknown = dict.fromkeys(job.metrics)
     fields = {
         "values": {name: scores.values.get(name) for name in job.metrics},
-        "inputs": {name: scores.inputs.get(name) for name in job.metrics} if job.mixture is not None else unknown,
-        "improvements": (
-            {name: scores.improvements.get(name) for name in job.metrics} if job.mixture is not None else unknown
-        ),
+        "inputs": {name: scores.inputs.get(name) for name in job.metrics},
+        "improvements": {name: scores.improvements.get(name) for name in job.metrics},
     }
     for what, values in fields.items():
         for name, value in values.items():
