@@ -632,6 +632,17 @@ def _save_figure(figure: Any, path: Path) -> None:
         Path(tmp).write_bytes(buffer.getvalue())
 
 
+SPECTROGRAM_RANGE_DB = 100.0
+
+
+def power_db(power: np.ndarray, range_db: float = SPECTROGRAM_RANGE_DB) -> np.ndarray:
+    """``10 log10`` of a power spectrogram ``[frequency, frame]``, floored ``range_db`` below
+    its peak (and at the smallest positive float for an all-zero one), so that silence
+    shows as the floor instead of ``-inf`` with a divide-by-zero warning."""
+    floor = max(float(power.max(initial=0.0)) * 10 ** (-range_db / 10), np.finfo(np.float64).tiny)
+    return 10 * np.log10(np.maximum(power, floor))
+
+
 def write_plots(out_dir: Path, rows: list[dict[str, Any]], metric: str, example_folders: list[Path]) -> list[Path]:
     """PNG plots under ``out_dir/plots/``: the histogram of ``metric``'s improvement, the
     improvement against the input value, and the spectrograms of each saved example.
@@ -639,6 +650,7 @@ def write_plots(out_dir: Path, rows: list[dict[str, Any]], metric: str, example_
     Raises:
         ImportError: matplotlib is not installed.
     """
+    from matplotlib import mlab
     from matplotlib.figure import Figure  # object-oriented: no pyplot, no global backend
 
     plots = out_dir / "plots"
@@ -672,7 +684,8 @@ def write_plots(out_dir: Path, rows: list[dict[str, Any]], metric: str, example_
         for number, path in enumerate(files, start=1):
             samples, sample_rate = sf.read(str(path), dtype="float64")
             axes = figure.add_subplot(len(files), 1, number)
-            axes.specgram(samples, NFFT=256, Fs=sample_rate, noverlap=192)
+            power, frequencies, times = mlab.specgram(samples, NFFT=256, Fs=sample_rate, noverlap=192)
+            axes.pcolormesh(times, frequencies, power_db(power), shading="auto")
             axes.set(title=path.stem, ylabel="Hz", xlabel="s" if number == len(files) else None)
         figure.tight_layout()
         _save_figure(figure, plots / f"spectrograms_{folder.name}.png")

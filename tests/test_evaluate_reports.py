@@ -22,7 +22,7 @@ from conftest import TINY_MODEL, run_sepkit, subprocess_env, tiny_recipe
 
 from sepkit.checkpoint import load_model, save_model
 from sepkit.cli import main
-from sepkit.evaluation import data_name, run_folder
+from sepkit.evaluation import SPECTROGRAM_RANGE_DB, data_name, power_db, run_folder, write_plots
 from sepkit.models import build_model
 
 # --- training: learning rate and validation examples --------------------------------
@@ -243,6 +243,29 @@ def test_evaluate_writes_every_report_against_independent_oracles(tmp_path, caps
     for name in plots:
         image = matplotlib.image.imread(out_dir / "plots" / name)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+@pytest.mark.filterwarnings("error")  # numpy's "divide by zero encountered in log10" fails the test
+def test_spectrogram_of_silence_is_drawn_without_warnings(tmp_path):
+    import matplotlib.image
+
+    folder = tmp_path / "examples" / "worst1_silent"
+    folder.mkdir(parents=True)
+    tone = 0.1 * np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE)
+    for name, signal in (("mixture", tone), ("s1", tone), ("s2", np.zeros(RATE)), ("estimate_s2", np.zeros(RATE))):
+        sf.write(folder / f"{name}.wav", signal, RATE, subtype="FLOAT")
+    (written,) = write_plots(tmp_path, [], "si_sdr", [folder])
+    assert written == tmp_path / "plots" / "spectrograms_worst1_silent.png"
+    image = matplotlib.image.imread(written)
+    assert image.ndim == 3 and image.shape[0] > 100 and np.isfinite(image).all()
+
+
+def test_power_db_floors_silence_below_the_peak():
+    power = np.array([[1.0, 0.0], [1e-3, 0.0]])
+    expected = [[0.0, -SPECTROGRAM_RANGE_DB], [-30.0, -SPECTROGRAM_RANGE_DB]]
+    np.testing.assert_allclose(power_db(power), expected)
+    silent = power_db(np.zeros((3, 4)))  # no peak: the smallest positive float is the floor
+    assert np.all(silent == 10 * np.log10(np.finfo(np.float64).tiny))
 
 
 def test_default_output_folders_of_two_test_sets_differ(tmp_path):
