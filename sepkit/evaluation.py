@@ -1091,7 +1091,7 @@ def read_evaluation(path: Path) -> tuple[Path, list[str], dict[str, dict[str, st
     """``(csv path, columns, rows by id)`` of an evaluation folder or its per_utterance.csv.
 
     Raises:
-        ValueError: no such file, not a per_utterance.csv, or an id twice.
+        ValueError: no such file, not a per_utterance.csv, no rows, or an id twice.
     """
     csv_path = path / "per_utterance.csv" if path.is_dir() else path
     if not csv_path.is_file():
@@ -1106,6 +1106,8 @@ def read_evaluation(path: Path) -> tuple[Path, list[str], dict[str, dict[str, st
             if row["id"] in rows:
                 raise ValueError(f"{csv_path}: utterance id {row['id']!r} appears twice")
             rows[row["id"]] = row
+    if not rows:
+        raise ValueError(f"{csv_path}: no utterances (an evaluation of an empty data set)")
     return csv_path, columns, rows
 
 
