@@ -340,8 +340,27 @@ def _failed_row(head: dict[str, Any], err: Exception, command: str) -> dict[str,
 
 def _single_threaded_worker() -> None:
     """Worker start-up: one torch thread each, so that N workers use N cores instead of
-    each spreading over all of them (the parallelism is across utterances)."""
+    each spreading over all of them (the parallelism is across utterances). Set once per
+    worker and never changed back: with torch 2.13's CPU build, setting the thread count
+    and then restoring it breaks later batched ``torch.linalg.solve`` (BSS-eval)."""
     torch.set_num_threads(1)
+
+
+# Imported once by the fork server, so that each worker starts as a fork of a process
+# that already holds them (a spawned worker spends seconds importing torch and scipy).
+WORKER_PRELOAD = ("sepkit.evaluation", "fast_bss_eval", "pesq", "pystoi")
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Start method of the scoring workers: ``forkserver`` where the platform has it, else
+    ``spawn``. Never a plain fork of this process: forked children of a process that has
+    run torch's thread pools (the model's forward pass) can hang; the fork server has only
+    imported the modules of :data:`WORKER_PRELOAD` (an absent one is skipped)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(WORKER_PRELOAD))  # no effect once the server runs
+    return context
 
 
 def score_all(
@@ -371,9 +390,7 @@ def score_all(
             for head, job in items:
                 finish(head, job)
             return rows
-        # spawn: forked children of a process that has run torch's thread pools can hang.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_single_threaded_worker) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=worker_context(), initializer=_single_threaded_worker) as pool:
             pending: deque[tuple[dict[str, Any], Future | Exception]] = deque()
             for head, job in items:
                 pending.append((head, job if isinstance(job, Exception) else pool.submit(score_job, job)))
