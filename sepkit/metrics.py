@@ -27,12 +27,13 @@ Rules:
   reference ``j``).
 - **Improvements** are measured against the unprocessed mixture: ``inputs`` holds each
   metric with the mixture ``x`` in place of every estimate, ``improvements`` the
-  difference. Without a mixture (``mixture=None``, e.g. ``sepkit score`` without
-  ``--mixtures``) every input value and improvement is ``None`` and no input metric is
-  computed (no flag: nothing is undefined, it was not asked for); the silent-reference
-  rule then measures against the sum of the references. The input SAR is always ``None``: the mixture is a sum of the references,
+  difference. The input SAR is always ``None``: the mixture is a sum of the references,
   so bss_eval finds no artifacts and its SAR is +inf up to rounding (mir_eval prints
   about 300 dB); an "SAR improvement" against it means nothing.
+- **No mixture, no inputs.** With ``mixture=None`` (``sepkit score`` without
+  ``--mixtures``) every input value and improvement is ``None`` and no input metric is
+  computed (no flag: nothing is undefined, it was not asked for); the silent-reference
+  rule then measures against the sum of the references.
 - **Undefined is explicit.** A metric that is undefined for an utterance is ``None``
   (never NaN, never a crash) with the reason in ``flags[metric]``; a metric's
   utterance value is ``None`` when any of its sources is undefined (a mean over the
