@@ -202,8 +202,10 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 def silent_references(references: np.ndarray, mixture: np.ndarray, silent_reference_db: float) -> list[str]:
     """Names (``s1``, ...) of the references ``[n_src, time]`` whose mean-removed energy is
     at or below ``silent_reference_db`` relative to the mixture's ``[time]``."""
-    centred_references = references.astype(np.float64) - references.astype(np.float64).mean(-1, keepdims=True)
-    centred_mixture = mixture.astype(np.float64) - mixture.astype(np.float64).mean()
+    references = references.astype(np.float64, copy=False)  # no copy of what is float64 already
+    mixture = mixture.astype(np.float64, copy=False)
+    centred_references = references - references.mean(-1, keepdims=True)
+    centred_mixture = mixture - mixture.mean()
     floor = float(centred_mixture @ centred_mixture) * 10 ** (silent_reference_db / 10)
     energies = (centred_references**2).sum(-1)
     return [f"s{i + 1}" for i, energy in enumerate(energies) if energy <= floor]
@@ -255,16 +257,14 @@ def score_job(job: ScoringJob) -> dict[str, Any]:
             "flags": {},
             "silent_references": silent,
         }
+    # Without a mixture, the metrics compute no input values (None) instead of scoring a stand-in.
     scores = measure_utterance(
-        job.estimates, job.references, baseline, job.sample_rate, job.metrics, job.silent_reference_db
+        job.estimates, job.references, job.mixture, job.sample_rate, job.metrics, job.silent_reference_db
     )
-    unknown = dict.fromkeys(job.metrics)
     fields = {
         "values": {name: scores.values.get(name) for name in job.metrics},
-        "inputs": {name: scores.inputs.get(name) for name in job.metrics} if job.mixture is not None else unknown,
-        "improvements": (
-            {name: scores.improvements.get(name) for name in job.metrics} if job.mixture is not None else unknown
-        ),
+        "inputs": {name: scores.inputs.get(name) for name in job.metrics},
+        "improvements": {name: scores.improvements.get(name) for name in job.metrics},
     }
     for what, values in fields.items():
         for name, value in values.items():
@@ -340,8 +340,27 @@ def _failed_row(head: dict[str, Any], err: Exception, command: str) -> dict[str,
 
 def _single_threaded_worker() -> None:
     """Worker start-up: one torch thread each, so that N workers use N cores instead of
-    each spreading over all of them (the parallelism is across utterances)."""
+    each spreading over all of them (the parallelism is across utterances). Set once per
+    worker and never changed back: with torch 2.13's CPU build, setting the thread count
+    and then restoring it breaks later batched ``torch.linalg.solve`` (BSS-eval)."""
     torch.set_num_threads(1)
+
+
+# Imported once by the fork server, so that each worker starts as a fork of a process
+# that already holds them (a spawned worker spends seconds importing torch and scipy).
+WORKER_PRELOAD = ("sepkit.evaluation", "fast_bss_eval", "pesq", "pystoi")
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Start method of the scoring workers: ``forkserver`` where the platform has it, else
+    ``spawn``. Never a plain fork of this process: forked children of a process that has
+    run torch's thread pools (the model's forward pass) can hang; the fork server has only
+    imported the modules of :data:`WORKER_PRELOAD` (an absent one is skipped)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(WORKER_PRELOAD))  # no effect once the server runs
+    return context
 
 
 def score_all(
@@ -371,9 +390,7 @@ def score_all(
             for head, job in items:
                 finish(head, job)
             return rows
-        # spawn: forked children of a process that has run torch's thread pools can hang.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_single_threaded_worker) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=worker_context(), initializer=_single_threaded_worker) as pool:
             pending: deque[tuple[dict[str, Any], Future | Exception]] = deque()
             for head, job in items:
                 pending.append((head, job if isinstance(job, Exception) else pool.submit(score_job, job)))
@@ -632,6 +649,17 @@ def _save_figure(figure: Any, path: Path) -> None:
         Path(tmp).write_bytes(buffer.getvalue())
 
 
+SPECTROGRAM_RANGE_DB = 100.0
+
+
+def power_db(power: np.ndarray, range_db: float = SPECTROGRAM_RANGE_DB) -> np.ndarray:
+    """``10 log10`` of a power spectrogram ``[frequency, frame]``, floored ``range_db`` below
+    its peak (and at the smallest positive float for an all-zero one), so that silence
+    shows as the floor instead of ``-inf`` with a divide-by-zero warning."""
+    floor = max(float(power.max(initial=0.0)) * 10 ** (-range_db / 10), np.finfo(np.float64).tiny)
+    return 10 * np.log10(np.maximum(power, floor))
+
+
 def write_plots(out_dir: Path, rows: list[dict[str, Any]], metric: str, example_folders: list[Path]) -> list[Path]:
     """PNG plots under ``out_dir/plots/``: the histogram of ``metric``'s improvement, the
     improvement against the input value, and the spectrograms of each saved example.
@@ -639,6 +667,7 @@ def write_plots(out_dir: Path, rows: list[dict[str, Any]], metric: str, example_
     Raises:
         ImportError: matplotlib is not installed.
     """
+    from matplotlib import mlab
     from matplotlib.figure import Figure  # object-oriented: no pyplot, no global backend
 
     plots = out_dir / "plots"
@@ -672,7 +701,8 @@ def write_plots(out_dir: Path, rows: list[dict[str, Any]], metric: str, example_
         for number, path in enumerate(files, start=1):
             samples, sample_rate = sf.read(str(path), dtype="float64")
             axes = figure.add_subplot(len(files), 1, number)
-            axes.specgram(samples, NFFT=256, Fs=sample_rate, noverlap=192)
+            power, frequencies, times = mlab.specgram(samples, NFFT=256, Fs=sample_rate, noverlap=192)
+            axes.pcolormesh(times, frequencies, power_db(power), shading="auto")
             axes.set(title=path.stem, ylabel="Hz", xlabel="s" if number == len(files) else None)
         figure.tight_layout()
         _save_figure(figure, plots / f"spectrograms_{folder.name}.png")
@@ -1078,7 +1108,7 @@ def read_evaluation(path: Path) -> tuple[Path, list[str], dict[str, dict[str, st
     """``(csv path, columns, rows by id)`` of an evaluation folder or its per_utterance.csv.
 
     Raises:
-        ValueError: no such file, not a per_utterance.csv, or an id twice.
+        ValueError: no such file, not a per_utterance.csv, no rows, or an id twice.
     """
     csv_path = path / "per_utterance.csv" if path.is_dir() else path
     if not csv_path.is_file():
@@ -1093,6 +1123,8 @@ def read_evaluation(path: Path) -> tuple[Path, list[str], dict[str, dict[str, st
             if row["id"] in rows:
                 raise ValueError(f"{csv_path}: utterance id {row['id']!r} appears twice")
             rows[row["id"]] = row
+    if not rows:
+        raise ValueError(f"{csv_path}: no utterances (an evaluation of an empty data set)")
     return csv_path, columns, rows
 
 

@@ -30,6 +30,10 @@ Rules:
   difference. The input SAR is always ``None``: the mixture is a sum of the references,
   so bss_eval finds no artifacts and its SAR is +inf up to rounding (mir_eval prints
   about 300 dB); an "SAR improvement" against it means nothing.
+- **No mixture, no inputs.** With ``mixture=None`` (``sepkit score`` without
+  ``--mixtures``) every input value and improvement is ``None`` and no input metric is
+  computed (no flag: nothing is undefined, it was not asked for); the silent-reference
+  rule then measures against the sum of the references.
 - **Undefined is explicit.** A metric that is undefined for an utterance is ``None``
   (never NaN, never a crash) with the reason in ``flags[metric]``; a metric's
   utterance value is ``None`` when any of its sources is undefined (a mean over the
@@ -223,7 +227,7 @@ def _add_flag(flags: dict[str, str], metric: str, reason: str) -> None:
 def score_utterance(
     estimates: np.ndarray,
     references: np.ndarray,
-    mixture: np.ndarray,
+    mixture: np.ndarray | None,
     sample_rate: int,
     metrics: Sequence[str] = CHEAP_METRICS,
     silent_reference_db: float = SILENT_REFERENCE_DB,
@@ -233,7 +237,9 @@ def score_utterance(
     Args:
         estimates: ``[n_src, time]`` separated signals ``ŝ`` in any order.
         references: ``[n_src, time]`` references ``s``.
-        mixture: ``[time]`` unprocessed mixture ``x``.
+        mixture: ``[time]`` unprocessed mixture ``x``, or ``None``: then no input values
+            and no improvements (all ``None``), which halves the work of BSS-eval, PESQ
+            and STOI.
         sample_rate: Hz, of all three.
         metrics: names from :data:`METRIC_NAMES`.
         silent_reference_db: a reference at or below this energy relative to the mixture
@@ -250,7 +256,8 @@ def score_utterance(
     # contiguous copies: torch.from_numpy refuses negative strides (e.g. estimates[::-1])
     estimates = np.ascontiguousarray(estimates, dtype=np.float64)
     references = np.ascontiguousarray(references, dtype=np.float64)
-    mixture = np.ascontiguousarray(mixture, dtype=np.float64)
+    has_mixture = mixture is not None
+    mixture = np.ascontiguousarray(mixture if has_mixture else references.sum(0), dtype=np.float64)
     if references.ndim != 2 or estimates.shape != references.shape or mixture.shape != references.shape[1:]:
         raise ValueError(
             f"expected estimates and references [n_src, time] and mixture [time]; got estimates "
@@ -283,19 +290,20 @@ def score_utterance(
     per_input: dict[str, list[float | None]] = {}
     if "si_sdr" in metrics:
         per_source["si_sdr"] = [float(pairwise[0, perm[j], j]) for j in range(n_src)]
-        mixtures = torch.from_numpy(np.broadcast_to(mixture, references.shape).copy())
-        per_input["si_sdr"] = [float(v) for v in si_sdr(mixtures, torch.from_numpy(references))]
+        if has_mixture:
+            mixtures = torch.from_numpy(mixture).expand_as(torch.from_numpy(references))
+            per_input["si_sdr"] = [float(v) for v in si_sdr(mixtures, torch.from_numpy(references))]
     if any(m in metrics for m in BSS_EVAL_METRICS):
-        candidates = np.stack([matched, np.broadcast_to(mixture, references.shape)])
+        # the mixture rides in the same batched call: one set of reference statistics for both
+        candidates = np.stack([matched, np.broadcast_to(mixture, references.shape)]) if has_mixture else matched[None]
         bss = _bss_eval(references, candidates, next(m for m in metrics if m in BSS_EVAL_METRICS))
         for metric in (m for m in BSS_EVAL_METRICS if m in metrics):
             per_source[metric] = [_finite_or_none(v) for v in bss[metric][0]]
-            per_input[metric] = (
-                [None] * n_src if metric in NO_INPUT_VALUE else [_finite_or_none(v) for v in bss[metric][1]]
-            )
-            for what, values in (("estimate", per_source[metric]), ("input", per_input[metric])):
+            if has_mixture and metric not in NO_INPUT_VALUE:
+                per_input[metric] = [_finite_or_none(v) for v in bss[metric][1]]
+            for what, values in (("estimate", per_source[metric]), ("input", per_input.get(metric, []))):
                 bad = [f"s{j + 1}" for j, v in enumerate(values) if v is None]
-                if bad and not (what == "input" and metric in NO_INPUT_VALUE):
+                if bad:
                     _add_flag(
                         scores.flags,
                         metric,
@@ -311,17 +319,20 @@ def score_utterance(
         if metric in PESQ_SAMPLE_RATES and sample_rate not in PESQ_SAMPLE_RATES[metric]:
             rates = " or ".join(f"{r // 1000} kHz" for r in PESQ_SAMPLE_RATES[metric])
             _add_flag(scores.flags, metric, f"{metric} needs {rates} audio, got {sample_rate} Hz")
-            per_source[metric] = per_input[metric] = [None] * n_src
+            per_source[metric] = [None] * n_src
             continue
         if metric in PESQ_SAMPLE_RATES and references.shape[1] < PESQ_MIN_SECONDS * sample_rate:
             _add_flag(scores.flags, metric, f"pesq: signals shorter than {PESQ_MIN_SECONDS} s")
-            per_source[metric] = per_input[metric] = [None] * n_src
+            per_source[metric] = [None] * n_src
             continue
         compute = pair_metrics[metric]
-        per_source[metric], per_input[metric] = [], []
+        per_source[metric] = []
+        if has_mixture:
+            per_input[metric] = []
         failures: dict[str, list[str]] = {}  # reason -> the signals it applies to
         for j in range(n_src):
-            for what, degraded, out in (("estimate", matched[j], per_source), ("input", mixture, per_input)):
+            signals = [("estimate", matched[j], per_source)] + ([("input", mixture, per_input)] if has_mixture else [])
+            for what, degraded, out in signals:
                 value, reason = compute(references[j], degraded, sample_rate, metric)
                 out[metric].append(value)
                 if value is None:
@@ -332,7 +343,8 @@ def score_utterance(
     for metric in metrics:
         scores.per_source[metric] = per_source[metric]
         scores.values[metric] = _mean_or_none(per_source[metric])
-        scores.inputs[metric] = _mean_or_none(per_input[metric])
+        # no input value: the mixture is unknown, or the metric has none (NO_INPUT_VALUE)
+        scores.inputs[metric] = _mean_or_none(per_input[metric]) if metric in per_input else None
         value, baseline = scores.values[metric], scores.inputs[metric]
         scores.improvements[metric] = None if value is None or baseline is None else value - baseline
     return scores

@@ -335,6 +335,17 @@ def test_empty_evaluation_folder_is_one_line_error(tmp_path, capsys):
     assert err.strip().count("\n") == 0 and str(folder / "mix") in err and "no .wav mixtures" in err
 
 
+def test_written_folder_missing_a_reference_file_is_one_line_error(tmp_path, capsys):
+    # evaluate's counterpart of a missing estimate file (score) : a mixture without its s2 file.
+    rng = np.random.default_rng(2)
+    folder = write_split(tmp_path / "split", {name: speech_like(rng) for name in ("a", "b")})
+    (folder / "s2" / "b.wav").unlink()
+    code, out, err = evaluate(capsys, tiny_checkpoint(tmp_path), "--data", folder, "--out-dir", tmp_path / "out")
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0 and str(folder / "s2") in err and "b.wav" in err
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
 # --- item 12: a silent reference source --------------------------------------------
 
 

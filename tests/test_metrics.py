@@ -5,7 +5,8 @@
 - PESQ: direct ``pesq.pesq`` calls on the same signals at 16 kHz (wide- and narrow-band)
   and 8 kHz, as a file would hold them (int16), plus the ordering a listener would expect.
   (The pesq package's own reference values need its test recordings, which are not
-  redistributed here; sepkit.metrics matched them exactly in a one-off check.)
+  redistributed here: bench/pesq_reference.py scores them from a checkout of that
+  repository; bench/results/pesq_reference.json holds the result, an exact match.)
 - STOI/ESTOI: ``pystoi.stoi`` called directly.
 - SI-SDR: a numpy float64 formula written here.
 - Bootstrap: the closed-form CI of a normal mean, and coverage over repeated samples.
@@ -193,6 +194,26 @@ def test_permutation_is_recorded_and_every_metric_uses_it() -> None:
         assert swapped.per_source[metric] == pytest.approx(in_order.per_source[metric], abs=1e-9), metric
     assert in_order.values["si_sdr"] > 5 and in_order.flags == {}
     assert_no_nan(swapped)
+
+
+def test_without_a_mixture_the_values_stay_and_no_input_is_reported() -> None:
+    clean, noisy, rate = load_speech()
+    babble = noisy - clean
+    references = np.stack([clean, babble])
+    noise = 0.01 * np.random.default_rng(3).standard_normal(references.shape)
+    estimates = np.stack([babble + 0.3 * clean, clean + 0.3 * babble]) + noise
+    with_mixture = score_utterance(estimates, references, noisy, rate, METRIC_NAMES)
+    without = score_utterance(estimates, references, None, rate, METRIC_NAMES)
+    assert without.permutation == with_mixture.permutation == (1, 0)
+    assert without.values == pytest.approx(with_mixture.values, abs=1e-9)
+    for metric in METRIC_NAMES:
+        assert without.per_source[metric] == pytest.approx(with_mixture.per_source[metric], abs=1e-9), metric
+    assert set(without.inputs) == set(without.improvements) == set(METRIC_NAMES)
+    assert all(value is None for value in [*without.inputs.values(), *without.improvements.values()])
+    assert without.flags == with_mixture.flags  # nothing became undefined: inputs were not asked for
+    # The sum of the references stands in for the silent-reference rule.
+    silent = score_utterance(estimates, np.stack([clean, 1e-4 * babble]), None, rate, ("si_sdr",))
+    assert silent.values["si_sdr"] is None and "silent reference s2" in silent.flags["si_sdr"]
 
 
 def test_batched_si_sdr_improvement_matches_numpy() -> None:
