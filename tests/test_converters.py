@@ -13,6 +13,7 @@ reference repository is needed.
 
 from __future__ import annotations
 
+import fractions
 import math
 import pickle
 import sys
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from conftest import run_sepkit
 from torch import nn
 
-from sepkit.checkpoint import load_model, save_model
+from sepkit.checkpoint import CheckpointError, load_model, save_model
 from sepkit.models import build_model
 from sepkit.models.gc3_compat import from_gc3
 from sepkit.models.speechbrain_compat import from_speechbrain
@@ -1006,3 +1007,25 @@ def test_load_model_and_separate_accept_an_asteroid_file(tmp_path) -> None:
     torch.save(reference.serialize(), tmp_path / "best_model.pth")
     assert load_model(tmp_path / "best_model.pth").model_name == "dprnn"
     _separate_and_compare(tmp_path, tmp_path / "best_model.pth", 808)
+
+
+def test_asteroid_file_with_numpy_scalars_in_its_infos_loads(tmp_path) -> None:
+    """Published Asteroid files (e.g. DPRNNTasNet-ks2_WHAM_sepclean) carry numpy scalars
+    in ``infos``; the weights-only unpickler must accept those plain values, and anything
+    it still refuses must come out as one line naming the file."""
+    asteroid_models = pytest.importorskip("asteroid.models", reason="asteroid 0.7.0 is not installed")
+    reference = asteroid_models.DPRNNTasNet(n_src=2, n_filters=16, bn_chan=8, hid_size=8, chunk_size=10, n_repeats=1)
+    package = reference.serialize()
+    package["infos"]["final_metrics"] = {"si_sdr": np.float64(18.2), "n_utts": np.int64(3000)}
+    torch.save(package, tmp_path / "pytorch_model.bin")
+    model = load_model(tmp_path / "pytorch_model.bin")
+    mixture = torch.randn(1, 800)
+    with torch.no_grad():
+        torch.testing.assert_close(model(mixture), reference.eval()(mixture), atol=1e-5, rtol=0)
+
+    package["infos"]["bad"] = fractions.Fraction(1, 3)  # a class outside the allowlist
+    torch.save(package, tmp_path / "hostile.bin")
+    with pytest.raises(CheckpointError) as error:
+        load_model(tmp_path / "hostile.bin")
+    message = str(error.value)
+    assert "hostile.bin" in message and "\n" not in message

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from sepkit.models.pipeline import EncoderMaskerDecoder
@@ -221,6 +223,23 @@ def _rename(key: str, renames: Renames) -> str:
     return key
 
 
+# Asteroid records torch.__version__ (a TorchVersion, a str subclass) in ``infos``, and
+# published files carry numpy scalars there (metrics, counts): a numpy scalar pickles as
+# ``multiarray.scalar(dtype, raw bytes)``, plain values with no code behind them. Files
+# written under numpy 1.x name the module ``numpy.core``, numpy 2 ``numpy._core``. Only
+# these classes are added to the weights-only unpickler's allowlist.
+_ASTEROID_INFO_GLOBALS: list[Any] = [
+    torch.torch_version.TorchVersion,
+    np.dtype,
+    *(
+        type(np.dtype(kind))
+        for kind in ("?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16")
+    ),
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    (np._core.multiarray.scalar, "numpy._core.multiarray.scalar"),
+]
+
+
 def from_asteroid(path_or_state: str | os.PathLike[str] | Mapping[str, Any]) -> EncoderMaskerDecoder:
     """Build the sepkit model equivalent to an Asteroid model file and load its weights.
 
@@ -240,10 +259,14 @@ def from_asteroid(path_or_state: str | os.PathLike[str] | Mapping[str, Any]) -> 
         source, package = "<dict>", path_or_state
     else:
         source = os.fspath(path_or_state)
-        # Asteroid records torch.__version__ (a TorchVersion, a str subclass) in ``infos``;
-        # allow that one class and keep the safe weights-only unpickler.
-        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-            package = torch.load(source, map_location="cpu", weights_only=True)
+        try:
+            with torch.serialization.safe_globals(_ASTEROID_INFO_GLOBALS):
+                package = torch.load(source, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            # torch's message spans many lines; keep the one naming the refused global or class.
+            named = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "but got" in line]
+            reason = named[-1] if named else "unreadable pickle"
+            raise ValueError(f"{source}: not loadable as weights only ({reason})") from None
         _require(isinstance(package, Mapping), source, f"expected a dict, got {type(package).__name__}")
     missing = [key for key in ("model_name", "model_args", "state_dict") if key not in package]
     _require(not missing, source, f"not an Asteroid model dict (missing {missing})")
