@@ -45,19 +45,20 @@ def work_folder(name: str) -> Path:
     return folder
 
 
-def sepkit(*arguments: str | Path, show: int | None = None, log: Path | None = None) -> str:
+def sepkit(*arguments: str | Path, show: int | None = None, log: Path | None = None, echo: bool = True) -> str:
     """Run ``sepkit ARGUMENTS`` with this kernel's Python (``python -m sepkit.cli``, the same
     entry point as the ``sepkit`` command) and return its output (stdout and stderr).
 
-    The command line is printed first, then its output: all of it, or the last ``show``
-    lines (``show=0``: none). Progress-bar redraws (lines ending in a carriage return)
+    The command line is printed first (unless ``echo`` is false), then its output: all of
+    it, or the last ``show`` lines (``show=0``: none). Progress-bar redraws (lines ending in a carriage return)
     are dropped. With ``log`` the full output is also written to that file.
 
     Raises:
         RuntimeError: the command failed; the message holds its last lines of output.
     """
     command = [str(part) for part in arguments]
-    print(shorten("$ sepkit " + " ".join(command)))
+    if echo:
+        print(shorten("$ sepkit " + " ".join(command)))
     result = subprocess.run(
         [sys.executable, "-m", "sepkit.cli", *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -85,7 +86,8 @@ def synthetic_checkpoint(max_steps: int) -> Path:
     The cosine learning-rate schedule of the recipe decays over ``max_steps``, so a short
     budget is a complete, shorter schedule, not the first steps of the long one. The
     synthetic corpus is generated once under ``<cache>/data/synthetic`` and shared. The
-    last lines of the training log are printed, from the cached log on later runs.
+    command and the last lines of the training log are printed, the same whether the
+    model was trained now or read from the cache.
     """
     overrides = [
         f"--trainer.max_steps={max_steps}",
@@ -96,6 +98,8 @@ def synthetic_checkpoint(max_steps: int) -> Path:
     runs = cache_folder() / "runs"
     run = runs / f"synthetic_convtasnet_{max_steps}steps_{key}"
     checkpoint = run / "checkpoints" / "best.ckpt"
+    recipe = SYNTHETIC_RECIPE.relative_to(REPOSITORY)
+    print(f"$ sepkit train --config {recipe} {' '.join(overrides)}  (run once, then cached)")
     if not checkpoint.is_file():
         runs.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".training-", dir=runs))
@@ -110,6 +114,7 @@ def synthetic_checkpoint(max_steps: int) -> Path:
                 f"--name={run.name}",
                 show=0,
                 log=staging / "train.log",
+                echo=False,
             )
             os.replace(staging / "train.log", staging / run.name / "train.log")
             try:
