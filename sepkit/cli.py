@@ -139,6 +139,7 @@ def train_main(argv: list[str]) -> int:
         RunCheckpoint,
         RunConfigSaver,
         RunFolderError,
+        StepBudgetRichProgressBar,
         claim_checkpoint_folder,
         default_run_name,
         run_loggers,
@@ -250,7 +251,7 @@ def train_main(argv: list[str]) -> int:
             bar_off = self._get(self.config_init, "trainer", default={}).get("enable_progress_bar") is False
             callbacks = [cb for cb in self.trainer_defaults["callbacks"] if not isinstance(cb, RichProgressBar)]
             if not bar_off:
-                callbacks.append(RichProgressBar(refresh_rate=4) if sys.stdout.isatty() else PlainProgress())
+                callbacks.append(StepBudgetRichProgressBar(refresh_rate=4) if sys.stdout.isatty() else PlainProgress())
             self.trainer_defaults["callbacks"] = callbacks
             if self._get(self.config_init, "trainer", default={}).get("logger") is None:
                 kwargs.setdefault("logger", run_loggers(self.run_dir))
