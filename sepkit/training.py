@@ -90,9 +90,10 @@ def stepped_decay(epoch: int, factor: float, every: int, later_factor: float | N
 class DelayedPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
     """SpeechBrain's ``ReduceLROnPlateau`` (``speechbrain.nnet.schedulers``) as the SepFormer
     recipes use it: ``factor`` 0.5, ``patience`` 2, ``dont_halve_until_epoch`` 85 (65 on
-    WHAM!, 5 on LibriMix), ``lr_min`` 1e-8. Stepped once per validation with its loss.
+    WHAM!, 5 on LibriMix), ``lr_min`` 1e-8. Stepped once per epoch with the epoch's
+    validation loss, as SpeechBrain does and as Lightning steps plateau schedulers.
 
-    Its rule, with ``k`` the 1-based count of validations so far:
+    Its rule, with ``k`` the 1-based count of epochs so far:
 
     * ``k <= hold_epochs``: the LR stays and the anchor becomes this loss (the latest
       loss, not the best one);
@@ -101,7 +102,7 @@ class DelayedPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
       below ``patience``; otherwise the LR is multiplied by ``factor`` (not below
       ``min_lr``) and the count restarts at 0, the anchor staying where it was.
 
-    So the LR is cut at the ``patience + 1``-th consecutive validation above the anchor, as
+    So the LR is cut at the ``patience + 1``-th consecutive epoch above the anchor, as
     PyTorch's ``ReduceLROnPlateau(patience)`` would, but ties improve, and during the hold
     the anchor follows the last loss instead of the best. The anchor is ``self.best`` and
     the count ``self.num_bad_epochs``, so the parent's ``state_dict`` carries both across a
