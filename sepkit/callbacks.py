@@ -1,6 +1,7 @@
 """Lightning callbacks of ``sepkit train``: a checkpoint callback whose ``last.ckpt`` is
-always the final state, plain-text progress for logs that are not a terminal, and the
-check that turns an expired ``trainer.max_time`` into an error."""
+always the final state, plain-text progress for logs that are not a terminal, a terminal
+bar that counts a step budget, and the check that turns an expired ``trainer.max_time``
+into an error."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, TextIO
 
 import lightning as L
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, Timer
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
@@ -169,6 +170,60 @@ class PlainProgress(ProgressBar):
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")}
         if metrics:
             self._write("test  " + "  ".join(f"{key} {value:.3f}" for key, value in sorted(metrics.items())))
+
+
+class StepBudgetRichProgressBar(RichProgressBar):
+    """Lightning's Rich bar, except that when ``trainer.max_steps`` bounds training the
+    training bar spans the whole run: its total is the step budget (``max_steps``, or fewer
+    when ``max_epochs`` ends training first) and its count the optimizer steps done
+    (``global_step``, so a resumed run starts where it stopped), one bar across epochs
+    whose description still names the epoch. Lightning's own bar restarts at every epoch
+    with the batches of one epoch as its total, which says nothing about how far a
+    step-budget run is. Without ``max_steps`` the bar is Lightning's."""
+
+    def _step_budget(self, trainer: L.Trainer) -> int | None:
+        if trainer.max_steps is None or trainer.max_steps < 0:
+            return None
+        # max_steps when it ends training, else the steps max_epochs implies
+        budget = trainer.estimated_stepping_batches
+        return int(budget) if math.isfinite(budget) else None
+
+    def _initialize_train_progress_bar_id(self) -> None:
+        # Lightning's fallback when the first batch comes without an epoch start (a
+        # mid-epoch resume).
+        budget = self._step_budget(self.trainer)
+        if budget is None:
+            super()._initialize_train_progress_bar_id()
+            return
+        description = self._get_train_description(self.trainer.current_epoch)
+        self.train_progress_bar_id = self._add_task(budget, description)
+        self._update(self.train_progress_bar_id, self.trainer.global_step)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        budget = self._step_budget(trainer)
+        if budget is None:
+            super().on_train_epoch_start(trainer, pl_module)
+            return
+        if self.is_disabled or self.progress is None:
+            return
+        if self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()
+        else:
+            description = self._get_train_description(trainer.current_epoch)
+            self.progress.update(self.train_progress_bar_id, total=budget, description=description, visible=True)
+        self.refresh()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._step_budget(trainer) is None:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            return
+        if not self.is_disabled and self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self._update_metrics(trainer, pl_module)
+        self.refresh()
 
 
 # ---------------------------------------------------------------------------------------

@@ -133,18 +133,21 @@ def train_main(argv: list[str]) -> int:
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
     from lightning.pytorch.utilities import rank_zero_only
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from sepkit.callbacks import (
         PlainProgress,
         RunCheckpoint,
         RunConfigSaver,
         RunFolderError,
+        StepBudgetRichProgressBar,
         claim_checkpoint_folder,
         default_run_name,
         run_loggers,
         time_cap_problem,
     )
     from sepkit.data.datamodule import SeparationDataModule
+    from sepkit.preemption import SIGTERM_EXIT_STATUS
     from sepkit.training import NonFiniteError, SeparationModule, ValidationExamplesLogger, model_data_settings
 
     class SepkitParser(LightningArgumentParser):
@@ -250,7 +253,7 @@ def train_main(argv: list[str]) -> int:
             bar_off = self._get(self.config_init, "trainer", default={}).get("enable_progress_bar") is False
             callbacks = [cb for cb in self.trainer_defaults["callbacks"] if not isinstance(cb, RichProgressBar)]
             if not bar_off:
-                callbacks.append(RichProgressBar(refresh_rate=4) if sys.stdout.isatty() else PlainProgress())
+                callbacks.append(StepBudgetRichProgressBar(refresh_rate=4) if sys.stdout.isatty() else PlainProgress())
             self.trainer_defaults["callbacks"] = callbacks
             if self._get(self.config_init, "trainer", default={}).get("logger") is None:
                 kwargs.setdefault("logger", run_loggers(self.run_dir))
@@ -312,6 +315,17 @@ def train_main(argv: list[str]) -> int:
         if cli.trainer.is_global_zero:
             print(f"sepkit train: error: {err}", file=sys.stderr)
         return 1
+    except SIGTERMException:
+        # Lightning's SystemExit without a code would exit 0, as if the run had finished
+        # (sepkit.preemption explains 143 and SLURM).
+        if cli.trainer.is_global_zero:
+            print(
+                f"sepkit train: stopped by SIGTERM at step {cli.trainer.global_step}, exit status "
+                f"{SIGTERM_EXIT_STATUS}; resume with --ckpt_path last",
+                file=sys.stderr,
+                flush=True,
+            )
+        return SIGTERM_EXIT_STATUS
     if cli.trainer.is_global_zero:
         print(f"sepkit train: run folder {cli.run_dir}", flush=True)
     return 0

@@ -16,10 +16,23 @@ Trainer's ``default_root_dir`` and runs ``scontrol requeue``; SLURM then stops t
 with SIGTERM, which this callback turns into ``last.ckpt``. The requeued job runs the
 same command, ``--ckpt_path last`` picks the newest ``last`` file. (Lightning only resumes
 from ``hpc_ckpt`` by itself when no ``ckpt_path`` is given.)
+
+Exit status: a SIGTERMed ``sepkit train`` exits with :data:`SIGTERM_EXIT_STATUS`, 143
+(128 + 15, what a shell reports for a process the signal killed), not 0, so that
+``sepkit train ... && sepkit evaluate ...`` or a workflow manager does not take an
+interrupted run for a finished one. Lightning (2.6) raises ``SIGTERMException``, a
+``SystemExit`` without a code, i.e. status 0; upstream has since made it 143 too
+(Lightning-AI/pytorch-lightning#21623, issue #19916). SLURM's requeue does not depend on
+the status: ``scontrol requeue`` (Lightning's SIGUSR1 handler) and preemption requeue the
+job from the controller, whatever its steps exit with. srun reports the tasks as
+"exited with exit code 143", and where a non-zero task makes srun kill the others
+(``--kill-on-bad-exit``), no rank leaves before rank 0 has renamed ``last.ckpt`` into
+place: every rank waits at a barrier after the save.
 """
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -28,6 +41,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from sepkit.fileio import atomic_output
+
+SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
 
 
 class PreemptionCheckpoint(L.Callback):
@@ -47,7 +62,11 @@ class PreemptionCheckpoint(L.Callback):
         # Every rank takes part in save_checkpoint (a DDP barrier); only global rank 0 writes.
         if not trainer.is_global_zero:
             trainer.save_checkpoint(final)
-            return
-        with atomic_output(final) as partial:
-            trainer.save_checkpoint(partial)
-        print(f"sepkit train: SIGTERM at step {trainer.global_step}: state saved to {final}", flush=True)
+        else:
+            with atomic_output(final) as partial:
+                trainer.save_checkpoint(partial)
+        # Rank 0 renames the file after save_checkpoint's own barrier: no rank may exit (and
+        # have srun kill the others) before last.ckpt is in place.
+        trainer.strategy.barrier("PreemptionCheckpoint")
+        if trainer.is_global_zero:
+            print(f"sepkit train: SIGTERM at step {trainer.global_step}: state saved to {final}", flush=True)

@@ -22,7 +22,10 @@ from sepkit.metrics import si_sdr_improvement
 from sepkit.models import build_model
 from sepkit.models.registry import model_builder
 
-LR_SCHEDULES = ("plateau", "step", "cosine")
+LR_SCHEDULES = ("plateau", "delayed_plateau", "step", "cosine")
+
+# SpeechBrain's ReduceLROnPlateau floor (its ``lr_min`` default, which the SepFormer recipes keep).
+SPEECHBRAIN_MIN_LR = 1e-8
 
 
 _DIVERGENCE_HINTS = {
@@ -82,6 +85,53 @@ def stepped_decay(epoch: int, factor: float, every: int, later_factor: float | N
     if later_factor is None:
         return factor ** (epoch // every)
     return factor ** (min(epoch, switch_epoch) // every) * later_factor ** (max(epoch - switch_epoch, 0) // every)
+
+
+class DelayedPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """SpeechBrain's ``ReduceLROnPlateau`` (``speechbrain.nnet.schedulers``) as the SepFormer
+    recipes use it: ``factor`` 0.5, ``patience`` 2, ``dont_halve_until_epoch`` 85 (65 on
+    WHAM!, 5 on LibriMix), ``lr_min`` 1e-8. Stepped once per epoch with the epoch's
+    validation loss, as SpeechBrain does and as Lightning steps plateau schedulers.
+
+    Its rule, with ``k`` the 1-based count of epochs so far:
+
+    * ``k <= hold_epochs``: the LR stays and the anchor becomes this loss (the latest
+      loss, not the best one);
+    * afterwards a loss ``<=`` the anchor (a tie counts) becomes the anchor and clears the
+      count of worse epochs; a loss above it adds one to the count while the count is
+      below ``patience``; otherwise the LR is multiplied by ``factor`` (not below
+      ``min_lr``) and the count restarts at 0, the anchor staying where it was.
+
+    So the LR is cut at the ``patience + 1``-th consecutive epoch above the anchor, as
+    PyTorch's ``ReduceLROnPlateau(patience)`` would, but ties improve, and during the hold
+    the anchor follows the last loss instead of the best. The anchor is ``self.best`` and
+    the count ``self.num_bad_epochs``, so the parent's ``state_dict`` carries both across a
+    resume; Lightning steps it like any plateau scheduler (it passes the monitored value).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        factor: float,
+        patience: int,
+        hold_epochs: int,
+        min_lr: float = SPEECHBRAIN_MIN_LR,
+    ) -> None:
+        super().__init__(optimizer, mode="min", factor=factor, patience=patience, min_lr=min_lr)
+        self.hold_epochs = hold_epochs
+
+    def step(self, metrics: float | torch.Tensor, epoch: None = None) -> None:  # type: ignore[override]
+        loss = float(metrics)
+        self.last_epoch += 1
+        if self.last_epoch <= self.hold_epochs or loss <= self.best:
+            self.best, self.num_bad_epochs = loss, 0
+        elif self.num_bad_epochs < self.patience:
+            self.num_bad_epochs += 1
+        else:
+            self.num_bad_epochs = 0
+            for group, floor in zip(self.optimizer.param_groups, self.min_lrs):
+                group["lr"] = max(group["lr"] * self.factor, floor)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 def model_data_settings(model_name: str, model_config: dict[str, Any] | None) -> tuple[int, int]:
@@ -164,17 +214,23 @@ class SeparationModule(L.LightningModule):
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         lr_schedule: ``"plateau"`` (default): ReduceLROnPlateau on ``val/loss``;
+            ``"delayed_plateau"``: SpeechBrain's plateau rule as SepFormer is trained
+            (:class:`DelayedPlateau`: ``lr_factor`` after ``lr_patience + 1`` validations
+            above the anchor, never within the first ``lr_hold_epochs`` epochs);
             ``"cosine"``: linear warm-up over ``warmup_steps``, then a cosine decay to
             ``lr * final_lr_ratio`` at the Trainer's last step (``max_steps``, or the
             steps ``max_epochs`` implies), stepped every optimizer step. Fixed-budget
             runs (a time-boxed recipe) end on a small LR instead of mid-plateau.
             ``"step"``: the LR is multiplied by ``lr_factor`` every ``lr_step_epochs``
             epochs (DPRNN: x0.98 every 2 epochs; SuDoRM-RF: /5 every 50).
-        lr_factor: the factor applied when ``val/loss`` stalls (plateau) or every
-            ``lr_step_epochs`` (step).
-        lr_patience: plateau schedule: PyTorch's ReduceLROnPlateau patience, i.e. the LR
+        lr_factor: the factor applied when ``val/loss`` stalls (plateau, delayed_plateau)
+            or every ``lr_step_epochs`` (step).
+        lr_patience: plateau schedules: PyTorch's ReduceLROnPlateau patience, i.e. the LR
             is reduced at the ``lr_patience + 1``-th consecutive validation without
-            improvement (a paper's "halve after 3 epochs without improvement" is 2).
+            improvement (a paper's "halve after 3 epochs without improvement" is 2);
+            SpeechBrain's ``patience`` counts the same way.
+        lr_hold_epochs: delayed_plateau only: SpeechBrain's ``dont_halve_until_epoch``,
+            the number of epochs (validations) during which the LR is never reduced.
         lr_step_epochs: step schedule only: epochs between reductions.
         lr_later_factor: step schedule only: the factor from ``lr_switch_epoch`` on
             (DP-RCNet: 0.98 every 2 epochs for 100 epochs, then 0.9 every 2); ``None``
@@ -219,6 +275,7 @@ class SeparationModule(L.LightningModule):
         lr_schedule: str = "plateau",
         lr_factor: float = 0.5,
         lr_patience: int = 3,
+        lr_hold_epochs: int = 0,
         lr_step_epochs: int = 2,
         lr_later_factor: float | None = None,
         lr_switch_epoch: int = 0,
@@ -350,6 +407,14 @@ class SeparationModule(L.LightningModule):
             )
             step = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": step, "interval": "epoch"}}
+        if self.hparams.lr_schedule == "delayed_plateau":
+            delayed = DelayedPlateau(
+                optimizer,
+                factor=self.hparams.lr_factor,
+                patience=self.hparams.lr_patience,
+                hold_epochs=self.hparams.lr_hold_epochs,
+            )
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": delayed, "monitor": "val/loss"}}
         # Improvement means strictly lower. PyTorch's default relative threshold (1e-4)
         # compares with best * (1 - 1e-4), which for a negative SI-SDR loss lies above the
         # best: an epoch that ties or gets slightly worse would count as an improvement.

@@ -142,12 +142,15 @@ def test_sigterm_saves_last_and_the_job_resumes_from_it(tmp_path):
     assert marker.exists(), first.communicate(timeout=RUN_TIMEOUT)[0][-3000:]
     first.send_signal(signal.SIGTERM)
     output = first.communicate(timeout=RUN_TIMEOUT)[0]
+    # terminated, not finished: 128 + SIGTERM, as a shell reports a process the signal killed
+    assert first.returncode == 143, output[-3000:]
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file(), output[-3000:]
     saved = torch.load(last, weights_only=True)
     stopped_at = saved["global_step"]
     assert 3 <= stopped_at < 16, output[-3000:]  # mid-epoch: no epoch-end or validation save yet
-    assert f"SIGTERM at step {stopped_at}" in output
+    assert f"SIGTERM at step {stopped_at}: state saved to {last}" in output
+    assert f"stopped by SIGTERM at step {stopped_at}, exit status 143; resume with --ckpt_path last" in output
     assert "SLURM auto-requeueing enabled" in output  # Lightning took it for a SLURM job
     assert oct(last.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
     assert not [p for p in last.parent.iterdir() if p.name.startswith(".")]  # no partial file left

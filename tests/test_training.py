@@ -1,14 +1,23 @@
 """Real Lightning training through `sepkit train`: checkpoints, DDP on CPU (gloo), and
 resume after SIGKILL."""
 
+import csv
 import json
+import os
+import pty
 import random
+import re
+import select
 import signal
+import subprocess
+import time
+from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import TINY_MODEL, run_sepkit, tiny_recipe
+from conftest import TINY_MODEL, run_sepkit, sepkit_command, subprocess_env, tiny_recipe
 
 from sepkit.checkpoint import load_model, save_model
 from sepkit.cli import main
@@ -280,3 +289,130 @@ def test_cosine_schedule_steps_per_optimizer_step_to_the_final_lr(tmp_path):
 def test_unknown_lr_schedule_is_refused():
     with pytest.raises(ValueError, match="lr_schedule"):
         SeparationModule(model_config=TINY_MODEL, lr_schedule="exponential")
+
+
+def test_delayed_plateau_follows_the_validation_losses_of_a_real_run(tmp_path):
+    """SpeechBrain's SepFormer schedule in a `sepkit train` run: Lightning steps it with each
+    epoch's val/loss, and the final LR is what the rule gives for the logged losses."""
+    from test_schedules import speechbrain_halving
+
+    recipe = tiny_recipe(tmp_path, max_epochs=6)
+    probes = tmp_path / "probe"
+    flags = ["--model.lr_schedule", "delayed_plateau", "--model.lr_hold_epochs", "1", "--model.lr_patience", "0"]
+    probe = ["--trainer.callbacks+=probes.StateProbe", f"--trainer.callbacks.out_dir={probes}"]
+    result = run_sepkit("train", "--config", str(recipe), "--test_after_fit", "false", *flags, *probe, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "logs" / "lightning_logs" / "version_0" / "metrics.csv") as handle:
+        losses = [float(row["val/loss"]) for row in csv.DictReader(handle) if row["val/loss"]]
+    assert len(losses) == 6
+    end = torch.load(probes / "end.pt", weights_only=True)
+    # Stepped once per validation with that validation's loss: the anchor is the loss of
+    # the last epoch at or below the one before (the whole run here, as the tiny model
+    # improves every epoch).
+    assert end["scheduler"]["last_epoch"] == 6 and end["scheduler"]["hold_epochs"] == 1
+    assert end["scheduler"]["best"] == min(losses[1:]) == losses[-1]
+    expected = speechbrain_halving(losses, 0.003, hold=1, patience=0)
+    assert end["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected[-1], rel=1e-12)
+
+
+class BarProbe(L.Callback):
+    """Appends the training bar's ``[total, completed, global_step]`` to ``out_file`` (JSON
+    lines) before every training batch, i.e. as the bar was left by the previous one (the
+    probe may run before the bar in the same hook), and once training has ended."""
+
+    def __init__(self, out_file: str) -> None:
+        self.out_file = Path(out_file)
+
+    def _record(self, trainer: L.Trainer) -> None:
+        bar = trainer.progress_bar_callback
+        task = next(task for task in bar.progress.tasks if task.id == bar.train_progress_bar_id)
+        with open(self.out_file, "a") as handle:
+            handle.write(json.dumps([task.total, task.completed, trainer.global_step]) + "\n")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._record(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._record(trainer)
+
+
+def run_on_a_terminal(command: list[str], cwd: Path, timeout: float = 300) -> tuple[int, str]:
+    """Run ``command`` with stdout and stderr on a pseudo-terminal (as in an interactive
+    shell); returns its exit status and everything it wrote."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(command, cwd=cwd, env=subprocess_env(), stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # the terminal closed: the process is done
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            elif process.poll() is not None:
+                break
+        return process.wait(timeout=max(1.0, deadline - time.monotonic())), b"".join(chunks).decode(errors="replace")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(controller)
+
+
+def test_the_terminal_bar_counts_the_step_budget_across_epochs(tmp_path):
+    # 16 mixtures in batches of 4: 4 steps per epoch; 10 steps end training in epoch 3.
+    recipe = tiny_recipe(tmp_path, max_epochs=100)
+    probe = tmp_path / "bar.jsonl"
+    command = sepkit_command(
+        "train", "--config", str(recipe), "--test_after_fit", "false", "--trainer.max_steps", "10",
+        "--trainer.callbacks+=test_training.BarProbe", f"--trainer.callbacks.out_file={probe}",
+    )  # fmt: skip
+    status, output = run_on_a_terminal(command, cwd=tmp_path)
+    assert status == 0, output[-3000:]
+    records = [json.loads(line) for line in probe.read_text().splitlines()]
+    # one bar for the run: 10 steps in total all along, the count following the steps
+    assert [total for total, _, _ in records] == [10] * 11
+    assert [completed for _, completed, _ in records] == [step for _, _, step in records] == list(range(11))
+    assert re.search(r"\b10/10\b", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output))
+
+
+def test_the_dynamic_mixing_sepformer_recipe_trains_from_wsj0_tables(tmp_path):
+    """recipes/wsj0-2mix/sepformer_dm.yaml as its header says to run it, on fabricated WSJ0
+    sources prepared by `sepkit prepare wsj0mix`: two optimizer steps on dynamically mixed,
+    speed-perturbed items, validated on the fixed cv table. Only what the machine cannot do
+    is changed: CPU float32, short items, one validation batch."""
+    from fixtures.fake_corpora import make_merl_lists, make_wsj0
+
+    from data_prep.cli import main as prepare
+
+    lists = tmp_path / "lists"
+    make_merl_lists(lists, make_wsj0(tmp_path / "corpus"), 2, count=4)
+    out = tmp_path / "wsj0-mix"
+    prepare_args = ["wsj0-mix", "--wsj0", str(tmp_path / "corpus"), "--lists", str(lists), "--splits", "tr", "cv"]
+    assert prepare([*prepare_args, "--out", str(out), "--no-progress"]) == 0
+    tables = out / "2speakers" / "wav8k" / "min"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "wsj0-2mix" / "sepformer_dm.yaml"
+    probes = tmp_path / "probe"
+    result = run_sepkit(
+        "train", "--config", str(recipe),
+        "--data.train_dataset.init_args.utterances", str(tables / "tr.csv"),
+        "--data.valid", str(tables / "cv.csv"), "--test_after_fit", "false",
+        "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.max_steps", "2",
+        "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0", "--trainer.val_check_interval", "2",
+        "--data.num_workers", "0", "--data.train_dataset.init_args.segment_seconds", "0.5",
+        "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--trainer.callbacks+=probes.StateProbe", f"--trainer.callbacks.out_dir={probes}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    end = torch.load(probes / "end.pt", weights_only=True)
+    assert end["global_step"] == 2
+    config = yaml.safe_load((tmp_path / "runs" / "wsj0-2mix_sepformer_dm" / "config.yaml").read_text())
+    dynamic = config["data"]["train_dataset"]
+    assert dynamic["class_path"] == "sepkit.data.dynamic.DynamicMixingDataset"
+    assert dynamic["init_args"]["speed_choices"] == pytest.approx([100 / 95, 1.0, 100 / 105])
+    assert config["model"]["loss_threshold"] == -30.0 and config["model"]["lr_schedule"] == "delayed_plateau"
