@@ -14,10 +14,14 @@ files (pywsj0-mix's generate_wsjmix.py for wsj0-mix, LibriMix's
 create_librimix_from_metadata.py, WHAM!'s create_wham_from_scratch.py, whamr_scripts'
 create_wham_from_scratch.py; the loops live here, not in the package), run alternately
 on the same fabricated corpus, ``--rounds`` times each, every run in its own child
-process (peak RSS from ``wait4``, wall time measured inside the child after its
-imports). Writes ``bench/results/data_recipes.json`` with the median times, the ratio
-sepkit / official, the peak RSS of each side and the command line; for WHAMR! also the
-largest sample difference between the two sides' files. sepkit's time includes what
+process (peak RSS from ``wait4``, wall and CPU time measured inside the child after its
+imports). Writes ``bench/results/data_recipes.json`` with the median wall and CPU times,
+their ratios sepkit / official, the peak RSS of each side and the command line (on a
+shared machine the wall time mixes in other processes' CPU and disk use; the CPU time
+shows the work each side does); for WHAMR! also the
+largest sample difference between the two sides' files. The official loops write with
+``sf.write`` to the path, as the official scripts do, so libsndfile fsyncs each of their
+files; sepkit encodes into an open temp file and renames it, without an fsync. sepkit's time includes what
 the official loops do not write (mixture tables, manifest, RIR cache); with
 ``--no-official-extras`` sepkit skips its scaling.mat / LibriMix metrics pass
 (``--label`` records which code was measured).
@@ -437,10 +441,10 @@ RECIPES: dict[str, RecipeBench] = {
 
 
 def run_side(name: str, side: str, inputs: dict[str, str], out: Path, no_extras: bool) -> None:
-    """One run of one side, in this (child) process; prints its wall time as JSON."""
+    """One run of one side, in this (child) process; prints its wall and CPU time as JSON."""
     paths = {key: Path(value) for key, value in inputs.items()}
     bench = RECIPES[name]
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     if side == "official":
         bench.official(paths, out)
     else:
@@ -451,12 +455,13 @@ def run_side(name: str, side: str, inputs: dict[str, str], out: Path, no_extras:
             argv.append("--no-official-extras")
         with contextlib.redirect_stdout(io.StringIO()):
             assert prepare(argv) == 0, argv
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu}))
 
 
-def _child(name: str, side: str, inputs: dict[str, Path], out: Path, no_extras: bool) -> tuple[float, float]:
-    """Run one side in a fresh Python process: (its wall time in s, its peak RSS in MiB,
-    from the kernel's accounting of that process alone via wait4)."""
+def _child(name: str, side: str, inputs: dict[str, Path], out: Path, no_extras: bool) -> tuple[float, float, float]:
+    """Run one side in a fresh Python process: (its wall time in s, its CPU time in s, both
+    measured after its imports, and its peak RSS in MiB, from the kernel's accounting of
+    that process alone via wait4)."""
     command = [sys.executable, __file__, "--child", name, side, json.dumps({k: str(v) for k, v in inputs.items()})]
     command += [str(out)] + (["--no-official-extras"] if no_extras else [])
     process = subprocess.Popen(command, stdout=subprocess.PIPE)
@@ -466,8 +471,8 @@ def _child(name: str, side: str, inputs: dict[str, Path], out: Path, no_extras: 
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{name} {side}: exit status {process.returncode}")
-    seconds = json.loads(stdout.decode().strip().splitlines()[-1])["seconds"]
-    return seconds, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    timing = json.loads(stdout.decode().strip().splitlines()[-1])
+    return timing["seconds"], timing["cpu_seconds"], usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
 def _max_difference(official: Path, ours: Path) -> float:
@@ -503,33 +508,41 @@ def time_recipes(names: list[str], n_mixtures: int, rounds: int, no_extras: bool
         inputs["whamr"] = {**inputs["wham"], "reverb_params": fabricate_reverb_params(root, lists)}
         for name in names:
             times: dict[str, list[float]] = {"official": [], "sepkit": []}
+            cpu: dict[str, list[float]] = {"official": [], "sepkit": []}
             memory: dict[str, list[float]] = {"official": [], "sepkit": []}
             difference = None
             for index in range(rounds):
                 outs = {side: root / f"{name}_{side}_{index}" for side in ("official", "sepkit")}
                 for side, out in outs.items():
-                    seconds, peak = _child(name, side, inputs[name], out, no_extras)
+                    seconds, cpu_seconds, peak = _child(name, side, inputs[name], out, no_extras)
                     times[side].append(seconds)
+                    cpu[side].append(cpu_seconds)
                     memory[side].append(peak)
                 if name == "whamr" and index == 0:
                     difference = _max_difference(outs["official"], outs["sepkit"])
                 for out in outs.values():
                     shutil.rmtree(out)
             official, ours = float(np.median(times["official"])), float(np.median(times["sepkit"]))
+            official_cpu, ours_cpu = float(np.median(cpu["official"])), float(np.median(cpu["sepkit"]))
             results[name] = {
                 "official_s": official,
                 "sepkit_s": ours,
                 "sepkit_over_official": ours / official,
+                "official_cpu_s": official_cpu,
+                "sepkit_cpu_s": ours_cpu,
+                "sepkit_over_official_cpu": ours_cpu / official_cpu,
                 "official_peak_rss_mib": max(memory["official"]),
                 "sepkit_peak_rss_mib": max(memory["sepkit"]),
                 "rounds_s": times,
+                "rounds_cpu_s": cpu,
                 "rounds_peak_rss_mib": memory,
             }
             if difference is not None:
                 results[name]["max_abs_difference_official_vs_sepkit"] = difference
             print(
                 f"{name:10s} official {official:7.2f} s {max(memory['official']):6.0f} MiB  "
-                f"sepkit {ours:7.2f} s {max(memory['sepkit']):6.0f} MiB  ratio {ours / official:5.2f}",
+                f"sepkit {ours:7.2f} s {max(memory['sepkit']):6.0f} MiB  ratio {ours / official:5.2f}  "
+                f"CPU ratio {ours_cpu / official_cpu:5.2f}",
                 flush=True,
             )
     return results

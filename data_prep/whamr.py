@@ -420,7 +420,8 @@ def _anechoic_energy(path: str, pad_to: int, rir_path: Path, rate: int, cache: S
     """Energy ``sum(x^2)`` of the whole anechoic source at ``rate``: the utterance
     zero-padded to ``pad_to`` frames, convolved, then resampled, by the renderer itself
     (:func:`sepkit.data.mixtures.signal_samples` with gain 1, start and offset 0), so
-    ``cache`` convolves it once for every rate."""
+    ``cache`` convolves it once for every rate; the direct-path response's 81 non-zero
+    taps are convolved directly (:func:`sepkit.audio.convolve`), not by an FFT."""
     source = SourceSpec(path=path, pad_to=pad_to, anechoic_rir=str(rir_path))
     row = MixtureSpec(mixture_id=Path(path).stem, sample_rate=rate, length=1, sources=[source])
     energy = float(np.sum(signal_samples(source, row, anechoic=True, cache=cache) ** 2))

@@ -8,6 +8,7 @@ samples per channel (about 9 hours at 8 kHz, 2 GiB as float64).
 
 from __future__ import annotations
 
+import functools
 import struct
 import warnings
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
+from scipy.signal import fftconvolve, resample_poly
 
 from sepkit.fileio import atomic_output
 
@@ -26,6 +27,9 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".c
 MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 384_000
 MAX_RESAMPLED_SAMPLES = 2**28
+# a response whose non-zero taps span at most this many samples is convolved directly
+# (measured: faster than an FFT over a 6 s signal up to about 500 taps)
+DIRECT_CONVOLUTION_SPAN = 256
 
 # Subtypes that store values beyond [-1, 1) without clipping them.
 _UNCLIPPED_SUBTYPES = ("FLOAT", "DOUBLE", "VORBIS", "OPUS")
@@ -220,6 +224,26 @@ def read_audio(
     return _to_mono(data, channel_policy), rate
 
 
+def convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Full linear convolution of a signal ``x [time]`` with an impulse response ``h [taps]``:
+    ``[time + taps - 1]`` float64.
+
+    A response whose non-zero taps span at most :data:`DIRECT_CONVOLUTION_SPAN` samples
+    (a WHAMR! anechoic response is one 81-tap windowed sinc at the direct-path delay,
+    inside ``ceil(T60 fs)`` taps) is convolved directly over that span, in
+    ``O(time * span)``: several times faster than an FFT over the whole response, and
+    equal to it up to float64 rounding (direct summation is the more accurate of the
+    two). Any other response goes through scipy's ``fftconvolve``, as before.
+    """
+    nonzero = np.flatnonzero(h)
+    if len(nonzero) == 0 or nonzero[-1] - nonzero[0] >= DIRECT_CONVOLUTION_SPAN:
+        return fftconvolve(x, h)
+    first, last = int(nonzero[0]), int(nonzero[-1])
+    out = np.zeros(len(x) + len(h) - 1)
+    out[first : first + len(x) + last - first] = np.convolve(x, h[first : last + 1])
+    return out
+
+
 def resample(x: np.ndarray, orig_rate: int, new_rate: int, source: str | Path = "audio") -> np.ndarray:
     """Polyphase resampling along the last axis (what the official LibriMix and
     wsj0-mix Python ports use, so our mixtures match theirs).
@@ -242,9 +266,23 @@ def resample(x: np.ndarray, orig_rate: int, new_rate: int, source: str | Path = 
     return resample_poly(x, ratio.numerator, ratio.denominator, axis=-1)
 
 
+@functools.cache
+def _writable_formats() -> frozenset[str]:
+    """libsndfile's major formats (asked once: soundfile builds the table on every call)."""
+    return frozenset(sf.available_formats())
+
+
 def write_audio_atomic(path: str | Path, samples: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:
     """Write ``[time]`` or ``[time, channels]`` audio to ``path`` via a temp file and
     rename, so an interrupted write never leaves a truncated file behind.
+
+    The encoder writes through a Python file object, not a path: given a path, libsndfile
+    forces the file to the disk (``fsync``) when it closes it, which costs more than
+    rendering a mixture (milliseconds per file, far more on a busy or network disk). As
+    for sepkit's other atomic outputs (tables, manifests, checkpoints), the rename is
+    what guarantees that no reader sees a partial file; a file that a power loss leaves
+    short or empty fails the resume check of ``sepkit prepare`` and is written again.
+    The bytes are those a write to the path gives.
 
     Raises:
         AudioError: ``samples`` holds NaN or infinity (nothing is written).
@@ -254,15 +292,15 @@ def write_audio_atomic(path: str | Path, samples: np.ndarray, sample_rate: int, 
     """
     require_finite(samples, path, what="output")
     suffix = Path(path).suffix.lower().lstrip(".")
-    file_format = suffix.upper() if suffix.upper() in sf.available_formats() else "WAV"
+    file_format = suffix.upper() if suffix.upper() in _writable_formats() else "WAV"
     effective_subtype = subtype or sf.default_subtype(file_format)
     # Integer samples are already quantised (soundfile writes them as they are); only
     # float samples can fall outside the integer subtype's range.
     clipped = clipped_samples(samples, effective_subtype)
     if clipped:
         warnings.warn(clip_warning(path, clipped, effective_subtype), AudioWarning, stacklevel=2)
-    with atomic_output(path) as tmp:
-        sf.write(tmp, samples, sample_rate, subtype=subtype, format=file_format)
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        sf.write(handle, samples, sample_rate, subtype=subtype, format=file_format)
 
 
 def list_audio_files(folder: str | Path) -> list[Path]:

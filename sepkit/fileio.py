@@ -34,8 +34,14 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     rename; on any error (or interruption) it is removed and ``path`` keeps its
     previous content."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX, dir=path.parent)
+    prefix = f"{TEMP_PREFIX}{os.getpid()}-"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=path.parent)
+    except FileNotFoundError:
+        # the folder is created only when missing: a dataset writes thousands of files
+        # into each folder, and a mkdir for each of them was a measurable part of writing
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -260,3 +260,42 @@ def test_whamr_t60_is_achieved(engine):
     assert legacy["t60_expected"] == pytest.approx(sabine_t60(dims, energy_absorption(dims, 0.3, "legacy")))
     assert legacy["t60_expected"] < 0.25
     assert abs(legacy["t60_measured"] - legacy["t60_expected"]) / legacy["t60_expected"] < 0.25
+
+
+def test_wham_writes_without_a_disk_flush_or_a_mkdir_per_file(corpus, tmp_path, monkeypatch):
+    """Writing hands libsndfile an open file, never a path: given a path, libsndfile forces
+    each file to the disk when it closes it (fsync, milliseconds per file: most of WHAM!'s
+    writing time on a busy disk). Each output folder is created once, not once per file.
+    The bytes are those of a write to the path (PCM_16 here: float files carry a time stamp)."""
+    import sepkit.audio as audio
+
+    root, wsj0, lists, wham, _ = corpus
+    encoded_into = []
+    made = []
+    real_write, real_mkdir = sf.write, Path.mkdir
+
+    def recording_write(file, data, *args, **kwargs):
+        encoded_into.append(file)
+        return real_write(file, data, *args, **kwargs)
+
+    def recording_mkdir(self, *args, **kwargs):
+        made.append(Path(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(audio.sf, "write", recording_write)
+    monkeypatch.setattr(Path, "mkdir", recording_mkdir)
+    out = tmp_path / "out"
+    argv = ["wham", "--wsj0", str(wsj0), "--wham-noise", str(wham), "--lists", str(lists), "--splits", "tt"]
+    argv += ["--sample-rate", "8000", "--mode", "min", "--out", str(out), "--write", "--no-progress"]
+    assert main(argv) == 0
+    monkeypatch.undo()
+    written = sorted(out.rglob("*.wav"))
+    assert len(written) == 3 * 6 and len(encoded_into) == len(written)
+    assert not any(isinstance(target, (str, Path)) for target in encoded_into)
+    folders = {path.parent for path in written}
+    assert all(made.count(folder) <= 1 for folder in folders), sorted(map(str, made))
+
+    samples = np.round(np.sin(np.arange(4000) / 7.0) * 20000).astype(np.int16)
+    audio.write_audio_atomic(tmp_path / "atomic.wav", samples, 8000, subtype="PCM_16")
+    sf.write(str(tmp_path / "direct.wav"), samples, 8000, subtype="PCM_16")
+    assert (tmp_path / "atomic.wav").read_bytes() == (tmp_path / "direct.wav").read_bytes()

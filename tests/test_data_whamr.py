@@ -17,6 +17,7 @@ from scipy.signal import fftconvolve
 from data_prep.cli import main
 from data_prep.image_source import max_reflection_order, room_response, sabine_absorption
 from data_prep.whamr import build_plans, rir_directory
+from sepkit.audio import convolve
 from sepkit.data.mixtures import read_table, render, render_outputs
 
 C = 343.0
@@ -248,11 +249,11 @@ def test_writing_convolves_each_source_once_per_utterance(corpus, monkeypatch, c
     utterances = len(plans[0].specs)
     calls = []
 
-    def counting_fftconvolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    def counting_convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
         calls.append(len(x))
-        return fftconvolve(x, h)
+        return convolve(x, h)
 
-    monkeypatch.setattr(mixtures, "fftconvolve", counting_fftconvolve)
+    monkeypatch.setattr(mixtures, "convolve", counting_convolve)
     summary = execute(plans, write=True, progress=True)
     monkeypatch.undo()
     assert summary["written"] == 4 * utterances * len(plans[0].folders)
@@ -267,3 +268,48 @@ def test_writing_convolves_each_source_once_per_utterance(corpus, monkeypatch, c
             for name, folder in plan.folders.items():
                 got = sf.read(str(plan.directory / folder / f"{spec.mixture_id}.wav"), dtype="float32")[0]
                 np.testing.assert_array_equal(got, expected[name].astype(np.float32), err_msg=f"{plan.name} {name}")
+
+
+def test_convolve_equals_float64_reference_for_sparse_and_dense_responses():
+    """sepkit.audio.convolve against numpy's direct float64 convolution: responses with a
+    short non-zero span (taken directly) and long ones (FFT), at the span limit on both sides."""
+    from sepkit.audio import DIRECT_CONVOLUTION_SPAN
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(4001)
+    for first, span in ((0, 1), (0, 81), (37, 81), (500, DIRECT_CONVOLUTION_SPAN), (9, DIRECT_CONVOLUTION_SPAN + 1)):
+        h = np.zeros(3000)
+        h[first : first + span] = rng.standard_normal(span)
+        h[first] = h[first + span - 1] = 1.0  # the span is exactly first .. first + span - 1
+        got = convolve(x, h)
+        expected = np.convolve(x, h)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+        if span <= DIRECT_CONVOLUTION_SPAN:  # direct: exact zeros outside the span
+            assert not got[:first].any() and not got[first + len(x) + span - 1 :].any()
+
+
+def test_anechoic_responses_are_convolved_directly(corpus, monkeypatch):
+    """An anechoic response is one 81-tap sinc inside ceil(T60 fs) taps: the gain pass and the
+    writing pass convolve it directly over that span instead of by an FFT over the whole
+    response (six times the work on a 6 s source); only the reverberant responses, two per
+    utterance, go through fftconvolve. The gains still follow the official FFT rule to
+    1e-12 (test_16k_min_gain_measures_whole_utterance)."""
+    import sepkit.audio as audio
+    import sepkit.data.mixtures as mixtures
+    from data_prep.common import execute
+
+    root, wsj0, lists, wham, reverb = corpus
+    fft_calls = []
+
+    def counting_fftconvolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+        fft_calls.append(len(h))
+        return fftconvolve(x, h)
+
+    for module in (audio, mixtures):
+        monkeypatch.setattr(module, "fftconvolve", counting_fftconvolve, raising=False)
+    out = root / "out_direct"
+    plans = build_plans(wsj0, wham, lists, reverb, out, [8000], ["min"], splits=["tt"], progress=False)
+    assert fft_calls == []
+    execute(plans, write=True, progress=False)
+    assert len(fft_calls) == 2 * len(plans[0].specs)

@@ -63,9 +63,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import fftconvolve
 
-from sepkit.audio import AudioError, audio_info, read_frames, resample
+from sepkit.audio import AudioError, audio_info, convolve, read_frames, resample
 from sepkit.fileio import atomic_output
 
 LIBRIMIX_CROSSFADE = 8001  # half of a 16001-sample Hann window (0.5 s at 16 kHz)
@@ -424,7 +423,7 @@ def _whole_signal(path: Path, spec: SourceSpec, rir_path: str, root: Path | None
     if spec.pad_to > len(x):
         x = np.concatenate([x, np.zeros(spec.pad_to - len(x))])
     if rir_path:
-        x = fftconvolve(x, _load_rir(_resolve(rir_path, root)))
+        x = convolve(x, _load_rir(_resolve(rir_path, root)))
     return x
 
 
