@@ -5,6 +5,7 @@ upsampling, on a learned filterbank with a padded encoder."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sepkit.models.filterbanks import ConvEncoder
@@ -42,6 +43,45 @@ class GroupCommUConvBlock(nn.Module):
         batch, channels, frames = x.shape
         mixed = self.tac(x.reshape(batch, self.n_groups, channels // self.n_groups, frames))
         return self.block(mixed.reshape(batch * self.n_groups, -1, frames)).reshape(x.shape)
+
+
+class FilterAxisConv2d(nn.Conv2d):
+    """The original SuDoRM-RF mask layer, ``nn.Conv2d(1, n_src, (kernel, 1),
+    padding=(padding, 0))`` on ``[batch, 1, n_filters, frames]``, computed as one matrix
+    product per source.
+
+    The kernel slides along the filter axis only, so for every frame the output column
+    is a banded (Toeplitz) matrix ``A_s[f, g] = w_s[g - f + padding]`` (zero outside
+    ``0 <= g - f + padding < kernel``) times the input column: ``masks[b, s, :, t] =
+    A_s x[b, :, t] + bias_s``. The paper's kernel spans the whole filter axis (N + 1
+    taps), which oneDNN's convolution backward handles in about 28 s for a ``[2, 512,
+    3200]`` input on one thread; the same arithmetic as a matrix product takes a fraction
+    of a second. Same parameters and state dict as the ``nn.Conv2d`` it subclasses.
+
+    ``[batch, 1, n_filters, frames] -> [batch, n_src, n_filters + 2 padding - kernel + 1,
+    frames]``.
+    """
+
+    def __init__(self, n_src: int, kernel: int, padding: int) -> None:
+        super().__init__(1, n_src, (kernel, 1), padding=(padding, 0))
+
+    def toeplitz(self, n_filters: int) -> Tensor:
+        """The banded matrices ``A``, ``[n_src, out_filters, n_filters]``."""
+        kernel, padding = self.kernel_size[0], self.padding[0]
+        out_filters = n_filters + 2 * padding - kernel + 1
+        device = self.weight.device
+        tap = torch.arange(n_filters, device=device) - torch.arange(out_filters, device=device)[:, None] + padding
+        # Taps outside the kernel read an appended zero, so A is built by one gather.
+        tap = torch.where((tap >= 0) & (tap < kernel), tap, kernel)
+        taps = F.pad(self.weight.reshape(self.out_channels, kernel), (0, 1))
+        return taps[:, tap]
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, _, n_filters, frames = x.shape
+        matrices = self.toeplitz(n_filters).to(x.dtype)
+        out = torch.matmul(matrices.reshape(-1, n_filters), x.reshape(batch, n_filters, frames))
+        out = out.reshape(batch, self.out_channels, -1, frames)
+        return out + self.bias.to(x.dtype)[:, None, None]
 
 
 class SuDoRMRFMasker(nn.Module):
@@ -93,7 +133,7 @@ class SuDoRMRFMasker(nn.Module):
             self.reshape_conv = nn.Conv1d(bottleneck, n_filters, 1) if bottleneck != n_filters else nn.Identity()
             # Sliding along the filter axis with kernel N+1 and padding N - N//2 keeps
             # the filter count, so every mask value sees every filter of its frame.
-            self.mask_conv2d = nn.Conv2d(1, n_src, (n_filters + 1, 1), padding=(n_filters - n_filters // 2, 0))
+            self.mask_conv2d = FilterAxisConv2d(n_src, n_filters + 1, n_filters - n_filters // 2)
             # The official model defines a norm for the mask input that its forward never
             # applies. It is kept, unused, so that the parameter count (2,662,022 for
             # 1.0x, the published 2.66M) and the official state-dict layout match.
