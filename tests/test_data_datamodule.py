@@ -4,13 +4,15 @@ identical trained weights for the same seed."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import lightning as L
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, subprocess_env
 from fixtures.fake_corpora import make_merl_lists, make_speaker_folders, make_wsj0
 from torch.utils.data import DistributedSampler
 
@@ -197,3 +199,40 @@ def test_training_data_turns_the_synthetic_corpus_off_and_crops_whole_mixtures(t
     # a valid split alone replaces only that split (tests do this with the tiny recipe)
     only_valid = SeparationDataModule(valid=table, synthetic=synthetic, synthetic_root=str(tmp_path / "syn"))
     assert only_valid.synthetic is synthetic and only_valid.paths["valid"] == table
+
+
+_PREPARE_ON_A_NODE = """
+import sys
+from sepkit.data.datamodule import SeparationDataModule
+from sepkit.data.synthetic import SyntheticConfig, generate_corpus
+synthetic = SyntheticConfig(speakers=(4, 2, 2), utterances_per_speaker=3, mixtures=(8, 4, 4))
+generate_corpus(sys.argv[1], synthetic, workers=1)  # what prepare_data runs, without a process pool
+datamodule = SeparationDataModule(synthetic=synthetic, synthetic_root=sys.argv[1], segment_seconds=0.5)
+datamodule.prepare_data()
+datamodule.setup("fit")
+print("train mixtures", len(datamodule.datasets["train"]))
+"""
+
+
+def test_two_nodes_preparing_at_once_write_the_synthetic_corpus_once(tmp_path):
+    # Lightning calls prepare_data on local rank 0 of every node; on a shared filesystem
+    # the two "nodes" of a job write one folder at the same moment.
+    root = tmp_path / "synthetic"
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PREPARE_ON_A_NODE, str(root)],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    for node, output in zip(nodes, outputs):
+        assert node.returncode == 0, output[-3000:]
+        assert "train mixtures 8" in output
+    # one node synthesised the speakers (its progress bar), the other waited and reused them
+    assert sum("synthesising train speakers" in output for output in outputs) == 1, outputs
+    assert json.loads((root / "corpus.json").read_text())["config"]["mixtures"] == [8, 4, 4]
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".") and p.name != ".generate.lock"]
