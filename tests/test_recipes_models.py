@@ -106,3 +106,13 @@ def test_data_settings_read_without_building_match_the_built_model(model_name: s
     assert model_data_settings(model_name, given) == (11025, 3)
     with pytest.raises(ValueError, match="no_such_argument"):
         model_data_settings(model_name, {"no_such_argument": 1})
+
+
+@pytest.mark.parametrize("recipe", sorted((RECIPES / "synthetic").glob("*.yaml")), ids=lambda p: p.stem)
+def test_synthetic_recipe_result_is_set_by_a_step_budget(recipe: Path) -> None:
+    # Hitting a max_time is an error now (issue #19): the step budget alone ends training,
+    # and the cosine schedule reaches its small final LR exactly at that budget.
+    config = yaml.safe_load(recipe.read_text())
+    assert "max_time" not in config["trainer"]
+    assert isinstance(config["trainer"]["max_steps"], int) and config["trainer"]["max_steps"] > 0
+    assert config["model"]["lr_schedule"] == "cosine"
