@@ -193,6 +193,9 @@ def test_training_data_turns_the_synthetic_corpus_off_and_crops_whole_mixtures(t
     assert user.synthetic is None and not user.synthetic_remix
     assert user.paths == {"train": table, "valid": None, "test": None}
     assert user.segment_seconds == DEFAULT_SEGMENT_SECONDS
+    # one mixture per batch: whole utterances stay whole (SepFormer's full-length training)
+    whole = SeparationDataModule(train=table, synthetic=synthetic, segment_seconds=None, batch_size=1)
+    assert whole.segment_seconds is None
     # the synthetic corpus itself keeps its whole (equal-length) mixtures
     corpus = SeparationDataModule(synthetic=synthetic, synthetic_root=str(tmp_path / "syn"), segment_seconds=None)
     assert corpus.synthetic is synthetic and corpus.segment_seconds is None

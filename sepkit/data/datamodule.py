@@ -21,10 +21,11 @@ from sepkit.data.synthetic import RemixedSyntheticDataset, SyntheticConfig, gene
 
 log = logging.getLogger(__name__)
 
-# Training crop used with the user's data when the recipe asks for whole mixtures
-# (segment_seconds: null, as the synthetic recipes do): real corpora differ in length
-# from one mixture to the next, so whole mixtures cannot be batched, and the paper
-# recipes all train on 4 s crops.
+# Training crop used with the user's data when a recipe asks for whole mixtures in
+# batches of more than one (segment_seconds: null, as the synthetic recipes do): real
+# corpora differ in length from one mixture to the next, so whole mixtures cannot be
+# stacked, and the paper recipes that crop use 4 s. With batch_size 1 whole utterances
+# stay whole (SepFormer's full-length training).
 DEFAULT_SEGMENT_SECONDS = 4.0
 
 
@@ -38,8 +39,8 @@ class SeparationDataModule(L.LightningDataModule):
 
     The user's data takes over any recipe: a ``train`` path (or ``train_dataset``) turns
     the synthetic corpus and its remixing off for every split, and a ``null`` training
-    crop then becomes :data:`DEFAULT_SEGMENT_SECONDS`. Validation and test batches of
-    whole mixtures only group mixtures of equal length
+    crop then becomes :data:`DEFAULT_SEGMENT_SECONDS` when batches hold more than one
+    mixture. Validation and test batches of whole mixtures only group mixtures of equal length
     (:class:`~sepkit.data.datasets.LengthGroupedBatchSampler`), so every metric is
     computed on an utterance's own, unpadded length.
 
@@ -54,8 +55,8 @@ class SeparationDataModule(L.LightningDataModule):
             the fixed train table; valid and test stay fixed.
         sample_rate: data sample rate; ``sepkit train`` links it from the model block.
         n_src: sources per mixture; ``sepkit train`` links it from the model block.
-        segment_seconds: training crop length (``None``: whole mixtures of the synthetic
-            corpus, :data:`DEFAULT_SEGMENT_SECONDS` with the user's data).
+        segment_seconds: training crop length (``None``: whole mixtures; with the user's
+            data and ``batch_size > 1``, :data:`DEFAULT_SEGMENT_SECONDS`).
         valid_segment_seconds: validation crop length (``None``: whole mixtures).
         batch_size: training batch size.
         eval_batch_size: validation / test batch size; whole mixtures of different
@@ -97,7 +98,7 @@ class SeparationDataModule(L.LightningDataModule):
         if synthetic is not None and (train is not None or train_dataset is not None):
             log.info("training data given: the recipe's synthetic corpus is not used (valid and test neither)")
             synthetic, synthetic_remix = None, False
-        if segment_seconds is None and synthetic is None:
+        if segment_seconds is None and synthetic is None and batch_size > 1:
             segment_seconds = DEFAULT_SEGMENT_SECONDS
         self.paths = {"train": train, "valid": valid, "test": test}
         self.table_root = table_root
