@@ -146,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.8, 0.1, 0.1])
     p.add_argument("--n-mixtures", type=int, nargs="+", default=[1000, 100, 100])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--speakers",
+        nargs="+",
+        default=[],
+        metavar="SPLIT=NAMES",
+        help="speakers of a split by folder name, e.g. train=spk01,spk02 test=spk09 (unnamed splits share the "
+        "other speakers by --fractions)",
+    )
+    p.add_argument("--speakers-file", type=Path, help="file of '<split> <speaker>' lines, as --speakers")
     _common(p, [8000], ["min"])
 
     p = sub.add_parser("verify", help="check a prepared folder (counts, lengths, durations, official files)")
@@ -263,6 +272,7 @@ def _plans(args: argparse.Namespace) -> list[SplitPlan]:
             args.n_mixtures,
             args.seed,
             progress=not args.no_progress,
+            named_speakers=folder.parse_speaker_option(args.speakers),
         )
     raise AssertionError(args.command)
 
@@ -378,6 +388,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in vars(args).items():
             if isinstance(value, Path):
                 setattr(args, name, value.absolute())
+        if getattr(args, "speakers_file", None) is not None:
+            # The file's content, not its path, is a parameter of the run: a changed list
+            # must not reuse tables drawn from the old one.
+            from data_prep.folder import read_speaker_file
+
+            listed = read_speaker_file(args.speakers_file)
+            args.speakers = [*args.speakers, *(f"{split}={','.join(names)}" for split, names in listed.items())]
+            args.speakers_file = None
         parameters = run_parameters(vars(args))
         plans = _plans(args)
         claim_output(args.out, plans, parameters, args.force, args.dry_run)

@@ -3,7 +3,10 @@
 Input: ``--sources DIR`` with one sub-folder per speaker, audio files anywhere below it.
 
 Splits are speaker-disjoint: the sorted speaker list is shuffled with ``seed`` and cut
-by ``fractions`` (e.g. 0.8/0.1/0.1 for train/valid/test). Each mixture draws ``n_src``
+by ``fractions`` (e.g. 0.8/0.1/0.1 for train/valid/test). Splits can instead be given
+their speakers by name (``--speakers test=spk07,spk12``, or ``--speakers-file`` with one
+``<split> <speaker>`` pair a line): a named split holds exactly those, and the splits
+left unnamed share the other speakers by their fractions. Each mixture draws ``n_src``
 distinct speakers of its split and one utterance of each, uniformly.
 
 Gain law (wsj0-mix style, with RMS in place of the P.56 active level): source ``i``
@@ -56,13 +59,72 @@ def list_speakers(root: Path) -> dict[str, list[Path]]:
     return speakers
 
 
-def split_speakers(speakers: list[str], names: list[str], fractions: list[float], seed: int) -> dict[str, list[str]]:
-    """Speaker-disjoint split: shuffle with ``seed``, cut by ``fractions`` (normalised)."""
-    order = list(speakers)
+def split_speakers(
+    speakers: list[str],
+    names: list[str],
+    fractions: list[float],
+    seed: int,
+    named: dict[str, list[str]] | None = None,
+) -> dict[str, list[str]]:
+    """Speaker-disjoint split: the splits in ``named`` get exactly the speakers listed
+    there; the others shuffle the remaining speakers with ``seed`` and cut them by their
+    ``fractions`` (normalised over those splits).
+
+    Raises:
+        PrepareError: a named split is not one of ``names``, a named speaker has no
+            folder, or a speaker is named for two splits.
+    """
+    named = named or {}
+    owner: dict[str, str] = {}
+    for split, chosen in named.items():
+        if split not in names:
+            raise PrepareError(f"speakers named for split {split!r}, which is not one of --splits {' '.join(names)}")
+        for speaker in chosen:
+            if speaker not in speakers:
+                raise PrepareError(f"speaker {speaker!r} named for split {split} has no folder under --sources")
+            if speaker in owner and owner[speaker] != split:
+                raise PrepareError(f"speaker {speaker!r} is named for both split {owner[speaker]} and split {split}")
+            owner[speaker] = split
+    assignment = {split: sorted(set(named[split])) for split in names if split in named}
+    rest = [(name, fraction) for name, fraction in zip(names, fractions) if name not in named]
+    order = [speaker for speaker in speakers if speaker not in owner]
     np.random.default_rng(seed).shuffle(order)
-    total = float(sum(fractions))
-    bounds = np.round(np.cumsum([0.0, *fractions]) / total * len(order)).astype(int)
-    return {name: sorted(order[bounds[k] : bounds[k + 1]]) for k, name in enumerate(names)}
+    if rest:
+        total = float(sum(fraction for _, fraction in rest))
+        bounds = np.round(np.cumsum([0.0, *(fraction for _, fraction in rest)]) / total * len(order)).astype(int)
+        for k, (name, _) in enumerate(rest):
+            assignment[name] = sorted(order[bounds[k] : bounds[k + 1]])
+    return {name: assignment[name] for name in names}
+
+
+def read_speaker_file(path: Path) -> dict[str, list[str]]:
+    """``{split: [speaker, ...]}`` from a file of ``<split> <speaker>`` lines (spaces, tabs
+    or a comma between them; blank lines and ``#`` comments are skipped)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise PrepareError(f"{path}: cannot read the speaker file ({err})") from None
+    named: dict[str, list[str]] = {}
+    for number, line in enumerate(lines, start=1):
+        fields = line.split("#", 1)[0].replace(",", " ").split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise PrepareError(f"{path}:{number}: expected '<split> <speaker>', found {line.strip()!r}")
+        named.setdefault(fields[0], []).append(fields[1])
+    return named
+
+
+def parse_speaker_option(values: list[str]) -> dict[str, list[str]]:
+    """``{split: [speaker, ...]}`` from ``--speakers`` values such as ``test=spk07,spk12``."""
+    named: dict[str, list[str]] = {}
+    for value in values:
+        split, sep, listed = value.partition("=")
+        speakers = [name for name in listed.split(",") if name]
+        if not sep or not split or not speakers:
+            raise PrepareError(f"--speakers {value!r}: expected SPLIT=SPEAKER[,SPEAKER...]")
+        named.setdefault(split, []).extend(speakers)
+    return named
 
 
 def _frames_and_rate(path: Path) -> tuple[int, int]:
@@ -95,11 +157,12 @@ def build_plans(
     n_mixtures: list[int],
     seed: int = 0,
     progress: bool = True,
+    named_speakers: dict[str, list[str]] | None = None,
 ) -> list[SplitPlan]:
     if not (len(split_names) == len(fractions) == len(n_mixtures)):
         raise PrepareError("--splits, --fractions and --n-mixtures need the same number of values")
     speakers = list_speakers(sources)
-    assignment = split_speakers(list(speakers), split_names, fractions, seed)
+    assignment = split_speakers(list(speakers), split_names, fractions, seed, named_speakers)
     rng = np.random.default_rng([seed, 1])
     rms_cache: dict[Path, float] = {}
     info_cache: dict[Path, tuple[int, int]] = {}

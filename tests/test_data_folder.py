@@ -105,3 +105,60 @@ def test_progress_lines_are_periodic(capsys):
         "phase: 3/4 (75%)",
         "phase: 4/4 (100%)",
     ]
+
+
+def _speakers_in_tables(base: Path, splits: tuple[str, ...]) -> dict[str, set[str]]:
+    """The speakers each split's mixtures actually draw, read back from the written tables."""
+    found = {}
+    for split in splits:
+        for spec in read_table(base / f"{split}.csv"):
+            found.setdefault(split, set()).update(spec.extra[f"s{i + 1}_speaker"] for i in range(spec.n_src))
+    return found
+
+
+def test_folder_recipe_takes_the_speakers_of_each_split_by_name(tmp_path):
+    sources = tmp_path / "speakers"
+    make_speaker_folders(sources, n_speakers=8, per_speaker=2)  # spk00 .. spk07
+    common = ["folder", "--sources", str(sources), "--n-mixtures", "30", "6", "6", "--no-progress"]
+    named = ["--speakers", "valid=spk01,spk06", "test=spk02", "test=spk05"]  # a split may be named twice
+    assert main([*common, *named, "--out", str(tmp_path / "a")]) == 0
+    base = tmp_path / "a" / "2speakers" / "wav8000" / "min"
+    found = _speakers_in_tables(base, ("train", "valid", "test"))
+    assert found["valid"] == {"spk01", "spk06"} and found["test"] == {"spk02", "spk05"}
+    # the unnamed split has every other speaker (30 mixtures of 2 out of 4 draw them all)
+    assert found["train"] == {"spk00", "spk03", "spk04", "spk07"}
+
+    # the same choice from a file, with a comment and a blank line
+    listing = tmp_path / "speakers.txt"
+    listing.write_text("# split speaker\nvalid spk01\nvalid,spk06\n\ntest spk02\ntest\tspk05  # held out\n")
+    assert main([*common, "--speakers-file", str(listing), "--out", str(tmp_path / "b")]) == 0
+    for split in ("train", "valid", "test"):
+        file_base = tmp_path / "b" / "2speakers" / "wav8000" / "min"
+        assert (file_base / f"{split}.csv").read_bytes() == (base / f"{split}.csv").read_bytes()
+
+    # every split named: each holds exactly its list, the rest of the folders are unused
+    listing.write_text("train spk00\ntrain spk01\ntrain spk02\nvalid spk03\nvalid spk04\ntest spk05\ntest spk06\n")
+    assert main([*common, "--speakers-file", str(listing), "--out", str(tmp_path / "c")]) == 0
+    found = _speakers_in_tables(tmp_path / "c" / "2speakers" / "wav8000" / "min", ("train", "valid", "test"))
+    assert found == {"train": {"spk00", "spk01", "spk02"}, "valid": {"spk03", "spk04"}, "test": {"spk05", "spk06"}}
+
+
+def test_folder_recipe_refuses_bad_speaker_names_in_one_line(tmp_path, capsys):
+    sources = tmp_path / "speakers"
+    make_speaker_folders(sources, n_speakers=6, per_speaker=1)
+    common = ["folder", "--sources", str(sources), "--n-mixtures", "2", "1", "1", "--out", str(tmp_path / "o")]
+    cases = [
+        (["--speakers", "test=spk99"], "speaker 'spk99' named for split test has no folder under --sources"),
+        (["--speakers", "test=spk01", "valid=spk01"], "speaker 'spk01' is named for both split test and split valid"),
+        (
+            ["--speakers", "eval=spk01"],
+            "speakers named for split 'eval', which is not one of --splits train valid test",
+        ),
+        (["--speakers", "test"], "--speakers 'test': expected SPLIT=SPEAKER[,SPEAKER...]"),
+        (["--speakers-file", str(tmp_path / "missing.txt")], "missing.txt: cannot read the speaker file"),
+    ]
+    for flags, message in cases:
+        assert main([*common, *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()

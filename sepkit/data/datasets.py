@@ -14,14 +14,14 @@ Both crop training segments the same way: the window start is a pure function of
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, Dataset, Sampler
 
-from sepkit.audio import read_audio
+from sepkit.audio import audio_info, read_audio
 from sepkit.data.mixtures import MixtureSpec, render
 from sepkit.data.paths import MANIFEST, read_checked_table
 
@@ -59,6 +59,14 @@ class SegmentedDataset(Dataset):
 
     def item_id(self, index: int) -> str:
         raise NotImplementedError
+
+    def full_length(self, index: int) -> int:
+        """Samples of item ``index`` before cropping, known without rendering it."""
+        raise NotImplementedError
+
+    def item_length(self, index: int) -> int:
+        """Samples of the tensors ``self[index]`` returns (the segment when cropping)."""
+        return self.segment_samples if self.segment_samples is not None else self.full_length(index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         mixture, sources = self.load(index)
@@ -121,6 +129,9 @@ class MixtureTableDataset(SegmentedDataset):
     def item_id(self, index: int) -> str:
         return self.rows[index].mixture_id
 
+    def full_length(self, index: int) -> int:
+        return self.rows[index].length
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return render(self.rows[index], self.root)
 
@@ -138,6 +149,8 @@ class WrittenMixtureDataset(SegmentedDataset):
         n_src: number of source folders.
         mixture_folder: ``mix`` (wsj0-mix), ``mix_clean`` / ``mix_both`` (LibriMix), ...
         sample_rate: expected rate; a file with another rate is an error.
+        source_suffix: the sources are ``s1<suffix> .. s<n_src><suffix>`` (WHAMR!'s
+            anechoic targets: ``_anechoic``).
     """
 
     def __init__(
@@ -146,12 +159,14 @@ class WrittenMixtureDataset(SegmentedDataset):
         n_src: int,
         mixture_folder: str = "mix",
         sample_rate: int | None = None,
+        source_suffix: str = "",
         **segment_args,
     ) -> None:
         super().__init__(**segment_args)
         self.root = Path(root)
         self.n_src = n_src
         self.sample_rate = sample_rate
+        self.source_dirs = [self.root / f"s{i}{source_suffix}" for i in range(1, n_src + 1)]
         self.mixture_dir = self.root / mixture_folder
         if not self.mixture_dir.is_dir():
             raise FileNotFoundError(f"{self.mixture_dir}: mixture folder not found")
@@ -167,18 +182,19 @@ class WrittenMixtureDataset(SegmentedDataset):
             self.names = sorted(p.name for p in self.mixture_dir.glob("*.wav"))
         if not self.names:
             raise FileNotFoundError(f"{self.mixture_dir}: no .wav mixtures")
-        for i in range(1, n_src + 1):
-            missing = [n for n in self.names if not (self.root / f"s{i}" / n).is_file()]
+        for source_dir in self.source_dirs:
+            missing = [n for n in self.names if not (source_dir / n).is_file()]
             if missing:
-                raise FileNotFoundError(
-                    f"{self.root / f's{i}'}: {len(missing)} source files missing, e.g. {missing[0]}"
-                )
+                raise FileNotFoundError(f"{source_dir}: {len(missing)} source files missing, e.g. {missing[0]}")
 
     def __len__(self) -> int:
         return len(self.names)
 
     def item_id(self, index: int) -> str:
         return Path(self.names[index]).stem
+
+    def full_length(self, index: int) -> int:
+        return audio_info(self.mixture_dir / self.names[index])[0]
 
     def _read(self, path: Path) -> np.ndarray:
         samples, rate = read_audio(path, channel_policy="first")
@@ -189,8 +205,57 @@ class WrittenMixtureDataset(SegmentedDataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         name = self.names[index]
         mixture = self._read(self.mixture_dir / name)
-        sources = np.stack([self._read(self.root / f"s{i}" / name) for i in range(1, self.n_src + 1)])
+        sources = np.stack([self._read(source_dir / name) for source_dir in self.source_dirs])
+        lengths = {len(mixture), *(len(source) for source in sources)}
+        if len(lengths) > 1:
+            raise ValueError(f"{self.mixture_dir / name}: mixture and sources differ in length ({sorted(lengths)})")
         return mixture, sources
+
+
+def whamr_source_suffix(mixture_folder: str) -> str:
+    """``_anechoic`` for a WHAMR! mixture folder (``mix_*_reverb`` / ``mix_*_anechoic``),
+    whose separation tasks target the anechoic sources; ``""`` for any other layout."""
+    return "_anechoic" if mixture_folder.endswith(("_reverb", "_anechoic")) else ""
+
+
+class LengthGroupedBatchSampler(BatchSampler):
+    """Batches of indices whose items have equal length, for whole-mixture evaluation.
+
+    Indices are taken in ``sampler`` order; each joins the open batch of its length, and a
+    batch is yielded when it holds ``batch_size`` indices; unfinished batches follow at
+    the end, in the order their first index came. Mixtures that share a length are
+    batched, every other mixture is scored alone, on its own samples (no padding).
+    Lightning rebuilds it around a ``DistributedSampler`` under DDP (its arguments
+    match :class:`~torch.utils.data.BatchSampler`'s), so each rank groups its own share.
+
+    Args:
+        sampler: the indices to batch.
+        batch_size: most indices per batch.
+        drop_last: drop unfinished batches.
+        lengths: ``lengths[index]``: samples of item ``index``.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool, lengths: Sequence[int]) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.lengths = list(lengths)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        open_batches: dict[int, list[int]] = {}
+        for index in self.sampler:
+            batch = open_batches.setdefault(self.lengths[index], [])
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield batch
+                del open_batches[self.lengths[index]]
+        if not self.drop_last:
+            yield from (batch for batch in open_batches.values() if batch)
+
+    def __len__(self) -> int:
+        counts: dict[int, int] = {}
+        for index in self.sampler:
+            counts[self.lengths[index]] = counts.get(self.lengths[index], 0) + 1
+        full = sum(count // self.batch_size for count in counts.values())
+        return full + (0 if self.drop_last else sum(1 for count in counts.values() if count % self.batch_size))
 
 
 def split_table(split_dir: str | Path) -> Path | None:

@@ -24,8 +24,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import csv
+import fcntl
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 from dataclasses import asdict, dataclass
@@ -40,6 +42,8 @@ from sepkit.audio import write_audio_atomic
 from sepkit.data.datasets import SegmentedDataset
 from sepkit.data.mixtures import MixtureSpec, SourceSpec, read_table, render, write_table
 from sepkit.fileio import atomic_output
+
+log = logging.getLogger(__name__)
 
 # Vowel-like formant targets (F1, F2, F3 in Hz) of an adult voice; speakers scale them.
 VOWEL_FORMANTS = np.array(
@@ -353,9 +357,36 @@ def generate_corpus(
     stamp = root / "corpus.json"
     tables = {split: table_path(root, split) for split in SPLITS}
     outputs = list(tables.values()) + [utterance_table_path(root, split) for split in SPLITS]
-    if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == cfg.fingerprint():
-        if all(path.is_file() for path in outputs):
-            return tables
+
+    def finished() -> bool:
+        if not stamp.is_file() or json.loads(stamp.read_text()).get("fingerprint") != cfg.fingerprint():
+            return False
+        return all(path.is_file() for path in outputs)
+
+    if finished():
+        return tables
+    root.mkdir(parents=True, exist_ok=True)
+    # Every node of a multi-node job (and every run started at once) may call this on one
+    # shared folder: the first to take the lock writes the corpus, the others wait and
+    # then find it finished. The lock file is never removed (removing it would let a
+    # third process lock a new file while the second still holds the old one).
+    with open(root / ".generate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if finished():
+                return tables
+            log.info("generating the synthetic corpus in %s", root)
+            _write_corpus(root, cfg, tables, workers)
+            # The stamp is written last: its presence means every file above is complete.
+            with atomic_output(stamp) as tmp:
+                tmp.write_text(json.dumps({"fingerprint": cfg.fingerprint(), "config": asdict(cfg)}, indent=2))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return tables
+
+
+def _write_corpus(root: Path, cfg: SyntheticConfig, tables: dict[str, Path], workers: int | None) -> None:
+    """Synthesise every split's utterances and write their utterance and mixture tables."""
     workers = workers or len(os.sched_getaffinity(0))
     with contextlib.ExitStack() as stack:
         pool = None
@@ -368,9 +399,6 @@ def generate_corpus(
             specs, utterances = build_split(cfg, split, root, pool)
             write_utterance_table(utterance_table_path(root, split), utterances)
             write_table(tables[split], specs)
-    # The stamp is written last: its presence means every file above is complete.
-    stamp.write_text(json.dumps({"fingerprint": cfg.fingerprint(), "config": asdict(cfg)}, indent=2))
-    return tables
 
 
 class SyntheticMixtures(Dataset):
