@@ -32,6 +32,7 @@ from sepkit.audio import (
 from sepkit.fileio import TEMP_PREFIX, TEMP_SUFFIX, atomic_output, remove_stale_temp_files, write_text_atomic
 from sepkit.losses import best_permutation, pairwise_si_sdr
 from sepkit.resample import StreamingResampler
+from sepkit.streaming import LatencyTrimmed, StreamingError, StreamingSeparator, check_streamable
 
 # Below this many samples (at the model's rate) there is nothing meaningful to separate.
 MIN_SECONDS = 0.01
@@ -291,13 +292,15 @@ class OutputOptions:
 
     ``normalize``: ``none`` (as the model gives them), ``peak`` (each source scaled to a
     peak of ``NORMALIZED_PEAK`` unless silent), ``mixture-loudness`` (each source scaled
-    so that its RMS equals the mixture's, unless silent).
+    so that its RMS equals the mixture's, unless silent). ``stream``: separate with
+    :class:`sepkit.streaming.StreamingSeparator` (causal models; no chunks).
     """
 
     subtype: str | None = "FLOAT"
     normalize: str = "none"
     match_gain: bool = False
     batch_chunks: int = 1
+    stream: bool = False
 
 
 class _SourceWriters:
@@ -346,7 +349,8 @@ def separate_file(
     """Separate one audio file into ``targets`` (one per source, in order; format from
     their suffix) at the file's own sample rate, in bounded memory: the file is read,
     resampled (:class:`sepkit.resample.StreamingResampler`), separated in chunks
-    (:class:`ChunkStitcher`) and written block by block. ``chunk_seconds=None`` chunks
+    (:class:`ChunkStitcher`; with ``options.stream``, causally by
+    :class:`sepkit.streaming.StreamingSeparator`) and written block by block. ``chunk_seconds=None`` chunks
     files longer than :func:`auto_chunk_seconds`. Nothing is written unless every
     source is finite. ``options`` (normalisation, gain match, batching, subtype)
     supersedes ``subtype``, which is kept for callers of the earlier signature.
@@ -363,18 +367,21 @@ def separate_file(
         raise AudioError(
             f"{path}: too short to separate ({frames} samples at {rate} Hz; need at least {MIN_SECONDS * 1000:.0f} ms)"
         )
-    if chunk_seconds is None:
-        chunk_seconds = auto_chunk_seconds(model, options.batch_chunks)
-    size = int(chunk_seconds * model_rate)
-    if model_frames <= size:
-        size = None
-    stitcher = ChunkStitcher(
-        model,
-        size,
-        int(size * CHUNK_OVERLAP) if size else 0,
-        match_gain=options.match_gain,
-        batch_chunks=options.batch_chunks,
-    )
+    if options.stream:
+        stitcher = LatencyTrimmed(StreamingSeparator(model))
+    else:
+        if chunk_seconds is None:
+            chunk_seconds = auto_chunk_seconds(model, options.batch_chunks)
+        size = int(chunk_seconds * model_rate)
+        if model_frames <= size:
+            size = None
+        stitcher = ChunkStitcher(
+            model,
+            size,
+            int(size * CHUNK_OVERLAP) if size else 0,
+            match_gain=options.match_gain,
+            batch_chunks=options.batch_chunks,
+        )
     to_model = StreamingResampler(rate, model_rate, channels=1)
     to_file = StreamingResampler(model_rate, rate, channels=model.n_src)
     n_src = int(model.n_src)
@@ -615,7 +622,11 @@ def _process(
     ):
         return False
     options = OutputOptions(
-        subtype=args.subtype, normalize=args.normalize, match_gain=args.match_gain, batch_chunks=args.batch_chunks
+        subtype=args.subtype,
+        normalize=args.normalize,
+        match_gain=args.match_gain,
+        batch_chunks=args.batch_chunks,
+        stream=args.stream,
     )
     separate_file(model, job.source, job.targets, args.channels, args.chunk_seconds, options=options)
     record["output_sizes"] = [target.stat().st_size for target in job.targets]
@@ -679,6 +690,13 @@ def separate_main(argv: list[str]) -> int:
         default=None,
         help="soundfile subtype of the outputs (default: FLOAT for wav, which keeps peaks > 1; else the format's default)",
     )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="separate causally, block by block, with a fixed latency of encoder window - 1 samples "
+        "(sepkit.streaming.StreamingSeparator; causal Conv-TasNet or unidirectional DPRNN with cLN only; "
+        "the output equals the offline model's, no chunks)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="redo files even if their outputs are up to date")
     args = parser.parse_args(argv)
     if args.subtype is not None:
@@ -700,6 +718,15 @@ def separate_main(argv: list[str]) -> int:
         model = load_model(args.checkpoint, map_location=args.device)
     except CheckpointError as err:
         return _usage_error(str(err))
+    if args.stream:
+        if args.chunk_seconds is not None or args.match_gain or args.batch_chunks != 1:
+            return _usage_error(
+                "--stream separates without chunks: --chunk-seconds, --match-gain and --batch-chunks do not apply"
+            )
+        try:
+            check_streamable(model)
+        except StreamingError as err:
+            return _usage_error(f"--stream: {err}")
     if args.chunk_seconds is not None and int(args.chunk_seconds * model.sample_rate * CHUNK_OVERLAP) < 1:
         return _usage_error(
             f"--chunk-seconds {args.chunk_seconds} is shorter than a few samples at {model.sample_rate} Hz"
@@ -721,6 +748,8 @@ def separate_main(argv: list[str]) -> int:
         "format": args.format,
         "normalize": args.normalize,
         "match_gain": args.match_gain,
+        # Only when on, so the manifests of earlier runs still match.
+        **({"stream": True} if args.stream else {}),
     }
     manifest = _read_manifest(out_dir / MANIFEST_NAME)
     failures: list[str] = []

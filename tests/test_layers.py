@@ -67,6 +67,7 @@ LAYERS: tuple[Layer, ...] = (
             "sepkit.averaging",
             "sepkit.preemption",
             "sepkit.inference",
+            "sepkit.streaming",
             "sepkit.evaluation",
             "sepkit.profiling",
             "sepkit.export",

@@ -46,6 +46,7 @@ class DPRNNMasker(nn.Module):
         chunk_padding: ChunkPadding = "overlap",
         output_head: str = "gated",
         bottleneck_bias: bool = True,
+        bidirectional_intra: bool = True,
     ) -> None:
         super().__init__()
         if output_head not in OUTPUT_HEADS:
@@ -64,7 +65,8 @@ class DPRNNMasker(nn.Module):
         self.input_norm = make_norm(norm, n_filters)
         self.bottleneck = nn.Conv1d(n_filters, bottleneck, 1, bias=bottleneck_bias)
         self.blocks = nn.ModuleList(
-            DPRNNBlock(bottleneck, hidden_size, norm, bidirectional, rnn_type, dropout) for _ in range(n_blocks)
+            DPRNNBlock(bottleneck, hidden_size, norm, bidirectional, rnn_type, dropout, bidirectional_intra)
+            for _ in range(n_blocks)
         )
         self.output_act = nn.PReLU()
         if output_head == "direct":
@@ -126,7 +128,7 @@ class DPRNN(EncoderMaskerDecoder):
         hidden_size: LSTM units per direction.
         n_blocks: number of dual-path blocks.
         chunk_size, hop: dual-path segmentation (frames).
-        norm: "gLN" (default) or "cLN" (causal, with ``bidirectional=False``).
+        norm: "gLN" (default) or "cLN" (per frame; the causal configuration, see ``bidirectional_intra``).
         bidirectional: inter-chunk RNN direction(s).
         rnn_type: "LSTM", "GRU" or "RNN".
         dropout: dropout on the RNN outputs.
@@ -139,6 +141,12 @@ class DPRNN(EncoderMaskerDecoder):
             stride 16, chunk 100, relu masks, ``bottleneck_bias=False``, has 2,616,065
             parameters).
         bottleneck_bias: bias on the 1x1 bottleneck conv (absent in the TAC/GC3 code).
+        bidirectional_intra: intra-chunk RNN direction(s); bidirectional in the paper.
+            The streamable (causal) configuration is ``bidirectional_intra=False,
+            bidirectional=False, norm="cLN"``: then the mask of a frame depends on past
+            frames only, so :class:`sepkit.streaming.StreamingSeparator` runs it frame by
+            frame with no latency beyond the encoder window (a bidirectional intra RNN
+            would add up to one chunk of latency, ``chunk_size * stride`` samples).
         sample_rate: sample rate the model is trained at.
 
     Export (``sepkit export``, :mod:`sepkit.export`): at declared lengths only
@@ -175,6 +183,7 @@ class DPRNN(EncoderMaskerDecoder):
         chunk_padding: ChunkPadding | None = None,
         output_head: str = "gated",
         bottleneck_bias: bool = True,
+        bidirectional_intra: bool = True,
         framing: Framing | None = None,
         sample_rate: int = 8000,
     ) -> None:
@@ -200,6 +209,7 @@ class DPRNN(EncoderMaskerDecoder):
                 chunk_padding=chunk_padding,
                 output_head=output_head,
                 bottleneck_bias=bottleneck_bias,
+                bidirectional_intra=bidirectional_intra,
             ),
             decoder=ConvDecoder(n_filters, kernel_size, stride),
             n_src=n_src,

@@ -24,10 +24,15 @@ class DPRNNBlock(nn.Module):
         hidden_size: RNN hidden units per direction.
         norm: norm after each projection (``sepkit.nn.norms.make_norm``); "gLN" here
             normalises over channels, chunk positions and chunks, per utterance.
-        bidirectional_inter: the intra RNN is always bidirectional; a causal model
-            uses a unidirectional inter RNN (with "cLN").
+        bidirectional_inter: direction(s) of the inter-chunk RNN; a causal model uses a
+            unidirectional one (with "cLN").
         rnn_type: "LSTM", "GRU" or "RNN".
         dropout: dropout on the RNN outputs, before each projection (0 in the paper).
+        bidirectional_intra: direction(s) of the intra-chunk RNN (bidirectional in the
+            paper). Unidirectional, together with a unidirectional inter RNN and "cLN",
+            every output at chunk position ``k`` depends on positions ``<= k`` of the
+            same and earlier chunks only, i.e. on past frames: the block is causal and
+            streams frame by frame (``sepkit.streaming``).
     """
 
     def __init__(
@@ -38,13 +43,15 @@ class DPRNNBlock(nn.Module):
         bidirectional_inter: bool = True,
         rnn_type: str = "LSTM",
         dropout: float = 0.0,
+        bidirectional_intra: bool = True,
     ) -> None:
         super().__init__()
         if rnn_type not in RNN_TYPES:
             raise ValueError(f"DPRNNBlock: rnn_type must be one of {sorted(RNN_TYPES)}, got {rnn_type!r}")
         rnn = RNN_TYPES[rnn_type]
-        self.intra_rnn = rnn(channels, hidden_size, batch_first=True, bidirectional=True)
-        self.intra_proj = nn.Linear(2 * hidden_size, channels)
+        intra_directions = 2 if bidirectional_intra else 1
+        self.intra_rnn = rnn(channels, hidden_size, batch_first=True, bidirectional=bidirectional_intra)
+        self.intra_proj = nn.Linear(intra_directions * hidden_size, channels)
         self.intra_norm = make_norm(norm, channels)
         inter_directions = 2 if bidirectional_inter else 1
         self.inter_rnn = rnn(channels, hidden_size, batch_first=True, bidirectional=bidirectional_inter)
