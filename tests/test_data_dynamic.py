@@ -183,3 +183,11 @@ def test_unreadable_utterances_raise_audio_error_naming_the_file(tmp_path):
     with pytest.raises(AudioError, match=re.escape(f"{broken}: cannot read audio")):
         for index in range(len(ds)):
             ds[index]
+
+
+@pytest.mark.parametrize("utterances", [None, []])
+def test_dynamic_mixing_without_utterances_is_a_one_line_error(utterances) -> None:
+    # A recipe run without --data.train_dataset.init_args.utterances used to end in a raw TypeError.
+    with pytest.raises(ValueError, match="dynamic mixing needs source utterances") as error:
+        DynamicMixingDataset(utterances)
+    assert "\n" not in str(error.value)

@@ -133,6 +133,11 @@ class DynamicMixingDataset(Dataset):
         exclude_speakers: bool = True,
         seed: int = 0,
     ) -> None:
+        if not utterances:
+            raise ValueError(
+                "dynamic mixing needs source utterances: give the mixture tables or utterance lists "
+                "(e.g. --data.train_dataset.init_args.utterances tr.csv)"
+            )
         if gain_law not in ("speechbrain", "asteroid"):
             raise ValueError(f"gain_law must be 'speechbrain' or 'asteroid', got {gain_law!r}")
         if speed_perturb and speed_choices:
