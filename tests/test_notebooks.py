@@ -45,6 +45,10 @@ FOLDER_FLOOR_DB = -3.0
 # true}}; every other number must agree to the printed precision.
 TRAINED_TOLERANCE = 1.0
 TRAINED_RELATIVE = 0.1
+# Shares of utterances (``B better 26.0%``) in trained cells: a count over 200 paired
+# utterances whose difference is a fraction of a dB moves by several points when the
+# model does (18.5% against 26.0% after a change in the data pipeline's batching).
+TRAINED_PERCENT_POINTS = 15.0
 PRINTED_TOLERANCE = 0.011
 # The seven architectures the README's models table documents.
 DOCUMENTED_MODELS = {"conv_tasnet", "dprnn", "sepformer", "sudormrf", "afrcnn", "gc3", "dprcnet"}
@@ -178,10 +182,15 @@ def numbers_agree(committed: str, fresh: str, tolerance: float) -> str | None:
         committed, fresh = _MIXTURE_ID.sub("<id>", committed), _MIXTURE_ID.sub("<id>", fresh)
     if _NUMBER.sub("#", committed) != _NUMBER.sub("#", fresh):
         return f"text differs:\n--- committed\n{committed}\n--- fresh\n{fresh}"
-    relative = TRAINED_RELATIVE if tolerance > PRINTED_TOLERANCE else 0.0
-    for a, b in zip(_NUMBER.findall(committed), _NUMBER.findall(fresh)):
+    trained = tolerance > PRINTED_TOLERANCE
+    relative = TRAINED_RELATIVE if trained else 0.0
+    for match_a, match_b in zip(_NUMBER.finditer(committed), _NUMBER.finditer(fresh)):
+        a, b = match_a.group(), match_b.group()
         x, y = float(a.replace(",", "")), float(b.replace(",", ""))
-        if abs(x - y) > tolerance + relative * abs(x):
+        allowed = tolerance + relative * abs(x)
+        if trained and committed[match_a.end() : match_a.end() + 1] == "%":
+            allowed = TRAINED_PERCENT_POINTS
+        if abs(x - y) > allowed:
             return f"{a} (committed) != {b} (fresh):\n--- committed\n{committed}\n--- fresh\n{fresh}"
     return None
 
