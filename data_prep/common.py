@@ -44,7 +44,7 @@ from sepkit.data.mixtures import (
     write_table,
 )
 from sepkit.data.paths import MANIFEST, UnsafePathError, check_name, check_spec_paths, is_inside, output_file
-from sepkit.fileio import write_text_atomic
+from sepkit.fileio import sha256_file, write_text_atomic
 
 WAV_HEADER_BYTES = 44
 
@@ -131,14 +131,6 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class PinnedFile:
     """A metadata file from a public source, pinned to a commit and a checksum.
@@ -178,7 +170,7 @@ def download_pinned(files: list[PinnedFile], destination: Path, trust_unpinned: 
                 f"{item.url}: no pinned checksum is known for this file; download it yourself and pass "
                 "the metadata folder (--lists/--metadata DIR), or allow an unpinned download explicitly"
             )
-        if target.is_file() and (item.sha256 is None or sha256_of(target) == item.sha256):
+        if target.is_file() and (item.sha256 is None or sha256_file(target) == item.sha256):
             continue
         try:
             fetch_url(item.url, target)
@@ -186,7 +178,7 @@ def download_pinned(files: list[PinnedFile], destination: Path, trust_unpinned: 
             raise PrepareError(
                 f"cannot download {item.url} ({err}); without network pass the metadata folder (--lists/--metadata DIR)"
             ) from err
-        digest = sha256_of(target)
+        digest = sha256_file(target)
         if item.sha256 is None:
             print(f"note: {item.relative_path} sha256 {digest} (unpinned, accepted on request)", file=sys.stderr)
         elif digest != item.sha256:

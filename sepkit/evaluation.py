@@ -77,7 +77,7 @@ import torch
 import sepkit
 from sepkit.audio import list_audio_files, read_audio, write_audio_atomic
 from sepkit.data.datasets import MixtureTableDataset, SegmentedDataset, WrittenMixtureDataset
-from sepkit.fileio import atomic_output, write_text_atomic
+from sepkit.fileio import atomic_output, sha256_file, write_text_atomic
 from sepkit.inference import separate
 from sepkit.metrics import CHEAP_METRICS, METRIC_NAMES, check_metrics, paired_bootstrap, summarize_metric
 from sepkit.metrics import score_utterance as measure_utterance
@@ -468,14 +468,6 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return versions
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def summarize(
@@ -925,7 +917,7 @@ def evaluate_main(argv: list[str]) -> int:
     provenance = {
         "command": "evaluate",
         "checkpoint": str(checkpoint.absolute()),
-        "checkpoint_sha256": file_sha256(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint),
         "data": str(data.absolute()),
         "versions": package_versions(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

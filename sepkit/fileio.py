@@ -8,12 +8,14 @@ tied to the writing process so that a later run can tell a leftover of a killed 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 TEMP_PREFIX = ".sepkit-"
 TEMP_SUFFIX = ".tmp"
@@ -89,3 +91,17 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through :func:`atomic_output`."""
     with atomic_output(path) as tmp:
         tmp.write_text(text)
+
+
+def update_digest_from_file(digest: Any, path: Path) -> None:
+    """Feed ``path``'s bytes into ``digest`` in 1 MiB blocks (bounded memory for any size)."""
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    update_digest_from_file(digest, path)
+    return digest.hexdigest()

@@ -29,7 +29,14 @@ from sepkit.audio import (
     read_audio_blocks,
     require_finite,
 )
-from sepkit.fileio import TEMP_PREFIX, TEMP_SUFFIX, atomic_output, remove_stale_temp_files, write_text_atomic
+from sepkit.fileio import (
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+    atomic_output,
+    remove_stale_temp_files,
+    update_digest_from_file,
+    write_text_atomic,
+)
 from sepkit.losses import best_permutation, pairwise_si_sdr
 from sepkit.resample import StreamingResampler
 from sepkit.streaming import LatencyTrimmed, StreamingError, StreamingSeparator, check_streamable
@@ -542,9 +549,7 @@ def _file_digest(path: Path) -> str:
     for file in files:
         if path.is_dir():
             digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as handle:
-            for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
-                digest.update(block)
+        update_digest_from_file(digest, file)
     return digest.hexdigest()
 
 
