@@ -35,7 +35,8 @@ Rules:
 
 Outputs (``--out-dir``, by default ``<run>/evaluation/<data name>-<hash>/``, where
 ``<run>`` is the folder holding the checkpoint's ``checkpoints/`` folder and the hash is
-of the data's resolved path, so two test sets never share a folder):
+of the data's resolved path, so two test sets never share a folder; for a model folder
+or an ``hf://`` id, ``./evaluation/<model name>/<data name>-<hash>/``):
 ``per_utterance.csv``; ``summary.json`` (per metric: mean, median, std and bootstrap 95%
 CI of the separated, input and improvement values; counts; failed and excluded
 utterances; checkpoint and its sha256, data, versions, date); with ``--save-examples N``
@@ -77,7 +78,7 @@ import torch
 import sepkit
 from sepkit.audio import list_audio_files, read_audio, write_audio_atomic
 from sepkit.data.datasets import MixtureTableDataset, SegmentedDataset, WrittenMixtureDataset
-from sepkit.fileio import atomic_output, sha256_file, write_text_atomic
+from sepkit.fileio import atomic_output, sha256_model, write_text_atomic
 from sepkit.inference import separate
 from sepkit.metrics import CHEAP_METRICS, METRIC_NAMES, check_metrics, paired_bootstrap, summarize_metric
 from sepkit.metrics import score_utterance as measure_utterance
@@ -821,6 +822,19 @@ def run_folder(checkpoint: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
+def default_out_dir(source: str, resolved: Path, data: Path) -> Path:
+    """``<run>/evaluation/<data name>`` for a checkpoint file; for a model folder or an
+    ``hf://`` id, ``./evaluation/<model name>/<data name>``, never inside the model folder
+    (a card's digest covers all its files, and a snapshot lives in the Hugging Face cache)."""
+    if source.startswith("hf:/"):
+        name = re.sub(r"[^A-Za-z0-9._@-]+", "--", source.removeprefix("hf:").strip("/"))
+    elif Path(source).is_dir():
+        name = Path(source).absolute().name
+    else:
+        return run_folder(resolved) / "evaluation" / data_name(data)
+    return Path("evaluation") / name / data_name(data)
+
+
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``sepkit evaluate`` and ``sepkit score``."""
     parser.add_argument(
@@ -898,15 +912,19 @@ def evaluate_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from sepkit.checkpoint import load_model
+    from sepkit.hub import is_hub_id, resolve_model_source
 
-    checkpoint, data = Path(args.checkpoint), Path(args.data)
-    out_dir = Path(args.out_dir) if args.out_dir else run_folder(checkpoint) / "evaluation" / data_name(data)
+    data = Path(args.data)
     try:
         torch.device(args.device)
-        if not checkpoint.is_file():
+        # A checkpoint file, a model folder (SpeechBrain card, snapshot) or an hf:// id,
+        # whatever load_model takes; the file or card folder it resolves to is what is hashed.
+        checkpoint = resolve_model_source(args.checkpoint)
+        if not checkpoint.exists():
             raise ValueError(f"{checkpoint}: checkpoint not found")
         if not data.exists():
             raise ValueError(f"{data}: no such mixture table or folder")
+        out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(args.checkpoint, checkpoint, data)
         check_metrics(args.metrics)  # a missing package is refused here, not per utterance
         _check_out_dir(out_dir, [checkpoint, data])
         model = load_model(checkpoint, map_location=args.device)
@@ -916,8 +934,8 @@ def evaluate_main(argv: list[str]) -> int:
         return 2
     provenance = {
         "command": "evaluate",
-        "checkpoint": str(checkpoint.absolute()),
-        "checkpoint_sha256": sha256_file(checkpoint),
+        "checkpoint": args.checkpoint if is_hub_id(args.checkpoint) else str(checkpoint.absolute()),
+        "checkpoint_sha256": sha256_model(checkpoint),
         "data": str(data.absolute()),
         "versions": package_versions(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -105,3 +105,16 @@ def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     update_digest_from_file(digest, path)
     return digest.hexdigest()
+
+
+def sha256_model(path: Path) -> str:
+    """Hex SHA-256 of a model: a checkpoint file's bytes, or, for a model folder such as a
+    SpeechBrain card, every file's relative name and bytes in sorted order, so that any
+    change to the model changes it."""
+    if not path.is_dir():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        update_digest_from_file(digest, file)
+    return digest.hexdigest()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -34,7 +33,7 @@ from sepkit.fileio import (
     TEMP_SUFFIX,
     atomic_output,
     remove_stale_temp_files,
-    update_digest_from_file,
+    sha256_model,
     write_text_atomic,
 )
 from sepkit.losses import best_permutation, pairwise_si_sdr
@@ -541,18 +540,6 @@ def plan_jobs(inputs: list[str], out_dir: Path, n_src: int, extension: str = "wa
     return jobs
 
 
-def _file_digest(path: Path) -> str:
-    """SHA-256 of a checkpoint file, or of every file (with its relative name) in a model
-    folder such as a SpeechBrain model card, so any change to the model changes it."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        update_digest_from_file(digest, file)
-    return digest.hexdigest()
-
-
 def _usage_error(message: str) -> int:
     print(f"sepkit separate: error: {message}", file=sys.stderr)
     return 2
@@ -746,7 +733,7 @@ def separate_main(argv: list[str]) -> int:
     # Everything that changes the outputs of one input: its identity and content stamp
     # (added per file), the weights and the options.
     settings = {
-        "checkpoint_sha256": _file_digest(resolve_model_source(args.checkpoint)),  # an hf:// id: its model file
+        "checkpoint_sha256": sha256_model(resolve_model_source(args.checkpoint)),  # an hf:// id: its model file
         "channels": args.channels,
         "chunk_seconds": args.chunk_seconds,
         "subtype": args.subtype,

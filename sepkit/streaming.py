@@ -41,7 +41,7 @@ from sepkit.models.dprnn import DPRNNMasker
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder
 from sepkit.nn.depthwise import DepthwiseConv1d
-from sepkit.nn.dual_path import _padding as chunk_padding_of
+from sepkit.nn.dual_path import chunk_padding
 from sepkit.nn.mask_heads import gated_masks
 from sepkit.nn.norms import ChannelwiseLayerNorm
 
@@ -294,7 +294,7 @@ class _DPRNNStream:
         self.masker = masker
         self.chunk_size, self.hop = masker.chunk_size, masker.hop
         # The left padding of the offline chunking does not depend on the frame count.
-        self.left = chunk_padding_of(1, self.chunk_size, self.hop, masker.chunk_padding)[0]
+        self.left = chunk_padding(1, self.chunk_size, self.hop, masker.chunk_padding)[0]
         self.is_lstm = [isinstance(block.inter_rnn, nn.LSTM) for block in masker.blocks]
         self.reset()
 

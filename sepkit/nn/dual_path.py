@@ -35,7 +35,7 @@ ChunkPadding = Literal["overlap", "pad_segment", "chunk"]
 CHUNK_PADDINGS = ("overlap", "pad_segment", "chunk")
 
 
-def _padding(frames: int, chunk_size: int, hop: int, padding: str) -> tuple[int, int]:
+def chunk_padding(frames: int, chunk_size: int, hop: int, padding: str) -> tuple[int, int]:
     """Zeros to add ``(left, right)`` so that ``left + frames + right - chunk_size`` is a
     whole number of hops and every real frame lies inside some chunk."""
     if not 0 < hop <= chunk_size:
@@ -61,7 +61,7 @@ def _padding(frames: int, chunk_size: int, hop: int, padding: str) -> tuple[int,
 
 def chunk(x: torch.Tensor, chunk_size: int, hop: int, padding: ChunkPadding = "overlap") -> torch.Tensor:
     """``[batch, channels, frames]`` -> ``[batch, channels, chunk_size, n_chunks]``."""
-    left, right = _padding(x.shape[-1], chunk_size, hop, padding)
+    left, right = chunk_padding(x.shape[-1], chunk_size, hop, padding)
     padded = F.pad(x, (left, right))
     # unfold gives [batch, channels, n_chunks, chunk_size]
     return padded.unfold(-1, chunk_size, hop).transpose(-1, -2)
@@ -74,7 +74,7 @@ def overlap_add(chunks: torch.Tensor, hop: int, frames: int, padding: ChunkPaddi
     ``padding`` must be the convention the chunks were cut with.
     """
     batch, channels, chunk_size, count = chunks.shape
-    left, right = _padding(frames, chunk_size, hop, padding)
+    left, right = chunk_padding(frames, chunk_size, hop, padding)
     total = left + frames + right
     expected = (total - chunk_size) // hop + 1
     if count != expected:
