@@ -235,13 +235,16 @@ MAX_STEPWISE_STEPS = 8
 
 
 def _run_rnn(rnn: nn.RNNBase, x: Tensor, state: Tensor | tuple[Tensor, Tensor] | None):
-    """``rnn`` (one layer, one direction, batch first) on ``x`` ``[batch, steps, C]`` from
+    """``rnn`` (one layer, one direction, either layout) on ``x`` ``[batch, steps, C]`` from
     ``state`` (``None``: zeros) -> ``(outputs [batch, steps, H], state)``, the module's
     result up to rounding (PyTorch's gate equations, gate order i, f, g, o for LSTM and
     r, z, n for GRU)."""
     batch, steps, _ = x.shape
     if steps > MAX_STEPWISE_STEPS:
-        return rnn(x, state)
+        if rnn.batch_first:
+            return rnn(x, state)
+        out, state = rnn(x.transpose(0, 1), state)
+        return out.transpose(0, 1), state
     hidden_size = rnn.hidden_size
     is_lstm = isinstance(rnn, nn.LSTM)
     if state is None:

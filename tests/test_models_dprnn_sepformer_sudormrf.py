@@ -107,10 +107,15 @@ def test_dprnn_block_matches_per_sequence_loop() -> None:
     torch.manual_seed(0)
     block = DPRNNBlock(6, 5, norm="gLN").double()
     x = torch.randn(1, 6, 7, 4, dtype=torch.float64)
+
+    def one_sequence(rnn: nn.RNNBase, proj: nn.Linear):
+        # The block's RNNs are time-major: [steps, 1, C] in, [steps, 1, H] out.
+        return lambda s: proj(rnn(s.transpose(0, 1))[0].transpose(0, 1))
+
     with torch.no_grad():
-        intra_out, _ = _dual_path_loop(x[0], lambda s: block.intra_proj(block.intra_rnn(s)[0]), lambda s: s)
+        intra_out, _ = _dual_path_loop(x[0], one_sequence(block.intra_rnn, block.intra_proj), lambda s: s)
         after_intra = x + block.intra_norm(torch.stack(intra_out, dim=-1).unsqueeze(0))
-        _, inter_out = _dual_path_loop(after_intra[0], lambda s: s, lambda s: block.inter_proj(block.inter_rnn(s)[0]))
+        _, inter_out = _dual_path_loop(after_intra[0], lambda s: s, one_sequence(block.inter_rnn, block.inter_proj))
         expected = after_intra + block.inter_norm(torch.stack(inter_out, dim=1).unsqueeze(0))
         torch.testing.assert_close(block(x), expected)
 

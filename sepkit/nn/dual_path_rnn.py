@@ -50,11 +50,13 @@ class DPRNNBlock(nn.Module):
             raise ValueError(f"DPRNNBlock: rnn_type must be one of {sorted(RNN_TYPES)}, got {rnn_type!r}")
         rnn = RNN_TYPES[rnn_type]
         intra_directions = 2 if bidirectional_intra else 1
-        self.intra_rnn = rnn(channels, hidden_size, batch_first=True, bidirectional=bidirectional_intra)
+        # Time-major RNNs ([steps, sequences, C]): the CPU (oneDNN) kernels work time-major,
+        # so a batch-first call adds a transpose copy each way, forward and backward.
+        self.intra_rnn = rnn(channels, hidden_size, bidirectional=bidirectional_intra)
         self.intra_proj = nn.Linear(intra_directions * hidden_size, channels)
         self.intra_norm = make_norm(norm, channels)
         inter_directions = 2 if bidirectional_inter else 1
-        self.inter_rnn = rnn(channels, hidden_size, batch_first=True, bidirectional=bidirectional_inter)
+        self.inter_rnn = rnn(channels, hidden_size, bidirectional=bidirectional_inter)
         self.inter_proj = nn.Linear(inter_directions * hidden_size, channels)
         self.inter_norm = make_norm(norm, channels)
         self.dropout = nn.Dropout(dropout)
@@ -62,12 +64,12 @@ class DPRNNBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         batch, channels, chunk_size, n_chunks = x.shape
         # Intra: every chunk is one sequence of length chunk_size.
-        intra = x.permute(0, 3, 2, 1).reshape(batch * n_chunks, chunk_size, channels)
+        intra = x.permute(2, 0, 3, 1).reshape(chunk_size, batch * n_chunks, channels)
         intra = self.intra_proj(self.dropout(self.intra_rnn(intra)[0]))
-        intra = intra.reshape(batch, n_chunks, chunk_size, channels).permute(0, 3, 2, 1)
+        intra = intra.reshape(chunk_size, batch, n_chunks, channels).permute(1, 3, 0, 2)
         x = x + self.intra_norm(intra)
         # Inter: every position inside a chunk is one sequence across chunks.
-        inter = x.permute(0, 2, 3, 1).reshape(batch * chunk_size, n_chunks, channels)
+        inter = x.permute(3, 0, 2, 1).reshape(n_chunks, batch * chunk_size, channels)
         inter = self.inter_proj(self.dropout(self.inter_rnn(inter)[0]))
-        inter = inter.reshape(batch, chunk_size, n_chunks, channels).permute(0, 3, 1, 2)
+        inter = inter.reshape(n_chunks, batch, chunk_size, channels).permute(1, 3, 2, 0)
         return x + self.inter_norm(inter)
