@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import fftconvolve, resample_poly
 
 from sepkit.fileio import atomic_output
 
@@ -237,6 +236,8 @@ def convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
     """
     nonzero = np.flatnonzero(h)
     if len(nonzero) == 0 or nonzero[-1] - nonzero[0] >= DIRECT_CONVOLUTION_SPAN:
+        from scipy.signal import fftconvolve  # see resample()
+
         return fftconvolve(x, h)
     first, last = int(nonzero[0]), int(nonzero[-1])
     out = np.zeros(len(x) + len(h) - 1)
@@ -262,6 +263,10 @@ def resample(x: np.ndarray, orig_rate: int, new_rate: int, source: str | Path = 
             f"{source}: resampling {x.shape[-1]} samples from {orig_rate} to {new_rate} Hz would give {out_length} "
             f"samples, more than the limit of {MAX_RESAMPLED_SAMPLES}; split the recording"
         )
+    # Imported here, not at the top: scipy.signal adds ~70 MiB to the resident memory of
+    # every process that imports it (sepkit separate at the model's rate needs none of it).
+    from scipy.signal import resample_poly
+
     ratio = Fraction(new_rate, orig_rate)
     return resample_poly(x, ratio.numerator, ratio.denominator, axis=-1)
 

@@ -130,6 +130,10 @@ def train_main(argv: list[str]) -> int:
         print(f"sepkit train: error: {problem}", file=sys.stderr)
         return 2
 
+    from sepkit.allocator import keep_freed_memory
+
+    keep_freed_memory()  # before any tensor: each step reuses its pages instead of faulting them in
+
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
     from lightning.pytorch.utilities import rank_zero_only

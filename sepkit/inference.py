@@ -19,6 +19,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from sepkit.allocator import release_freed_memory
 from sepkit.audio import (
     AudioError,
     AudioWarning,
@@ -63,12 +64,16 @@ MEMORY_BUDGET_FRACTION = 0.25
 # the overlap does not already give, and keep memory predictable).
 MAX_AUTO_CHUNK_SECONDS = 60.0
 MIN_AUTO_CHUNK_SECONDS = 2.0
-# ... and on the CPU no longer than this: a model's work per second of input is the same
-# for any chunk length (its MACs grow linearly with the input), so beyond the point where
-# per-call overheads vanish a longer chunk only costs activation memory (Conv-TasNet:
-# about 12 MiB per second). At 10 s the 25 % overlap (2.5 s) still covers Conv-TasNet's
-# receptive field (1.53 s at 8 kHz).
-MAX_AUTO_CHUNK_SECONDS_CPU = 10.0
+# ... and on the CPU no longer than this. A model's MACs per second of input are the same
+# for any chunk length, but its time and memory are not: measured with Conv-TasNet
+# (8 kHz, 2 threads, bench/inference.py), a forward pass costs about 0.05 s per second
+# of input up to 4-6 s chunks and 0.13 s at 10 s, where its larger activations (20-40
+# MiB each) fall out of the caches and out of the sizes glibc's malloc reuses (it hands
+# them back to the kernel and faults them in again: 500k page faults per call); and the
+# resident memory of `sepkit separate` grows with the chunk (about 25 MiB per second of
+# chunk). 4 s is also the segment length the paper recipes train on (wsj0-2mix), so a
+# chunk looks like a training example; its 25 % overlap is 1 s.
+MAX_AUTO_CHUNK_SECONDS_CPU = 4.0
 # Length of the probe input that measures the activation memory per second of a model.
 PROBE_SECONDS = 2.0
 # Peak of an output with --normalize peak.
@@ -271,7 +276,7 @@ def auto_chunk_seconds(model: torch.nn.Module, batch_chunks: int = 1) -> float:
     """Chunk length for inputs separated without ``--chunk-seconds``.
 
     The rule: measure the model's peak activation memory ``A`` for a
-    ``PROBE_SECONDS`` input (:class:`sepkit.profiling.PeakMemoryMode`, any device),
+    ``PROBE_SECONDS`` input (:func:`sepkit.profiling.peak_activation_bytes`, any device),
     take ``A / PROBE_SECONDS`` bytes per second of input (activations of these
     models grow linearly with length) and let one model call (``batch_chunks`` chunks)
     use ``MEMORY_BUDGET_FRACTION`` of the memory available on the model's device;
@@ -279,14 +284,17 @@ def auto_chunk_seconds(model: torch.nn.Module, batch_chunks: int = 1) -> float:
     (``MAX_AUTO_CHUNK_SECONDS_CPU`` on the CPU).
     Inputs up to this length are separated in one pass.
     """
-    from sepkit.profiling import PeakMemoryMode
+    from sepkit.profiling import peak_activation_bytes
 
     device = next(model.parameters()).device
     probe = torch.zeros(1, int(PROBE_SECONDS * model.sample_rate), device=device)
     probe[0, ::97] = 1e-3  # not all zeros, in case a model special-cases silence
-    with PeakMemoryMode() as memory:
-        model(probe)
-    per_second = max(memory.peak, 1) / PROBE_SECONDS
+    peak = peak_activation_bytes(model, probe)
+    del probe
+    # The probe's buffers are freed but may stay in malloc's heap; hand them back, or they
+    # add to the resident memory of every chunk that follows.
+    release_freed_memory()
+    per_second = max(peak, 1) / PROBE_SECONDS
     budget = MEMORY_BUDGET_FRACTION * _available_memory(device) / max(1, batch_chunks)
     ceiling = MAX_AUTO_CHUNK_SECONDS_CPU if device.type == "cpu" else MAX_AUTO_CHUNK_SECONDS
     return float(min(ceiling, max(MIN_AUTO_CHUNK_SECONDS, budget / per_second)))
@@ -708,6 +716,7 @@ def separate_main(argv: list[str]) -> int:
         if args.device == "auto":
             args.device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_model(args.checkpoint, map_location=args.device)
+        release_freed_memory()  # the file's bytes and any converted copy of the weights are freed
     except CheckpointError as err:
         return _usage_error(str(err))
     if args.stream:

@@ -15,7 +15,6 @@ from functools import cache
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 EPS = 1e-8
 # Above this many sources the n! permutations are too many to enumerate; use the
@@ -77,6 +76,9 @@ def best_permutation(pairwise: torch.Tensor) -> torch.Tensor:
         # score[b, p] = sum_j pairwise[b, perms[p, j], j], all permutations at once
         scores = pairwise[:, perms, targets].sum(-1)
         return perms[scores.argmax(dim=-1)]
+    # Imported here: scipy.optimize adds ~40 MiB to every process that imports sepkit.losses.
+    from scipy.optimize import linear_sum_assignment
+
     cost = -pairwise.detach().float().cpu().numpy()
     perm = np.empty((batch, n_src), dtype=np.int64)
     for b in range(batch):

@@ -21,7 +21,6 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
-from scipy.signal import firwin
 
 # scipy.signal.resample_poly's default window.
 KAISER_BETA = 5.0
@@ -32,6 +31,8 @@ _OUTPUTS_PER_STEP = 1 << 16
 def resample_filter(up: int, down: int) -> tuple[np.ndarray, int]:
     """The zero-padded filter ``h_pad`` (float64, gain ``up``) and ``n_pre_remove`` that
     ``resample_poly(x, up, down)`` uses for coprime ``up`` and ``down``."""
+    from scipy.signal import firwin  # only when rates differ: scipy.signal costs ~70 MiB of RSS
+
     max_rate = max(up, down)
     half_len = 10 * max_rate
     taps = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", KAISER_BETA)) * up

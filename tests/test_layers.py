@@ -44,6 +44,7 @@ LAYERS: tuple[Layer, ...] = (
         0,
         (
             "sepkit",
+            "sepkit.allocator",
             "sepkit.fileio",
             "sepkit.audio",
             "sepkit.resample",

@@ -146,5 +146,12 @@ class EncoderMaskerDecoder(nn.Module):
         edge = {"centered": self.encoder.kernel_size // 2, "hop_padded": self.encoder.stride}.get(self.framing, 0)
         rep = self.encoder(F.pad(wav, (edge, edge)))
         masks = self.masker(rep)
-        est = self.decoder(masks * rep.unsqueeze(1))
+        if torch.is_grad_enabled():
+            masked = masks * rep.unsqueeze(1)
+        else:
+            # Inference: the masks ([batch, n_src, N, frames], the largest activation) are
+            # not needed after this product, so it is written over them: one such tensor
+            # less at the peak of every call.
+            masked = masks.mul_(rep.unsqueeze(1))
+        est = self.decoder(masked)
         return est[..., edge : edge + wav.shape[-1]]
