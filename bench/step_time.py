@@ -11,7 +11,8 @@ alternately (A B B A ... so that neither side always goes first) after warm-up s
 so that load from other processes hits both sides alike. Reported per model: the
 median step time of each side, the ratio of the medians (sepkit / Asteroid) and the
 spread of the per-round ratios (each round's sepkit step over the Asteroid step next to
-it).
+it). The process keeps freed memory for reuse as ``sepkit train`` does
+(:func:`sepkit.allocator.keep_freed_memory`), for both sides alike.
 
 Models:
 
@@ -47,6 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sepkit.allocator import keep_freed_memory  # noqa: E402
 from sepkit.fileio import write_text_atomic  # noqa: E402
 from sepkit.losses import pit_si_sdr_loss  # noqa: E402
 from sepkit.models import from_asteroid  # noqa: E402
@@ -168,6 +170,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import asteroid
 
+    # What `sepkit train` sets for its process (sepkit.allocator). Both sides run in this
+    # process, so Asteroid's steps get it too, which only favours Asteroid: its own
+    # training scripts leave glibc's defaults.
+    keep_freed_memory()
     torch.set_num_threads(THREADS)
     environment = {
         "batch_shape": list(BATCH_SHAPE),
@@ -177,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         "python": platform.python_version(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "allocator": "sepkit.allocator.keep_freed_memory (both sides)",
     }
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     for name in args.models:
