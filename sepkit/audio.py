@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from sepkit.fileio import atomic_output
+from sepkit.fileio import atomic_binary_file
 
 # Suffixes of the formats libsndfile (through soundfile) reads; folders are searched for these.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".caf", ".w64", ".rf64", ".au")
@@ -304,7 +304,7 @@ def write_audio_atomic(path: str | Path, samples: np.ndarray, sample_rate: int, 
     clipped = clipped_samples(samples, effective_subtype)
     if clipped:
         warnings.warn(clip_warning(path, clipped, effective_subtype), AudioWarning, stacklevel=2)
-    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+    with atomic_binary_file(path) as handle:
         sf.write(handle, samples, sample_rate, subtype=subtype, format=file_format)
 
 

@@ -48,8 +48,11 @@ def check_name(name: str, what: str = "mixture id") -> str:
 
 def is_inside(path: Path, root: Path) -> bool:
     """Whether ``path`` resolves (symlinks followed) to ``root`` or below it."""
-    resolved, base = Path(path).resolve(), Path(root).resolve()
-    return resolved == base or base in resolved.parents
+    return _within(Path(path).resolve(), Path(root).resolve())
+
+
+def _within(resolved: Path, resolved_root: Path) -> bool:
+    return resolved == resolved_root or resolved_root in resolved.parents
 
 
 def output_file(root: Path, directory: Path, name: str, suffix: str = ".wav") -> Path:
@@ -62,6 +65,14 @@ def output_file(root: Path, directory: Path, name: str, suffix: str = ".wav") ->
 
 def resolve_source(path: str, base: Path | None, roots: Sequence[Path], what: str = "source path") -> Path:
     """The file ``path`` names (relative paths start at ``base``), if it resolves inside one of ``roots``."""
+    return _resolve_inside(path, base, roots, [Path(root).resolve() for root in roots], what)
+
+
+def _resolve_inside(
+    path: str, base: Path | None, roots: Sequence[Path], resolved_roots: Sequence[Path], what: str
+) -> Path:
+    """:func:`resolve_source` with ``roots`` resolved already (resolving is most of the
+    cost of checking a table's paths: it reads every link on the way)."""
     if not path:
         raise UnsafePathError(f"{what} is empty")
     if "\0" in path:
@@ -71,23 +82,25 @@ def resolve_source(path: str, base: Path | None, roots: Sequence[Path], what: st
         if base is None:
             raise UnsafePathError(f"{what} {path!r} is relative but there is no base folder to resolve it")
         candidate = Path(base) / candidate
-    if not any(is_inside(candidate, root) for root in roots):
+    resolved = candidate.resolve()
+    if not any(_within(resolved, root) for root in resolved_roots):
         shown = ", ".join(str(r) for r in roots) or "(none)"
-        raise UnsafePathError(f"{what} {path!r} resolves to {candidate.resolve()}, outside the allowed roots {shown}")
+        raise UnsafePathError(f"{what} {path!r} resolves to {resolved}, outside the allowed roots {shown}")
     return candidate
 
 
 def check_spec_paths(spec: MixtureSpec, base: Path | None, roots: Sequence[Path]) -> None:
     """Check the id and every file path of one row (sources, noise, impulse responses)."""
     check_name(spec.mixture_id)
+    resolved_roots = [Path(root).resolve() for root in roots]
     signals = [(f"s{i + 1}", src) for i, src in enumerate(spec.sources)]
     if spec.noise is not None:
         signals.append(("noise", spec.noise))
     for prefix, src in signals:
-        resolve_source(src.path, base, roots, f"{prefix}_path")
+        _resolve_inside(src.path, base, roots, resolved_roots, f"{prefix}_path")
         for column, value in ((f"{prefix}_rir", src.rir), (f"{prefix}_anechoic_rir", src.anechoic_rir)):
             if value:
-                resolve_source(value, base, roots, column)
+                _resolve_inside(value, base, roots, resolved_roots, column)
 
 
 def manifest_roots(table: Path) -> list[Path]:
