@@ -275,9 +275,9 @@ def _available_memory(device: torch.device) -> int:
 def auto_chunk_seconds(model: torch.nn.Module, batch_chunks: int = 1) -> float:
     """Chunk length for inputs separated without ``--chunk-seconds``.
 
-    The rule: measure the model's peak activation memory ``A`` for a
-    ``PROBE_SECONDS`` input (:func:`sepkit.profiling.peak_activation_bytes`, any device),
-    take ``A / PROBE_SECONDS`` bytes per second of input (activations of these
+    The rule: measure the model's peak activation memory ``A`` for a ``P``-second input
+    (:func:`sepkit.profiling.peak_activation_bytes`; ``P`` is ``PROBE_SECONDS``, or
+    ``MAX_AUTO_CHUNK_SECONDS_CPU`` on the CPU), take ``A / P`` bytes per second of input (activations of these
     models grow linearly with length) and let one model call (``batch_chunks`` chunks)
     use ``MEMORY_BUDGET_FRACTION`` of the memory available on the model's device;
     the result is clamped to ``[MIN_AUTO_CHUNK_SECONDS, MAX_AUTO_CHUNK_SECONDS]``
@@ -287,14 +287,18 @@ def auto_chunk_seconds(model: torch.nn.Module, batch_chunks: int = 1) -> float:
     from sepkit.profiling import peak_activation_bytes
 
     device = next(model.parameters()).device
-    probe = torch.zeros(1, int(PROBE_SECONDS * model.sample_rate), device=device)
+    # On the CPU the probe is as long as the chunk the cap gives: the per-shape state the
+    # probe leaves (oneDNN primitives with their reordered weights, ~20 MiB for
+    # Conv-TasNet) is then the chunks' own, not a second copy beside theirs.
+    probe_seconds = MAX_AUTO_CHUNK_SECONDS_CPU if device.type == "cpu" else PROBE_SECONDS
+    probe = torch.zeros(1, int(probe_seconds * model.sample_rate), device=device)
     probe[0, ::97] = 1e-3  # not all zeros, in case a model special-cases silence
     peak = peak_activation_bytes(model, probe)
     del probe
     # The probe's buffers are freed but may stay in malloc's heap; hand them back, or they
     # add to the resident memory of every chunk that follows.
     release_freed_memory()
-    per_second = max(peak, 1) / PROBE_SECONDS
+    per_second = max(peak, 1) / probe_seconds
     budget = MEMORY_BUDGET_FRACTION * _available_memory(device) / max(1, batch_chunks)
     ceiling = MAX_AUTO_CHUNK_SECONDS_CPU if device.type == "cpu" else MAX_AUTO_CHUNK_SECONDS
     return float(min(ceiling, max(MIN_AUTO_CHUNK_SECONDS, budget / per_second)))
@@ -663,7 +667,8 @@ def separate_main(argv: list[str]) -> int:
         default=None,
         help="separate in overlapping chunks of this length (default: automatic, chunks as long as "
         f"{MEMORY_BUDGET_FRACTION * 100:.0f}%% of the device's free memory holds at the model's activation memory "
-        f"per second, measured on a {PROBE_SECONDS:.0f} s probe, clamped to {MIN_AUTO_CHUNK_SECONDS:.0f}.."
+        f"per second, measured on a {PROBE_SECONDS:.0f} s probe ({MAX_AUTO_CHUNK_SECONDS_CPU:.0f} s on the CPU), "
+        f"clamped to {MIN_AUTO_CHUNK_SECONDS:.0f}.."
         f"{MAX_AUTO_CHUNK_SECONDS:.0f} s ({MAX_AUTO_CHUNK_SECONDS_CPU:.0f} s on the CPU); shorter files are separated "
         "in one pass)",
     )
