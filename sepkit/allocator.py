@@ -32,17 +32,24 @@ TRIM_THRESHOLD_BYTES = 1 << 30
 OPT_OUT_VARIABLE = "SEPKIT_KEEP_FREED_MEMORY"
 
 
+def _glibc_function(name: str) -> ctypes._CFuncPtr | None:
+    """``name`` from the process's C library when that is glibc on Linux, else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Set glibc malloc's mmap and trim thresholds (see the module docstring); returns
     whether they are now set. False without glibc, when ``SEPKIT_KEEP_FREED_MEMORY=0``, or
     when glibc refuses a value."""
     if os.environ.get(OPT_OUT_VARIABLE, "").strip() == "0":
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
@@ -58,11 +65,8 @@ def release_freed_memory() -> bool:
     (``malloc_trim(0)``), e.g. after a one-off large computation such as a memory probe,
     so that the process's resident memory does not keep its high-water mark; returns
     whether anything was released. False without glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    malloc_trim = _glibc_function("malloc_trim")
+    if malloc_trim is None:
         return False
     malloc_trim.argtypes = (ctypes.c_size_t,)
     malloc_trim.restype = ctypes.c_int

@@ -826,7 +826,9 @@ def default_out_dir(source: str, resolved: Path, data: Path) -> Path:
     """``<run>/evaluation/<data name>`` for a checkpoint file; for a model folder or an
     ``hf://`` id, ``./evaluation/<model name>/<data name>``, never inside the model folder
     (a card's digest covers all its files, and a snapshot lives in the Hugging Face cache)."""
-    if source.startswith("hf:/"):
+    from sepkit.hub import is_hub_id
+
+    if is_hub_id(source):
         name = re.sub(r"[^A-Za-z0-9._@-]+", "--", source.removeprefix("hf:").strip("/"))
     elif Path(source).is_dir():
         name = Path(source).absolute().name

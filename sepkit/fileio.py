@@ -29,30 +29,23 @@ def _current_umask() -> int:
     return mask
 
 
-def _temp_file_beside(path: Path) -> tuple[int, str]:
-    """A new temporary file in ``path``'s folder (named so that a killed run's leftover is
-    recognised and removed): ``(open descriptor, its path)``."""
+@contextmanager
+def _replaced_from_temp(path: Path) -> Iterator[tuple[int, str]]:
+    """A new temporary file beside ``path`` (named so that a killed run's leftover is
+    recognised and removed), as ``(open descriptor, its path)``; the caller closes the
+    descriptor. On success the file gets the mode a plain ``open`` would give
+    (``0o666 & ~umask``) and replaces ``path`` in one rename; on any error (or
+    interruption) it is removed and ``path`` keeps its previous content."""
     prefix = f"{TEMP_PREFIX}{os.getpid()}-"
     try:
-        return tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=path.parent)
     except FileNotFoundError:
         # the folder is created only when missing: a dataset writes thousands of files
         # into each folder, and a mkdir for each of them was a measurable part of writing
         path.parent.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=path.parent)
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write to. On success it gets the mode
-    a plain ``open`` would give (``0o666 & ~umask``) and replaces ``path`` in one
-    rename; on any error (or interruption) it is removed and ``path`` keeps its
-    previous content."""
-    path = Path(path)
-    fd, tmp = _temp_file_beside(path)
-    os.close(fd)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=path.parent)
     try:
-        yield Path(tmp)
+        yield fd, tmp
         # mkstemp creates 0600 files; outputs (datasets, separated audio) are meant to
         # be as readable as anything else the user writes.
         os.chmod(tmp, 0o666 & ~_current_umask())
@@ -64,22 +57,21 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; see :func:`_replaced_from_temp`
+    for what happens on success and on error."""
+    with _replaced_from_temp(Path(path)) as (fd, tmp):
+        os.close(fd)
+        yield Path(tmp)
+
+
+@contextmanager
 def atomic_binary_file(path: str | Path) -> Iterator[BinaryIO]:
     """:func:`atomic_output` for a writer that takes a file object: yields the temporary
     file already open for binary writing (the descriptor ``mkstemp`` created, so the
-    file is created once and never opened again by name: a dataset writes thousands),
-    then gives it the mode a plain ``open`` would and renames it over ``path``."""
-    path = Path(path)
-    fd, tmp = _temp_file_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            os.fchmod(handle.fileno(), 0o666 & ~_current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    file is created once and never opened again by name: a dataset writes thousands)."""
+    with _replaced_from_temp(Path(path)) as (fd, _), os.fdopen(fd, "wb") as handle:
+        yield handle
 
 
 def _process_alive(pid: int) -> bool:

@@ -4,6 +4,7 @@ the same large buffers every step page-faults far less (counted by the kernel,
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -42,8 +43,6 @@ def probe(mode: str, **env: str) -> tuple[str, int]:
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SEPKIT_KEEP_FREED_MEMORY"}
 
 
