@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             force=args.force,
             row_hook=_side_file_hook(args),
+            checked=True,  # claim_output validated these plans
         )
         if args.command == "librimix" and args.write and not args.dry_run:
             from data_prep.librimix import write_official_csvs

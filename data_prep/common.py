@@ -9,8 +9,8 @@ of :mod:`sepkit.data.mixtures`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import dataclasses
 import functools
 import hashlib
 import io
@@ -27,7 +27,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,30 @@ class PrepareError(RuntimeError):
     """A recipe cannot run: missing corpus folder or file, bad metadata, unsafe output."""
 
 
+# completes one row from what its recipe kept for it and the group's signal cache: a
+# module-level function, so that worker processes can run it
+RowCompleter = Callable[[MixtureSpec, object, SignalCache], MixtureSpec]
+
+
+@dataclass
+class RowCompletion:
+    """Values of a split's rows that are derived from the audio itself, such as WHAMR!'s
+    energy-matching gains: they need the same reads, convolutions and resampling as
+    writing the row, so :func:`execute` computes them in the same pass, with the same
+    :class:`SignalCache`, instead of rendering every source twice.
+
+    Attributes:
+        complete: returns the finished row from its plan row (holding placeholders),
+            ``inputs[mixture_id]`` and the cache of its group.
+        inputs: mixture id -> what ``complete`` needs for that row.
+        label: progress label when the rows are completed without writing audio.
+    """
+
+    complete: RowCompleter
+    inputs: dict[str, object]
+    label: str
+
+
 @dataclass
 class SplitPlan:
     """The mixtures of one output folder (e.g. ``2speakers/wav8k/min/tr``).
@@ -68,6 +92,10 @@ class SplitPlan:
             (default: ``directory``).
         roots: the folders source paths may point into (the input corpora and the
             caches this run writes under ``out``); anything else is refused.
+        completion: values :func:`execute` derives from the audio before the rows are
+            final (see :class:`RowCompletion`); until then ``specs`` and ``tables`` hold
+            placeholders for them, and :func:`plan_digest` (which identifies the split's
+            inputs and options) is the same before and after.
     """
 
     name: str
@@ -77,6 +105,7 @@ class SplitPlan:
     tables: dict[Path, list[MixtureSpec]] = field(default_factory=dict)
     out: Path | None = None
     roots: tuple[Path, ...] = ()
+    completion: RowCompletion | None = None
 
     def expected_files(self, spec: MixtureSpec) -> list[Path]:
         return [self.directory / folder / f"{spec.mixture_id}.wav" for folder in self.folders.values()]
@@ -247,9 +276,19 @@ def _stray_outputs(plan: SplitPlan, folders: set[str]) -> list[Path]:
     ]
 
 
+def _row_fields(spec: MixtureSpec) -> dict:
+    """``dataclasses.asdict(spec)`` for hashing, without its deep copy of every value
+    (most of the digest's time on a large corpus): the same JSON text."""
+    return {
+        **vars(spec),
+        "sources": [vars(source) for source in spec.sources],
+        "noise": vars(spec.noise) if spec.noise is not None else None,
+    }
+
+
 def plan_digest(plan: SplitPlan) -> str:
     """sha256 of everything that decides a split's files: its folders and every row."""
-    rows = sorted((dataclasses.asdict(spec) for spec in plan.specs), key=lambda row: row["mixture_id"])
+    rows = sorted((_row_fields(spec) for spec in plan.specs), key=lambda row: row["mixture_id"])
     text = json.dumps({"folders": plan.folders, "rows": rows}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -445,26 +484,54 @@ def worker_pool(jobs: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=jobs, initializer=_exit_with_parent, initargs=(os.getpid(),))
 
 
-WriteJob = tuple[MixtureSpec, Path, dict[str, str]]  # a row, its split folder, the outputs still missing
+@dataclass
+class WriteJob:
+    """One row to finish: its split folder, the outputs still missing (maybe none) and,
+    for a split with a :class:`RowCompletion`, its completer and that row's input."""
+
+    spec: MixtureSpec
+    directory: Path
+    missing: dict[str, str]
+    complete: RowCompleter | None = None
+    completion_input: object = None
+
+
 # what a recipe computes from a row while it is written (its outputs as written, and
 # render_outputs' details such as the peak before normalisation), for its side files
 RowHook = Callable[[MixtureSpec, dict[str, np.ndarray], dict[str, float]], object]
 
 
-def _write_group(group: list[WriteJob], row_hook: RowHook | None = None) -> tuple[int, list[tuple[str, str, object]]]:
-    """Write the rows of one group (the same mixture at every rate and mode) with one
-    :class:`SignalCache`, so each source is read, convolved and resampled once for all of
-    them. Returns the number of rows and, with ``row_hook``, ``(split folder, mixture id,
-    row_hook's value)`` per row, computed from the signals just written (no second render)."""
+@dataclass
+class GroupResult:
+    """What :func:`_write_group` hands back: the number of rows, ``(split folder,
+    mixture id, row_hook's value)`` per rendered row, and ``(split folder, finished
+    row)`` per completed row."""
+
+    rows: int
+    values: list[tuple[str, str, object]]
+    completed: list[tuple[str, MixtureSpec]]
+
+
+def _write_group(group: list[WriteJob], row_hook: RowHook | None = None) -> GroupResult:
+    """Complete and write the rows of one group (the same mixture at every rate and mode)
+    with one :class:`SignalCache`, so each source is read, convolved and resampled once
+    for all of them and for their derived values. ``row_hook`` is computed from the
+    signals just written (no second render)."""
     cache = SignalCache()
-    values = []
-    for spec, directory, folders in group:
+    result = GroupResult(len(group), [], [])
+    for job in group:
+        spec = job.spec
+        if job.complete is not None:
+            spec = job.complete(spec, job.completion_input, cache)
+            result.completed.append((str(job.directory), spec))
+        if not job.missing:
+            continue
         details: dict[str, float] = {}
-        out = render_outputs(spec, None, list(folders), cache, details)
-        write_rendered(spec, directory, folders, out)
+        out = render_outputs(spec, None, list(job.missing), cache, details)
+        write_rendered(spec, job.directory, job.missing, out)
         if row_hook is not None:
-            values.append((str(directory), spec.mixture_id, row_hook(spec, out, details)))
-    return len(group), values
+            result.values.append((str(job.directory), spec.mixture_id, row_hook(spec, out, details)))
+    return result
 
 
 def _group_by_mixture(todo: list[WriteJob]) -> list[list[WriteJob]]:
@@ -473,8 +540,20 @@ def _group_by_mixture(todo: list[WriteJob]) -> list[list[WriteJob]]:
     different sources that happen to share an id still render exactly as alone."""
     groups: dict[str, list[WriteJob]] = {}
     for job in todo:
-        groups.setdefault(job[0].mixture_id, []).append(job)
+        groups.setdefault(job.spec.mixture_id, []).append(job)
     return list(groups.values())
+
+
+def _write_tables(plans: list[SplitPlan], completed: dict[tuple[str, str], MixtureSpec]) -> None:
+    """Write every table of ``plans``; a row of a split with a :class:`RowCompletion` takes
+    the sources of its completed row (``completed[(split folder, mixture id)]``)."""
+    for plan in plans:
+        for table_path, rows in plan.tables.items():
+            if plan.completion is not None:
+                rows = [replace(row, sources=completed[(str(plan.directory), row.mixture_id)].sources) for row in rows]
+            # in file-name order: row i of the table is file i of the written folder
+            # (the written-folder dataset lists files sorted), so both give the same batches
+            write_table(table_path, sorted(rows, key=lambda spec: f"{spec.mixture_id}.wav"))
 
 
 def execute(
@@ -485,14 +564,20 @@ def execute(
     progress: bool = True,
     force: bool = False,
     row_hook: RowHook | None = None,
+    checked: bool = False,
 ) -> dict:
     """Write the tables of ``plans`` and, with ``write``, every output file.
 
-    Every row is checked first (:func:`validate_plans`). Finished files (see
+    Every row is checked first (:func:`validate_plans`; ``checked`` says the caller has
+    just done so, as :func:`claim_output` does). Finished files (see
     :func:`file_is_complete`) are skipped, so an interrupted run resumes where it
     stopped. Audio files in a split's folders that are not in its table (left by a run
     with other parameters) are refused, or removed with ``force``. Before writing, the
     free disk space is checked against the estimate for the files still missing.
+
+    A split with a :class:`RowCompletion` has its rows completed in the pass that writes
+    them (with or without audio to write, also for rows whose files are complete), and
+    its tables are written once every row is final; the other tables are written first.
 
     ``row_hook(spec, outputs, details)`` (a module-level function, so workers can run it)
     is called on every row rendered in this run with the outputs as rendered for
@@ -519,7 +604,8 @@ def execute(
             raise PrepareError(
                 f"{plan.name}: mixture id {duplicate!r} occurs more than once; output files would collide"
             )
-    validate_plans(plans)
+    if not checked:
+        validate_plans(plans)
     for plan in plans:
         strays = _stray_outputs(plan, set(plan.folders.values()))
         if strays and not force:
@@ -532,31 +618,34 @@ def execute(
                 path.unlink()
     if dry_run:
         return summary
-    for plan in plans:
-        for table_path, rows in plan.tables.items():
-            # in file-name order: row i of the table is file i of the written folder
-            # (the written-folder dataset lists files sorted), so both give the same batches
-            write_table(table_path, sorted(rows, key=lambda spec: f"{spec.mixture_id}.wav"))
-    if not write:
+    completing = [plan for plan in plans if plan.completion is not None]
+    _write_tables([plan for plan in plans if plan.completion is None], {})
+    if not write and not completing:
         return summary
     todo: list[WriteJob] = []
     missing_bytes = 0
     for plan in plans:
-        # a killed worker (SIGKILL, power loss) can leave its temp file behind
-        for folder in plan.folders.values():
-            for stale in (plan.directory / folder).glob(".*.tmp"):
-                stale.unlink()
+        completion = plan.completion
+        if write:
+            # a killed worker (SIGKILL, power loss) can leave its temp file behind
+            for folder in plan.folders.values():
+                for stale in (plan.directory / folder).glob(".*.tmp"):
+                    stale.unlink()
         for spec in plan.specs:
             missing = {
                 name: folder
                 for name, folder in plan.folders.items()
-                if not file_is_complete(plan.directory / folder / f"{spec.mixture_id}.wav", spec)
+                if write and not file_is_complete(plan.directory / folder / f"{spec.mixture_id}.wav", spec)
             }
-            if missing:
-                todo.append((spec, plan.directory, missing))
+            if missing or completion is not None:
+                job = WriteJob(spec, plan.directory, missing)
+                if completion is not None:
+                    job.complete, job.completion_input = completion.complete, completion.inputs[spec.mixture_id]
+                todo.append(job)
                 missing_bytes += len(missing) * (WAV_HEADER_BYTES + spec.length * bytes_per_sample(spec))
-            summary["skipped"] += len(plan.folders) - len(missing)
-    if todo:
+            if write:
+                summary["skipped"] += len(plan.folders) - len(missing)
+    if missing_bytes:
         anchor = plans[0].directory
         anchor.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(anchor).free
@@ -565,21 +654,24 @@ def execute(
                 f"not enough disk space in {anchor}: {human_bytes(missing_bytes)} to write, {human_bytes(free)} free"
             )
     # a tqdm bar on a terminal, plain periodic lines in a log file (no carriage returns)
-    bar = Progress(len(todo), "writing mixtures", progress, unit="mix")
+    label = "writing mixtures" if write else completing[0].completion.label
+    bar = Progress(len(todo), label, progress, unit="mix")
     groups = _group_by_mixture(todo)
     write_group = functools.partial(_write_group, row_hook=row_hook)
     row_values: dict[tuple[str, str], object] = {}
-    if jobs <= 1:
-        results: Iterable[tuple[int, list[tuple[str, str, object]]]] = map(write_group, groups)
-        for done, values in results:
-            row_values.update(((directory, name), value) for directory, name, value in values)
-            bar.update(done)
-    else:
-        with worker_pool(jobs) as pool:
-            for done, values in pool.map(write_group, groups, chunksize=max(1, len(groups) // (jobs * 8))):
-                row_values.update(((directory, name), value) for directory, name, value in values)
-                bar.update(done)
+    completed: dict[tuple[str, str], MixtureSpec] = {}
+    with contextlib.ExitStack() as stack:
+        if jobs <= 1:
+            results: Iterable[GroupResult] = map(write_group, groups)
+        else:
+            pool = stack.enter_context(worker_pool(jobs))
+            results = pool.map(write_group, groups, chunksize=max(1, len(groups) // (jobs * 8)))
+        for result in results:
+            row_values.update(((directory, name), value) for directory, name, value in result.values)
+            completed.update(((directory, spec.mixture_id), spec) for directory, spec in result.completed)
+            bar.update(result.rows)
     bar.close()
-    summary["written"] = sum(len(job[2]) for job in todo)
+    _write_tables(completing, completed)
+    summary["written"] = sum(len(job.missing) for job in todo)
     summary["row_values"].update(row_values)
     return summary

@@ -67,10 +67,10 @@ import soundfile as sf
 from scipy.signal import butter, sosfilt
 from tqdm import tqdm
 
-from data_prep.common import PrepareError, SplitPlan, require_file
+from data_prep.common import PrepareError, RowCompletion, SplitPlan, require_file
 from data_prep.image_source import max_reflection_order, room_response, sabine_absorption
 from data_prep.wham import SPLITS, wham_roots, wham_rows
-from sepkit.data.mixtures import MixtureSpec, SignalCache, SourceSpec, signal_samples
+from sepkit.data.mixtures import MixtureSpec, SignalCache, signal_samples
 
 SIM_RATE = 16000
 SPEED_OF_SOUND = 343.0
@@ -281,10 +281,12 @@ def build_plans(
     rir_engine: str = "pra031",
     reverberant_targets: bool = False,
 ) -> list[SplitPlan]:
-    """WHAMR! plans. Simulates (and caches) the RIRs and computes the energy-matching
-    gains, which reads and convolves every source once per utterance (skipped in a dry run).
-    ``t60_report`` collects ``(name, T60 column, expected, measured)`` per new room.
-    ``reverberant_targets``: the reverberant tasks' tables target ``s1 s2`` (reverberant)."""
+    """WHAMR! plans. Simulates (and caches) the RIRs (skipped in a dry run); the
+    energy-matching gains are left to :func:`data_prep.common.execute`, which computes
+    them (:func:`energy_matching_gains`) in the pass that writes the rows, from the same
+    convolved and resampled signals. ``t60_report`` collects ``(name, T60 column,
+    expected, measured)`` per new room. ``reverberant_targets``: the reverberant tasks'
+    tables target ``s1 s2`` (reverberant)."""
     if rir_engine not in RIR_ENGINES:
         raise PrepareError(f"RIR engine must be one of {RIR_ENGINES}, got {rir_engine!r}")
     if absorption_law not in ABSORPTION_LAWS:
@@ -299,17 +301,13 @@ def build_plans(
         absent = [name for name in names if name not in params]
         if absent:
             raise PrepareError(f"{params_path}: no room parameters for {len(absent)} mixture(s), e.g. {absent[0]}")
-        reverb_rows: dict[tuple[int, str], list[MixtureSpec]] = {key: [] for key in wham}
         if not dry_run:
+            rir_dir.mkdir(parents=True, exist_ok=True)
             rooms = _progress(names, f"WHAMR! rooms {split}", "room", progress)
             for name in rooms:
                 _cache_room(name, params[name], params_path, rir_dir, absorption_law, rir_engine, t60_report)
-        utterances = _progress(range(len(names)), f"WHAMR! gains {split}", "utterance", progress)
-        for index in utterances:
-            rows = {key: specs[index] for key, specs in wham.items()}
-            for key, spec in _reverberant(rows, rir_dir, dry_run).items():
-                reverb_rows[key].append(spec)
-        for (rate, mode), specs in reverb_rows.items():
+        for (rate, mode), dry_rows in wham.items():
+            specs = [_reverberant(dry, rir_dir) for dry in dry_rows]
             base = out / f"wav{rate // 1000}k" / mode
             tables = {}
             for task in tasks:
@@ -326,6 +324,11 @@ def build_plans(
                     tables=tables,
                     out=out,
                     roots=(*wham_roots(wsj0, wham_noise, out), out / "rirs"),
+                    completion=RowCompletion(
+                        energy_matching_gains,
+                        {dry.mixture_id: dry for dry in dry_rows},
+                        "WHAMR! gains",
+                    ),
                 )
             )
     return plans
@@ -340,7 +343,7 @@ def _cache_room(
     engine: str,
     t60_report: list[tuple[str, float, float, float]] | None,
 ) -> None:
-    """Simulate room ``name`` unless its four RIRs are cached already."""
+    """Simulate room ``name`` unless its four RIRs are cached already (in ``rir_dir``, which exists)."""
     paths = {(s, kind): rir_dir / f"{name}_s{s}_{kind}.npy" for s in (1, 2) for kind in ("reverb", "anechoic")}
     if all(p.is_file() for p in paths.values()):
         return
@@ -351,7 +354,6 @@ def _cache_room(
     for kind in ("reverb", "anechoic"):
         if not np.all(np.isfinite(rirs[kind])):
             raise PrepareError(f"{params_path}: room of {name}: the {kind} RIR is not finite")
-    rir_dir.mkdir(parents=True, exist_ok=True)
     for (s, kind), path in paths.items():
         _save_npy(path, rirs[kind][s - 1])
     if t60_report is not None:
@@ -364,67 +366,47 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def _reverberant(
-    rows: dict[tuple[int, str], MixtureSpec], rir_dir: Path, dry_run: bool
-) -> dict[tuple[int, str], MixtureSpec]:
-    """Turn the WHAM! rows of one utterance (one per rate and mode) into WHAMR! rows
-    (RIRs, energy-matching gains, lengths).
-
-    Each source is convolved with its anechoic RIR once at 16 kHz and resampled to every
-    rate; the gain of each (rate, mode) compares that energy with the whole dry WHAM!
-    utterance of the same rate and mode, as the official script does."""
-    first = next(iter(rows.values()))
-    assert first.noise is not None
-    noise_frames16 = int(sf.info(first.noise.path).frames)
-    n_src = len(first.sources)
-    rates = sorted({rate for rate, _ in rows})
-    # one cache for this utterance: each source read and convolved once, resampled once per rate
-    cache = SignalCache()
-    anechoic_energy: list[dict[int, float]] = []
-    frames = [0 if dry_run else int(sf.info(src.path).frames) for src in first.sources]
-    for i in range(n_src):
-        rir = rir_dir / f"{first.mixture_id}_s{i + 1}_anechoic.npy"
-        energies = (
-            {}
-            if dry_run
-            else {r: _anechoic_energy(first.sources[i].path, noise_frames16, rir, r, cache) for r in rates}
+def _reverberant(dry: MixtureSpec, rir_dir: Path) -> MixtureSpec:
+    """The WHAMR! row of one WHAM! row ``dry``: the sources get their room's RIRs, are
+    zero-padded to the 16 kHz noise length and are not quantised; their gains are
+    placeholders (1.0) until :func:`energy_matching_gains` completes the row."""
+    assert dry.noise is not None
+    noise_frames16 = int(sf.info(dry.noise.path).frames)
+    sources = [
+        replace(
+            source,
+            rir=str(rir_dir / f"{dry.mixture_id}_s{i + 1}_reverb.npy"),
+            anechoic_rir=str(rir_dir / f"{dry.mixture_id}_s{i + 1}_anechoic.npy"),
+            pad_to=noise_frames16,
+            quantize=False,
+            post_gain=1.0,
+            gain=1.0,
         )
-        anechoic_energy.append(energies)
-    out = {}
-    for (rate, mode), spec in rows.items():
-        sources = []
-        for i, dry in enumerate(spec.sources):
-            wet = replace(
-                dry,
-                rir=str(rir_dir / f"{spec.mixture_id}_s{i + 1}_reverb.npy"),
-                anechoic_rir=str(rir_dir / f"{spec.mixture_id}_s{i + 1}_anechoic.npy"),
-                pad_to=noise_frames16,
-                quantize=False,
-                post_gain=1.0,
-                gain=1.0,
-            )
-            if not dry_run:
-                # the whole dry utterance (stop at its end, placed at 0), not the part inside the mixture
-                whole = replace(dry, offset=0, start=0, stop=frames[i])
-                dry_signal = signal_samples(whole, replace(spec, sources=[whole], noise=None), cache=cache)
-                gain = math.sqrt(float(np.sum(dry_signal**2)) / anechoic_energy[i][rate])
-                if not math.isfinite(gain):
-                    raise PrepareError(f"{dry.path}: WHAMR! gain of {spec.mixture_id} s{i + 1} is not finite")
-                wet = replace(wet, gain=gain)
-            sources.append(wet)
-        out[(rate, mode)] = replace(spec, sources=sources)
-    return out
+        for i, source in enumerate(dry.sources)
+    ]
+    return replace(dry, sources=sources)
 
 
-def _anechoic_energy(path: str, pad_to: int, rir_path: Path, rate: int, cache: SignalCache) -> float:
-    """Energy ``sum(x^2)`` of the whole anechoic source at ``rate``: the utterance
-    zero-padded to ``pad_to`` frames, convolved, then resampled, by the renderer itself
-    (:func:`sepkit.data.mixtures.signal_samples` with gain 1, start and offset 0), so
-    ``cache`` convolves it once for every rate; the direct-path response's 81 non-zero
-    taps are convolved directly (:func:`sepkit.audio.convolve`), not by an FFT."""
-    source = SourceSpec(path=path, pad_to=pad_to, anechoic_rir=str(rir_path))
-    row = MixtureSpec(mixture_id=Path(path).stem, sample_rate=rate, length=1, sources=[source])
-    energy = float(np.sum(signal_samples(source, row, anechoic=True, cache=cache) ** 2))
-    if not energy > 0:
-        raise PrepareError(f"{path}: its anechoic convolution with {rir_path} is silent or not finite")
-    return energy
+def energy_matching_gains(row: MixtureSpec, dry: object, cache: SignalCache) -> MixtureSpec:
+    """``row`` (from :func:`_reverberant`) with each source's gain
+    ``sqrt(sum(dry^2) / sum(anechoic^2))``, as whamr_scripts computes it: ``dry`` the whole
+    WHAM! source utterance of this rate and mode (WHAM! row ``dry``, whatever part of it
+    the mixture keeps, also at 16 kHz min), ``anechoic`` the whole anechoic convolution
+    at this rate. Both come from ``cache``, which the writing of the same rows shares:
+    the anechoic signal is the very one the row's anechoic outputs are cut from."""
+    assert isinstance(dry, MixtureSpec)
+    sources = []
+    for i, (wet, dry_source) in enumerate(zip(row.sources, dry.sources, strict=True)):
+        frames = cache.info(Path(dry_source.path))[0]
+        # the whole dry utterance (stop at its end, placed at 0), not the part inside the mixture
+        whole = replace(dry_source, offset=0, start=0, stop=frames)
+        dry_signal = signal_samples(whole, replace(dry, sources=[whole], noise=None), cache=cache)
+        anechoic = signal_samples(replace(wet, gain=1.0), row, anechoic=True, cache=cache)
+        anechoic_energy = float(np.sum(anechoic**2))
+        if not anechoic_energy > 0:
+            raise PrepareError(f"{wet.path}: its anechoic convolution with {wet.anechoic_rir} is silent or not finite")
+        gain = math.sqrt(float(np.sum(dry_signal**2)) / anechoic_energy)
+        if not math.isfinite(gain):
+            raise PrepareError(f"{wet.path}: WHAMR! gain of {row.mixture_id} s{i + 1} is not finite")
+        sources.append(replace(wet, gain=gain))
+    return replace(row, sources=sources)

@@ -15,6 +15,7 @@ from fixtures.fake_corpora import make_merl_lists, make_reverb_params, make_wham
 from scipy.signal import fftconvolve
 
 from data_prep.cli import main
+from data_prep.common import execute
 from data_prep.image_source import max_reflection_order, room_response, sabine_absorption
 from data_prep.whamr import build_plans, rir_directory
 from sepkit.audio import convolve
@@ -162,7 +163,9 @@ def test_16k_min_gain_measures_whole_utterance(corpus):
     root, wsj0, lists, wham, reverb = corpus
     out = root / "out_gain"
     plans = build_plans(wsj0, wham, lists, reverb, out, [16000], ["min"], splits=["tt"], progress=False)
-    (plan,) = plans
+    execute(plans, write=False, progress=False)  # the gains are computed where the rows are written
+    (table,) = [path for path in plans[0].tables if path.name == "tt_sep_noisy_reverb.csv"]
+    rows = read_table(table)
     scaling = dict(np.load(wham / "metadata" / "scaling_tt.npz"))
     names = [Path(str(u)).stem for u in scaling["utterance_id"]]
     pairs = {}
@@ -171,7 +174,8 @@ def test_16k_min_gain_measures_whole_utterance(corpus):
         pairs[Path(name).stem] = [s1, s2]
     rir_dir = rir_directory(out, "tt", "pra031", "legacy")
     unequal = 0
-    for spec in plan.specs:
+    assert len(rows) == len(plans[0].specs)
+    for spec in rows:
         index = names.index(spec.mixture_id)
         noise_frames = sf.info(str(wham / "tt" / f"{spec.mixture_id}.wav")).frames
         lengths = [sf.info(str(wsj0 / p)).frames for p in pairs[spec.mixture_id]]
@@ -189,7 +193,7 @@ def test_16k_min_gain_measures_whole_utterance(corpus):
             )
             assert source.gain == pytest.approx(expected, rel=1e-12), (spec.mixture_id, i, lengths)
     # the longer source of each pair is the one the cut measurement got wrong
-    assert unequal == len(plan.specs)
+    assert unequal == len(rows)
 
 
 def test_reverberant_targets_keep_the_reverberation(corpus, capsys):
@@ -202,7 +206,7 @@ def test_reverberant_targets_keep_the_reverberation(corpus, capsys):
     # stderr is not a terminal here (as with a log file): progress comes as whole lines
     err = capsys.readouterr().err
     assert "\r" not in err
-    assert "WHAMR! rooms tt: 3/3 rooms (100%)" in err and "WHAMR! gains tt: 3/3 utterances (100%)" in err
+    assert "WHAMR! rooms tt: 3/3 rooms (100%)" in err and "WHAMR! gains: 3/3 (100%)" in err
     base = out / "wav8k" / "min"
     noisy = read_table(base / "tt_sep_noisy_reverb.csv")
     clean = read_table(base / "tt_sep_clean_anechoic.csv")
@@ -237,10 +241,10 @@ def test_source_outside_room_is_a_one_line_error(corpus, tmp_path, capsys):
 def test_writing_convolves_each_source_once_per_utterance(corpus, monkeypatch, capsys):
     """The official loop convolves each source with each RIR once per utterance and derives
     every rate and length mode from that; so does writing (one convolution per source and
-    RIR kind, not one per row), with files equal to the uncached renderer's, and the
-    'writing mixtures' progress comes as whole lines in a log (no carriage returns)."""
+    RIR kind, not one per row, the energy-matching gains included), with files equal to
+    the uncached renderer's, and the 'writing mixtures' progress comes as whole lines in a
+    log (no carriage returns)."""
     import sepkit.data.mixtures as mixtures
-    from data_prep.common import execute
 
     root, wsj0, lists, wham, reverb = corpus
     out = root / "out_once"
@@ -263,7 +267,8 @@ def test_writing_convolves_each_source_once_per_utterance(corpus, monkeypatch, c
     assert "\r" not in err and f"writing mixtures: {utterances}/{utterances} (100%)" not in err
     assert f"writing mixtures: {4 * utterances}/{4 * utterances} (100%)\n" in err
     for plan in plans:
-        for spec in plan.specs:
+        # the table rows, with the gains computed while writing
+        for spec in read_table(next(iter(plan.tables))):
             expected = render_outputs(spec)
             for name, folder in plan.folders.items():
                 got = sf.read(str(plan.directory / folder / f"{spec.mixture_id}.wav"), dtype="float32")[0]
@@ -290,14 +295,12 @@ def test_convolve_equals_float64_reference_for_sparse_and_dense_responses():
 
 
 def test_anechoic_responses_are_convolved_directly(corpus, monkeypatch):
-    """An anechoic response is one 81-tap sinc inside ceil(T60 fs) taps: the gain pass and the
-    writing pass convolve it directly over that span instead of by an FFT over the whole
+    """An anechoic response is one 81-tap sinc inside ceil(T60 fs) taps: writing (and the
+    gains computed with it) convolves it directly over that span instead of by an FFT over the whole
     response (six times the work on a 6 s source); only the reverberant responses, two per
     utterance, go through fftconvolve. The gains still follow the official FFT rule to
     1e-12 (test_16k_min_gain_measures_whole_utterance)."""
     import scipy.signal
-
-    from data_prep.common import execute
 
     root, wsj0, lists, wham, reverb = corpus
     fft_calls = []
@@ -313,3 +316,46 @@ def test_anechoic_responses_are_convolved_directly(corpus, monkeypatch):
     assert fft_calls == []
     execute(plans, write=True, progress=False)
     assert len(fft_calls) == 2 * len(plans[0].specs)
+
+
+def test_plan_digest_is_the_sha256_of_every_field_of_every_row(corpus):
+    """The manifest's digest of a split (what decides whether a re-run may reuse its
+    folder) against the plain formulation: sha256 of the JSON of the folders and of
+    ``dataclasses.asdict`` of every row, sorted by id; and it moves with any one field."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from data_prep.common import plan_digest
+
+    root, wsj0, lists, wham, reverb = corpus
+    plans = build_plans(wsj0, wham, lists, reverb, root / "out_digest", [8000], ["max"], splits=["tt"], dry_run=True)
+    (plan,) = plans
+    rows = sorted((dataclasses.asdict(spec) for spec in plan.specs), key=lambda row: row["mixture_id"])
+    text = json.dumps({"folders": plan.folders, "rows": rows}, sort_keys=True, default=str)
+    assert plan_digest(plan) == hashlib.sha256(text.encode()).hexdigest()
+    before = plan_digest(plan)
+    plan.specs[-1].sources[1].offset += 1
+    assert plan_digest(plan) != before
+    plan.specs[-1].sources[1].offset -= 1
+    plan.specs[0].extra["speaker"] = "x"
+    assert plan_digest(plan) != before
+
+
+def test_rerun_resumes_a_finished_whamr_folder(corpus, capsys):
+    """The gains are computed while writing, so the rows the manifest identifies are the
+    plan's (with placeholder gains) on every run: a second identical run finds every
+    file complete instead of refusing the folder, and writes the same tables."""
+    root, wsj0, lists, wham, reverb = corpus
+    out = root / "out_rerun"
+    argv = ["whamr", "--wsj0", str(wsj0), "--wham-noise", str(wham), "--lists", str(lists), "--reverb-params"]
+    argv += [str(reverb), "--splits", "tt", "--sample-rate", "8000", "--mode", "min", "--out", str(out), "--write"]
+    argv += ["--no-progress"]
+    assert main(argv) == 0
+    table = out / "wav8k" / "min" / "tt_sep_noisy_reverb.csv"
+    first = table.read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "files written 0, already complete 33" in capsys.readouterr().out
+    assert table.read_bytes() == first
+    assert all(source.gain != 1.0 for row in read_table(table) for source in row.sources)

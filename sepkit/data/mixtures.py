@@ -374,10 +374,6 @@ def _read(path: Path, start: int, stop: int | None, channel: int) -> tuple[np.nd
     return np.ascontiguousarray(data[:, channel]), rate
 
 
-def _file_rate(path: Path) -> int:
-    return audio_info(path)[1]
-
-
 def _load_rir(path: Path) -> np.ndarray:
     if not path.is_file():
         raise AudioError(f"{path}: impulse response file not found")
@@ -401,6 +397,13 @@ class SignalCache:
     def __init__(self) -> None:
         self._prepared: dict[tuple, np.ndarray] = {}
         self._resampled: dict[tuple, np.ndarray] = {}
+        self._info: dict[Path, tuple[int, int]] = {}
+
+    def info(self, path: Path) -> tuple[int, int]:
+        """``(frames, sample_rate)`` of the file ``path`` (its header read once per group)."""
+        if path not in self._info:
+            self._info[path] = audio_info(path)
+        return self._info[path]
 
     def prepared(self, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """The signal at the file rate for ``key`` (computed by ``compute`` the first time)."""
@@ -439,7 +442,7 @@ def signal_samples(
     With ``cache``, the gain-free whole-file steps are shared with the other rows
     rendered through it (see :class:`SignalCache`); the result is the same."""
     path = _resolve(spec.path, root)
-    file_rate = _file_rate(path)
+    file_rate = cache.info(path)[1] if cache is not None else audio_info(path)[1]
     rir_path = spec.anechoic_rir if anechoic else spec.rir
     whole = file_rate != mixture.sample_rate or bool(rir_path) or spec.extend_to > 0 or spec.pad_to > 0
     whole = whole or spec.stop is not None
@@ -495,10 +498,12 @@ def render_signal(
 
 
 def _sum(signals: list[np.ndarray]) -> np.ndarray:
-    # left to right, as the recipes accumulate their mixtures
-    total = signals[0].copy()
-    for signal in signals[1:]:
-        total = total + signal
+    # left to right, as the recipes accumulate their mixtures, into one new array
+    if len(signals) == 1:
+        return signals[0].copy()
+    total = signals[0] + signals[1]
+    for signal in signals[2:]:
+        total += signal
     return total
 
 
