@@ -9,6 +9,7 @@ of :mod:`sepkit.data.mixtures`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import functools
@@ -25,8 +26,8 @@ import threading
 import time
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from sepkit.data.mixtures import (
     RowValueError,
     SignalCache,
     check_row_values,
+    file_samples,
     render_outputs,
     write_rendered,
     write_table,
@@ -512,11 +514,20 @@ class GroupResult:
     completed: list[tuple[str, MixtureSpec]]
 
 
-def _write_group(group: list[WriteJob], row_hook: RowHook | None = None) -> GroupResult:
-    """Complete and write the rows of one group (the same mixture at every rate and mode)
+# one row's outputs as its files store them (see file_samples): the row, its split
+# folder, output name -> sub-folder, output name -> samples
+Rendered = tuple[MixtureSpec, Path, dict[str, str], dict[str, np.ndarray]]
+
+
+def _write_rendered(rendered: Rendered) -> None:
+    write_rendered(*rendered)
+
+
+def _finish_group(group: list[WriteJob], row_hook: RowHook | None, write: Callable[[Rendered], object]) -> GroupResult:
+    """Complete and render the rows of one group (the same mixture at every rate and mode)
     with one :class:`SignalCache`, so each source is read, convolved and resampled once
-    for all of them and for their derived values. ``row_hook`` is computed from the
-    signals just written (no second render)."""
+    for all of them and for their derived values, handing each row's outputs to
+    ``write``. ``row_hook`` is computed from the signals as written (no second render)."""
     cache = SignalCache()
     result = GroupResult(len(group), [], [])
     for job in group:
@@ -528,10 +539,66 @@ def _write_group(group: list[WriteJob], row_hook: RowHook | None = None) -> Grou
             continue
         details: dict[str, float] = {}
         out = render_outputs(spec, None, list(job.missing), cache, details)
-        write_rendered(spec, job.directory, job.missing, out)
         if row_hook is not None:
             result.values.append((str(job.directory), spec.mixture_id, row_hook(spec, out, details)))
+        # converted one by one, each float64 output released as soon as it is converted
+        write((spec, job.directory, job.missing, {name: file_samples(spec, out.pop(name)) for name in list(out)}))
     return result
+
+
+def _write_group(group: list[WriteJob], row_hook: RowHook | None = None) -> GroupResult:
+    """:func:`_finish_group`, writing each row at once (what a worker process does)."""
+    return _finish_group(group, row_hook, _write_rendered)
+
+
+class _BackgroundWriter:
+    """Writes rendered rows in a second thread, in order, at most ``depth`` rows behind the
+    rendering: creating and filling a file costs about as much as rendering it and waits
+    on the kernel rather than on Python, so on two cores the two overlap, while at most
+    ``depth`` rows' outputs wait in memory. A failed write is raised by the next call."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self.depth = depth
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-writer")
+        self._pending: collections.deque[Future] = collections.deque()
+        self.submitted = 0  # rows handed over so far
+        self.last: Future | None = None  # the write of the last of them
+
+    def __call__(self, rendered: Rendered) -> None:
+        while len(self._pending) >= self.depth:
+            self._pending.popleft().result()
+        self.last = self._thread.submit(_write_rendered, rendered)
+        self._pending.append(self.last)
+        self.submitted += 1
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        # waits for a write in progress, so that no temp file is left half written
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+
+def _render_while_writing(groups: list[list[WriteJob]], row_hook: RowHook | None) -> Iterator[GroupResult]:
+    """The groups' results in one process, each once its files are written: rows are
+    rendered in this thread while :class:`_BackgroundWriter` writes the previous ones."""
+    writer = _BackgroundWriter()
+    waiting: collections.deque[tuple[GroupResult, Future | None]] = collections.deque()
+    try:
+        for group in groups:
+            before = writer.submitted
+            result = _finish_group(group, row_hook, writer)
+            waiting.append((result, writer.last if writer.submitted > before else None))
+            while waiting and (waiting[0][1] is None or waiting[0][1].done()):
+                if waiting[0][1] is not None:
+                    waiting[0][1].result()
+                yield waiting.popleft()[0]
+        writer.drain()
+        while waiting:
+            yield waiting.popleft()[0]
+    finally:
+        writer.close()
 
 
 def _group_by_mixture(todo: list[WriteJob]) -> list[list[WriteJob]]:
@@ -662,7 +729,7 @@ def execute(
     completed: dict[tuple[str, str], MixtureSpec] = {}
     with contextlib.ExitStack() as stack:
         if jobs <= 1:
-            results: Iterable[GroupResult] = map(write_group, groups)
+            results: Iterable[GroupResult] = _render_while_writing(groups, row_hook)
         else:
             pool = stack.enter_context(worker_pool(jobs))
             results = pool.map(write_group, groups, chunksize=max(1, len(groups) // (jobs * 8)))

@@ -299,3 +299,39 @@ def test_wham_writes_without_a_disk_flush_or_a_mkdir_per_file(corpus, tmp_path, 
     audio.write_audio_atomic(tmp_path / "atomic.wav", samples, 8000, subtype="PCM_16")
     sf.write(str(tmp_path / "direct.wav"), samples, 8000, subtype="PCM_16")
     assert (tmp_path / "atomic.wav").read_bytes() == (tmp_path / "direct.wav").read_bytes()
+
+
+def test_a_failed_write_stops_prepare_and_the_rerun_completes(corpus, tmp_path, monkeypatch):
+    """Files are written by a second thread while the next rows render: a write that fails
+    (here the disk filling up at the 8th file) still stops the run with its error, leaves
+    no temp file and no partial output, and a second run writes exactly what is missing."""
+    import sepkit.audio as audio
+
+    root, wsj0, lists, wham, _ = corpus
+    real_write = audio.write_audio_atomic
+    calls = []
+
+    def filling_disk(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 8:
+            raise OSError(28, "No space left on device", str(path))
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(audio, "write_audio_atomic", filling_disk)
+    out = tmp_path / "out"
+    argv = ["wham", "--wsj0", str(wsj0), "--wham-noise", str(wham), "--lists", str(lists), "--splits", "tt"]
+    argv += ["--sample-rate", "8000", "--mode", "min", "--out", str(out), "--write", "--no-progress"]
+    with pytest.raises(OSError, match="No space left on device"):
+        main(argv)
+    monkeypatch.undo()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    first = sorted(out.rglob("*.wav"))
+    assert 7 <= len(first) < 18  # the ones before the failure, perhaps a few queued after it
+    assert all(sf.info(str(path)).frames > 0 for path in first)
+    reference = tmp_path / "reference"
+    assert main([*argv[:-4], "--out", str(reference), "--write", "--no-progress"]) == 0
+    assert main(argv) == 0
+    files = sorted(out.rglob("*.wav"))
+    assert len(files) == 18
+    for path in files:
+        assert path.read_bytes() == (reference / path.relative_to(out)).read_bytes(), path

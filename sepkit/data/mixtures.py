@@ -609,11 +609,17 @@ def write_rendered(
     from sepkit.audio import write_audio_atomic
 
     written = []
+    subtype = "PCM_16" if mixture.quantize else "FLOAT"
     for name, folder in folders.items():
         path = Path(directory) / folder / f"{mixture.mixture_id}.wav"
-        if mixture.quantize:
-            write_audio_atomic(path, to_int16(out[name]), mixture.sample_rate, subtype="PCM_16")
-        else:
-            write_audio_atomic(path, out[name].astype(np.float32), mixture.sample_rate, subtype="FLOAT")
+        write_audio_atomic(path, file_samples(mixture, out[name]), mixture.sample_rate, subtype=subtype)
         written.append(path)
     return written
+
+
+def file_samples(mixture: MixtureSpec, signal: np.ndarray) -> np.ndarray:
+    """An output of ``mixture`` (float64 from :func:`render_outputs`, or already
+    converted) as its file stores it: int16 for a quantised row, float32 otherwise."""
+    if mixture.quantize:
+        return signal if signal.dtype == np.int16 else to_int16(signal)
+    return signal.astype(np.float32, copy=False)
