@@ -132,3 +132,46 @@ def test_stft_init_keeps_the_parameter_count_and_rejects_unknown_inits():
     assert sum(p.numel() for p in stft_init.parameters()) == sum(p.numel() for p in random_init.parameters())
     with pytest.raises(ValueError, match="filterbank init"):
         build_model("conv_tasnet", filterbank_init="mel")
+
+
+@pytest.mark.parametrize(
+    "module", [torch.nn.Sigmoid(), torch.nn.ReLU(), torch.nn.PReLU(init=0.3), torch.nn.PReLU(4, init=0.2)]
+)
+def test_activations_written_in_place_give_the_module_s_numbers(module):
+    """activate_ against the module itself, bit for bit; it writes over its input where it
+    can (PReLU with one slope on a CPU tensor), and a per-channel PReLU is left out of place."""
+    from sepkit.nn.activations import activate_
+
+    x = torch.randn(2, 4, 50)
+    expected = module(x)
+    given = x.clone()
+    got = activate_(module, given)
+    assert torch.equal(got, expected)
+    per_channel = isinstance(module, torch.nn.PReLU) and module.num_parameters > 1
+    assert (got.data_ptr() == given.data_ptr()) != per_channel
+
+
+def test_inference_writes_the_tcn_over_its_own_tensors_with_the_same_numbers(monkeypatch):
+    """Without autograd the TCN adds residuals and skips into tensors it made and writes
+    its activations and mask nonlinearity over their inputs: the output equals the
+    out-of-place computation (and the autograd one) bit for bit, and the peak of tensor
+    memory during the call falls by at least one ``[n_src * N, frames]`` mask tensor."""
+    import sepkit.models.conv_tasnet as conv_tasnet
+    import sepkit.nn.tcn as tcn
+    from sepkit.profiling import PeakMemoryMode
+
+    torch.manual_seed(0)
+    config = dict(TINY, n_filters=64, hidden=64, n_blocks=3, n_repeats=2)
+    model = build_model("conv_tasnet", **config).eval()
+    x = torch.randn(2, 8000)
+    with torch.no_grad(), PeakMemoryMode() as in_place:
+        y_in_place = model(x)
+    y_autograd = model(x).detach()
+    monkeypatch.setattr(conv_tasnet, "inference_in_place", lambda x: False)
+    monkeypatch.setattr(tcn, "inference_in_place", lambda x: False)
+    with torch.no_grad(), PeakMemoryMode() as out_of_place:
+        y_out_of_place = model(x)
+    assert torch.equal(y_in_place, y_out_of_place) and torch.equal(y_autograd, y_out_of_place)
+    frames = model.encoder(x).shape[-1]
+    mask_bytes = 2 * 2 * config["n_filters"] * frames * 4
+    assert in_place.peak <= out_of_place.peak - mask_bytes, (in_place.peak, out_of_place.peak, mask_bytes)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from sepkit.nn.activations import activate_, inference_in_place
 from sepkit.nn.depthwise import DepthwiseConv1d
 from sepkit.nn.norms import make_norm
 
@@ -45,10 +46,16 @@ class TemporalBlock(nn.Module):
         self.skip_conv = nn.Conv1d(hidden, skip_channels, 1) if skip_channels > 0 else None
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        y = self.norm1(self.act1(self.in_conv(x)))
+        # at inference both activations are written over the fresh tensors they read
+        act = activate_ if inference_in_place(x) else _call
+        y = self.norm1(act(self.act1, self.in_conv(x)))
         y = self.depthwise(y)
         if self.causal and self.pad > 0:
             y = y[..., : -self.pad]
-        y = self.norm2(self.act2(y))
+        y = self.norm2(act(self.act2, y))
         skip = self.skip_conv(y) if self.skip_conv is not None else None
         return self.res_conv(y), skip
+
+
+def _call(module: nn.Module, x: Tensor) -> Tensor:
+    return module(x)
