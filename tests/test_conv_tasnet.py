@@ -157,9 +157,12 @@ def test_inference_writes_the_tcn_over_its_own_tensors_with_the_same_numbers(mon
     out-of-place computation (and the autograd one) bit for bit, and the peak of tensor
     memory during the call falls by at least one ``[n_src * N, frames]`` mask tensor."""
     import sepkit.models.conv_tasnet as conv_tasnet
+    import sepkit.models.filterbanks as filterbanks
     import sepkit.nn.tcn as tcn
     from sepkit.profiling import PeakMemoryMode
 
+    # the filterbanks' inference form sums in another order (its own test below)
+    monkeypatch.setattr(filterbanks, "eager_inference", lambda: False)
     torch.manual_seed(0)
     config = dict(TINY, n_filters=64, hidden=64, n_blocks=3, n_repeats=2)
     model = build_model("conv_tasnet", **config).eval()
@@ -167,11 +170,39 @@ def test_inference_writes_the_tcn_over_its_own_tensors_with_the_same_numbers(mon
     with torch.no_grad(), PeakMemoryMode() as in_place:
         y_in_place = model(x)
     y_autograd = model(x).detach()
-    monkeypatch.setattr(conv_tasnet, "inference_in_place", lambda x: False)
-    monkeypatch.setattr(tcn, "inference_in_place", lambda x: False)
+    monkeypatch.setattr(conv_tasnet, "eager_inference", lambda: False)
+    monkeypatch.setattr(tcn, "eager_inference", lambda: False)
     with torch.no_grad(), PeakMemoryMode() as out_of_place:
         y_out_of_place = model(x)
     assert torch.equal(y_in_place, y_out_of_place) and torch.equal(y_autograd, y_out_of_place)
     frames = model.encoder(x).shape[-1]
     mask_bytes = 2 * 2 * config["n_filters"] * frames * 4
     assert in_place.peak <= out_of_place.peak - mask_bytes, (in_place.peak, out_of_place.peak, mask_bytes)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_filterbanks_at_inference_equal_their_convolutions(bias):
+    """On a CPU without autograd the encoder frames the signal as a strided view times the
+    filters and the decoder overlap-adds (fold) each frame's product: in float64 the same
+    outputs as the (transposed) convolutions they replace, to 1e-12, with a bias and the
+    encoder's ReLU; the output shapes are the convolutions'."""
+    torch.manual_seed(1)
+    encoder = ConvEncoder(64, 16, 8, bias=bias, activation="relu").double()
+    decoder = ConvDecoder(64, 16, 8, bias=bias).double()
+    if bias:
+        torch.nn.init.normal_(encoder.conv.bias)
+        torch.nn.init.normal_(decoder.deconv.bias)
+    wav = torch.randn(3, 4003, dtype=torch.float64)
+    rep = encoder(wav)
+    masked = torch.randn(3, 2, *rep.shape[1:], dtype=torch.float64)
+    expected = decoder(masked)
+
+    def not_at_inference(*args):
+        raise AssertionError("the convolution ran at inference")
+
+    encoder.conv.forward = decoder.deconv.forward = not_at_inference
+    with torch.no_grad():
+        lean_rep, lean_wav = encoder(wav), decoder(masked)
+    assert lean_rep.shape == rep.shape and lean_wav.shape == expected.shape
+    torch.testing.assert_close(lean_rep, rep.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(lean_wav, expected.detach(), rtol=0, atol=1e-12)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder, Framing
 from sepkit.models.registry import register_model
-from sepkit.nn.activations import activate_, inference_in_place, make_activation
+from sepkit.nn.activations import activate_, eager_inference, make_activation
 from sepkit.nn.norms import make_norm
 from sepkit.nn.tcn import TemporalBlock
 
@@ -54,7 +54,7 @@ class TCNMasker(nn.Module):
 
     def forward(self, rep: Tensor) -> Tensor:
         x = self.bottleneck(self.input_norm(rep))
-        if inference_in_place(x):
+        if eager_inference():
             # the sums accumulate into tensors this method made, the activations are
             # written over their inputs: no new tensor per block but the block's own
             skip_sum: Tensor | None = None

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from sepkit.nn.activations import activate_, eager_inference
 
 FILTERBANK_INITS = ("random", "stft")
 
@@ -70,6 +73,15 @@ class ConvEncoder(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """``[batch, time]`` -> ``[batch, n_filters, frames]``."""
+        if wav.device.type == "cpu" and eager_inference():
+            # Inference on a CPU: the frames as a strided view and one matrix product.
+            # oneDNN's strided convolution writes a blocked-layout output and reorders it,
+            # a second [n_filters, frames] tensor at every call.
+            frames = wav.unfold(-1, self.kernel_size, self.stride)  # [batch, frames, kernel]
+            rep = torch.matmul(self.conv.weight.squeeze(1), frames.transpose(1, 2))
+            if self.conv.bias is not None:
+                rep += self.conv.bias[:, None]
+            return activate_(self.activation, rep)
         return self.activation(self.conv(wav.unsqueeze(1)))
 
 
@@ -94,6 +106,16 @@ class ConvDecoder(nn.Module):
     def forward(self, rep: torch.Tensor) -> torch.Tensor:
         """``[batch, n_src, n_filters, frames]`` -> ``[batch, n_src, time]``."""
         batch, n_src, n_filters, frames = rep.shape
+        if rep.device.type == "cpu" and eager_inference():
+            # Inference on a CPU: each frame's samples by one matrix product, then their
+            # overlap-add (fold). oneDNN's transposed convolution first reorders its whole
+            # [batch * n_src, n_filters, frames] input, the largest tensor of the call.
+            pieces = torch.matmul(self.deconv.weight.squeeze(1).T, rep.reshape(batch * n_src, n_filters, frames))
+            length = (frames - 1) * self.stride + self.kernel_size
+            wav = F.fold(pieces, (1, length), (1, self.kernel_size), stride=(1, self.stride))
+            if self.deconv.bias is not None:
+                wav += self.deconv.bias
+            return wav.reshape(batch, n_src, length)
         wav = self.deconv(rep.reshape(batch * n_src, n_filters, frames))
         return wav.reshape(batch, n_src, -1)
 

@@ -18,11 +18,12 @@ def make_activation(name: str, option: str = "activation") -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def inference_in_place(x: Tensor) -> bool:
-    """Whether a layer may write an activation over ``x``, a fresh intermediate it does not
-    need again: only in eager inference (no autograd, which would need the input; not
-    while ``torch.export``, ONNX or TorchScript trace the model, whose graphs keep the
-    out-of-place form)."""
+def eager_inference() -> bool:
+    """Whether a layer may use its lean inference form (an activation written over a
+    fresh intermediate nobody needs again, a filterbank as one matrix product): only in
+    eager inference, without autograd (which would need the inputs) and not while
+    ``torch.export``, ONNX or TorchScript trace the model (their graphs keep the
+    training form)."""
     return not (
         torch.is_grad_enabled()
         or torch.compiler.is_compiling()
@@ -41,7 +42,7 @@ def activate_(module: nn.Module, x: Tensor) -> Tensor:
     At inference on a CPU every activation-sized allocation avoided also means fewer
     pages for the process to fault in and keep: a paper Conv-TasNet holds tens of MiB
     less at the peak of each call. Only for ``x`` nobody needs again (see
-    :func:`inference_in_place`).
+    :func:`eager_inference`).
     """
     if isinstance(module, nn.Sigmoid):
         return x.sigmoid_()

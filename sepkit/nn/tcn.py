@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from sepkit.nn.activations import activate_, inference_in_place
+from sepkit.nn.activations import activate_, eager_inference
 from sepkit.nn.depthwise import DepthwiseConv1d
 from sepkit.nn.norms import make_norm
 
@@ -47,7 +47,7 @@ class TemporalBlock(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         # at inference both activations are written over the fresh tensors they read
-        act = activate_ if inference_in_place(x) else _call
+        act = activate_ if eager_inference() else _call
         y = self.norm1(act(self.act1, self.in_conv(x)))
         y = self.depthwise(y)
         if self.causal and self.pad > 0:
