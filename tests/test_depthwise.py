@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from fixtures.oracles import assert_forward_and_gradients_equal
 from torch import nn
 
 from sepkit.nn.depthwise import DepthwiseConv1d
@@ -25,12 +26,9 @@ def test_matches_grouped_conv_forward_and_backward(channels, kernel, dilation, p
     shifted.load_state_dict(reference.state_dict())
     x = torch.randn(2, channels, length, dtype=torch.float64, requires_grad=True)
     expected, actual = reference(x), shifted(x)
-    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
-    grad = torch.randn_like(expected)
-    want = torch.autograd.grad(expected, [x, reference.weight, reference.bias], grad)
-    got = torch.autograd.grad(actual, [x, shifted.weight, shifted.bias], grad)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+    assert_forward_and_gradients_equal(
+        actual, expected, [x, shifted.weight, shifted.bias], [x, reference.weight, reference.bias]
+    )
 
 
 def test_is_a_drop_in_conv1d():

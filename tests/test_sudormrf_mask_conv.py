@@ -4,6 +4,7 @@ against the nn.Conv2d it replaces, in float64."""
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures.oracles import assert_forward_and_gradients_equal
 from torch import nn
 
 from sepkit.models.sudormrf import FilterAxisConv2d, SuDoRMRF
@@ -25,12 +26,8 @@ def test_matches_conv2d_forward_and_backward(n_filters: int, n_src: int, frames:
     expected = F.conv2d(x, layer.weight, layer.bias, padding=(padding, 0))
     actual = layer(x)
     assert actual.shape == expected.shape == (2, n_src, n_filters + 2 * padding - kernel + 1, frames)
-    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
-    grad = torch.randn_like(expected)
-    want = torch.autograd.grad(expected, [x, layer.weight, layer.bias], grad)
-    got = torch.autograd.grad(actual, [x, layer.weight, layer.bias], grad)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+    params = [x, layer.weight, layer.bias]
+    assert_forward_and_gradients_equal(actual, expected, params, params)
 
 
 @pytest.mark.parametrize("kernel, padding", [(3, 1), (5, 0), (4, 3)])
