@@ -563,13 +563,24 @@ class _BackgroundWriter:
         self._pending: collections.deque[Future] = collections.deque()
         self.submitted = 0  # rows handed over so far
         self.last: Future | None = None  # the write of the last of them
+        self._failure: BaseException | None = None  # the first failed write's error
 
     def __call__(self, rendered: Rendered) -> None:
         while len(self._pending) >= self.depth:
             self._pending.popleft().result()
         self.last = self._thread.submit(_write_rendered, rendered)
+        self.last.add_done_callback(self._note_failure)
         self._pending.append(self.last)
         self.submitted += 1
+
+    def _note_failure(self, future: Future) -> None:
+        if self._failure is None and not future.cancelled() and future.exception() is not None:
+            self._failure = future.exception()
+
+    def check(self) -> None:
+        """Raise the error of any write that has failed so far."""
+        if self._failure is not None:
+            raise self._failure
 
     def drain(self) -> None:
         while self._pending:
@@ -590,9 +601,12 @@ def _render_while_writing(groups: list[list[WriteJob]], row_hook: RowHook | None
             before = writer.submitted
             result = _finish_group(group, row_hook, writer)
             waiting.append((result, writer.last if writer.submitted > before else None))
+            # writes finish in order: once a group's last write is done, all of its are,
+            # and the earlier ones' failures were noted before the last one started
             while waiting and (waiting[0][1] is None or waiting[0][1].done()):
                 if waiting[0][1] is not None:
                     waiting[0][1].result()
+                writer.check()
                 yield waiting.popleft()[0]
         writer.drain()
         while waiting:

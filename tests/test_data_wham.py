@@ -335,3 +335,31 @@ def test_a_failed_write_stops_prepare_and_the_rerun_completes(corpus, tmp_path, 
     assert len(files) == 18
     for path in files:
         assert path.read_bytes() == (reference / path.relative_to(out)).read_bytes(), path
+
+
+def test_a_group_is_reported_done_only_when_every_file_of_it_is_written(monkeypatch):
+    """The background writer finishes writes in order, and a group (the rows of one
+    mixture) counts as written, for the progress bar and the side-file values, only when
+    all of its writes succeeded: here the first of group 2's two writes fails while the
+    second succeeds, and only group 1 is reported before the error is raised."""
+    import time
+
+    import data_prep.common as common
+
+    def slow_finish(group, row_hook, write):
+        for rendered in group:
+            write(rendered)
+        time.sleep(0.2)  # rendering outlasts the writes: they are all done when checked
+        return common.GroupResult(len(group), [], [])
+
+    def failing_write(rendered):
+        if rendered == "g2-a":
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(common, "_finish_group", slow_finish)
+    monkeypatch.setattr(common, "_write_rendered", failing_write)
+    reported = []
+    with pytest.raises(OSError, match="No space left"):
+        for result in common._render_while_writing([["g1-a", "g1-b"], ["g2-a", "g2-b"], ["g3-a"]], None):
+            reported.append(result.rows)
+    assert reported == [2]
