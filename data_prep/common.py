@@ -561,8 +561,7 @@ class _BackgroundWriter:
         self.depth = depth
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-writer")
         self._pending: collections.deque[Future] = collections.deque()
-        self.submitted = 0  # rows handed over so far
-        self.last: Future | None = None  # the write of the last of them
+        self.last: Future | None = None  # the write of the last row handed over
         self._failure: BaseException | None = None  # the first failed write's error
 
     def __call__(self, rendered: Rendered) -> None:
@@ -571,7 +570,6 @@ class _BackgroundWriter:
         self.last = self._thread.submit(_write_rendered, rendered)
         self.last.add_done_callback(self._note_failure)
         self._pending.append(self.last)
-        self.submitted += 1
 
     def _note_failure(self, future: Future) -> None:
         if self._failure is None and not future.cancelled() and future.exception() is not None:
@@ -598,9 +596,9 @@ def _render_while_writing(groups: list[list[WriteJob]], row_hook: RowHook | None
     waiting: collections.deque[tuple[GroupResult, Future | None]] = collections.deque()
     try:
         for group in groups:
-            before = writer.submitted
+            before = writer.last
             result = _finish_group(group, row_hook, writer)
-            waiting.append((result, writer.last if writer.submitted > before else None))
+            waiting.append((result, writer.last if writer.last is not before else None))
             # writes finish in order: once a group's last write is done, all of its are,
             # and the earlier ones' failures were noted before the last one started
             while waiting and (waiting[0][1] is None or waiting[0][1].done()):
@@ -738,7 +736,6 @@ def execute(
     label = "writing mixtures" if write else completing[0].completion.label
     bar = Progress(len(todo), label, progress, unit="mix")
     groups = _group_by_mixture(todo)
-    write_group = functools.partial(_write_group, row_hook=row_hook)
     row_values: dict[tuple[str, str], object] = {}
     completed: dict[tuple[str, str], MixtureSpec] = {}
     with contextlib.ExitStack() as stack:
@@ -746,6 +743,7 @@ def execute(
             results: Iterable[GroupResult] = _render_while_writing(groups, row_hook)
         else:
             pool = stack.enter_context(worker_pool(jobs))
+            write_group = functools.partial(_write_group, row_hook=row_hook)
             results = pool.map(write_group, groups, chunksize=max(1, len(groups) // (jobs * 8)))
         for result in results:
             row_values.update(((directory, name), value) for directory, name, value in result.values)

@@ -306,8 +306,10 @@ def build_plans(
             rooms = _progress(names, f"WHAMR! rooms {split}", "room", progress)
             for name in rooms:
                 _cache_room(name, params[name], params_path, rir_dir, absorption_law, rir_engine, t60_report)
+        # every rate and mode pads to the 16 kHz noise's length: its header read once per mixture
+        noise_frames = {dry.mixture_id: int(sf.info(dry.noise.path).frames) for dry in next(iter(wham.values()))}
         for (rate, mode), dry_rows in wham.items():
-            specs = [_reverberant(dry, rir_dir) for dry in dry_rows]
+            specs = [_reverberant(dry, rir_dir, noise_frames[dry.mixture_id]) for dry in dry_rows]
             base = out / f"wav{rate // 1000}k" / mode
             tables = {}
             for task in tasks:
@@ -366,12 +368,10 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def _reverberant(dry: MixtureSpec, rir_dir: Path) -> MixtureSpec:
+def _reverberant(dry: MixtureSpec, rir_dir: Path, noise_frames16: int) -> MixtureSpec:
     """The WHAMR! row of one WHAM! row ``dry``: the sources get their room's RIRs, are
-    zero-padded to the 16 kHz noise length and are not quantised; their gains are
-    placeholders (1.0) until :func:`energy_matching_gains` completes the row."""
-    assert dry.noise is not None
-    noise_frames16 = int(sf.info(dry.noise.path).frames)
+    zero-padded to the 16 kHz noise length ``noise_frames16`` and are not quantised; their
+    gains are placeholders (1.0) until :func:`energy_matching_gains` completes the row."""
     sources = [
         replace(
             source,

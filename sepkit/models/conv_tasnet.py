@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder, Framing
 from sepkit.models.registry import register_model
-from sepkit.nn.activations import activate_, eager_inference, make_activation
+from sepkit.nn.activations import activate, eager_inference, make_activation
 from sepkit.nn.norms import make_norm
 from sepkit.nn.tcn import TemporalBlock
 
@@ -53,27 +53,22 @@ class TCNMasker(nn.Module):
         self.mask_act = make_activation(mask_activation, "mask_activation")
 
     def forward(self, rep: Tensor) -> Tensor:
+        # At inference the sums accumulate into tensors this method made and the
+        # activations are written over their inputs: no new tensor per block but the
+        # block's own.
+        in_place = eager_inference()
         x = self.bottleneck(self.input_norm(rep))
-        if eager_inference():
-            # the sums accumulate into tensors this method made, the activations are
-            # written over their inputs: no new tensor per block but the block's own
-            skip_sum: Tensor | None = None
-            for block in self.blocks:
-                residual, skip = block(x)
-                x += residual
-                if skip is not None:
-                    skip_sum = skip if skip_sum is None else skip_sum.add_(skip)
-            out = skip_sum if self.use_skip else x
-            masks = activate_(self.mask_act, self.mask_conv(activate_(self.output_act, out)))
-        else:
-            total: Tensor | float = 0.0
-            for block in self.blocks:
-                residual, skip = block(x)
-                x = x + residual
-                if skip is not None:
-                    total = total + skip
-            out = total if self.use_skip else x
-            masks = self.mask_act(self.mask_conv(self.output_act(out)))
+        skip_sum: Tensor | None = None
+        for block in self.blocks:
+            residual, skip = block(x)
+            x = x.add_(residual) if in_place else x + residual
+            if skip is not None:
+                if skip_sum is None:
+                    skip_sum = skip
+                else:
+                    skip_sum = skip_sum.add_(skip) if in_place else skip_sum + skip
+        out = skip_sum if self.use_skip else x
+        masks = activate(self.mask_act, self.mask_conv(activate(self.output_act, out, in_place)), in_place)
         batch, _, frames = masks.shape
         return masks.view(batch, self.n_src, self.n_filters, frames)
 

@@ -51,3 +51,9 @@ def activate_(module: nn.Module, x: Tensor) -> Tensor:
     if isinstance(module, nn.PReLU) and module.num_parameters == 1 and x.device.type == "cpu":
         return F.leaky_relu_(x, float(module.weight))
     return module(x)
+
+
+def activate(module: nn.Module, x: Tensor, in_place: bool) -> Tensor:
+    """:func:`activate_` when ``in_place`` (a caller in :func:`eager_inference` whose ``x``
+    nobody needs again), else ``module(x)``."""
+    return activate_(module, x) if in_place else module(x)

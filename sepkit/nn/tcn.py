@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from sepkit.nn.activations import activate_, eager_inference
+from sepkit.nn.activations import activate, eager_inference
 from sepkit.nn.depthwise import DepthwiseConv1d
 from sepkit.nn.norms import make_norm
 
@@ -47,15 +47,11 @@ class TemporalBlock(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         # at inference both activations are written over the fresh tensors they read
-        act = activate_ if eager_inference() else _call
-        y = self.norm1(act(self.act1, self.in_conv(x)))
+        in_place = eager_inference()
+        y = self.norm1(activate(self.act1, self.in_conv(x), in_place))
         y = self.depthwise(y)
         if self.causal and self.pad > 0:
             y = y[..., : -self.pad]
-        y = self.norm2(act(self.act2, y))
+        y = self.norm2(activate(self.act2, y, in_place))
         skip = self.skip_conv(y) if self.skip_conv is not None else None
         return self.res_conv(y), skip
-
-
-def _call(module: nn.Module, x: Tensor) -> Tensor:
-    return module(x)
