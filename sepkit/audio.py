@@ -287,7 +287,7 @@ def write_audio_atomic(path: str | Path, samples: np.ndarray, sample_rate: int, 
     for sepkit's other atomic outputs (tables, manifests, checkpoints), the rename is
     what guarantees that no reader sees a partial file; a file that a power loss leaves
     short or empty fails the resume check of ``sepkit prepare`` and is written again.
-    The bytes are those a write to the path gives.
+    The bytes are those a write to the path gives, less the clock: see :func:`open_audio_writer`.
 
     Raises:
         AudioError: ``samples`` holds NaN or infinity (nothing is written).
@@ -304,8 +304,33 @@ def write_audio_atomic(path: str | Path, samples: np.ndarray, sample_rate: int, 
     clipped = clipped_samples(samples, effective_subtype)
     if clipped:
         warnings.warn(clip_warning(path, clipped, effective_subtype), AudioWarning, stacklevel=2)
-    with atomic_binary_file(path) as handle:
-        sf.write(handle, samples, sample_rate, subtype=subtype, format=file_format)
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
+    with (
+        atomic_binary_file(path) as handle,
+        open_audio_writer(handle, sample_rate, channels, effective_subtype, file_format) as encoder,
+    ):
+        encoder.write(samples)
+
+
+# libsndfile's command (sndfile.h) that adds or omits the PEAK chunk; python-soundfile
+# does not name it.
+_SFC_SET_ADD_PEAK_CHUNK = 0x1050
+
+
+def open_audio_writer(target, sample_rate: int, channels: int, subtype: str, file_format: str) -> sf.SoundFile:
+    """A soundfile encoder for ``target`` (a path or a binary file object) whose bytes depend
+    only on the samples and the format.
+
+    libsndfile gives float WAV and AIFF files a PEAK chunk stamped with the second they were
+    written, so the same samples written twice would differ; the chunk is optional (readers
+    ignore it) and is left out, which makes prepared data sets and separated files
+    reproducible byte for byte.
+    """
+    encoder = sf.SoundFile(target, "w", samplerate=sample_rate, channels=channels, subtype=subtype, format=file_format)
+    if subtype.upper() in ("FLOAT", "DOUBLE"):
+        # Must come before any sample is written; a format without the chunk refuses it harmlessly.
+        sf._snd.sf_command(encoder._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, sf._snd.SF_FALSE)
+    return encoder
 
 
 def list_audio_files(folder: str | Path) -> list[Path]:

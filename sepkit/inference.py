@@ -26,6 +26,7 @@ from sepkit.audio import (
     clip_warning,
     clipped_samples,
     list_audio_files,
+    open_audio_writer,
     read_audio_blocks,
     require_finite,
 )
@@ -335,11 +336,7 @@ class _SourceWriters:
             file_format = "WAV" if scratch else target.suffix.lstrip(".").upper()
             self.subtype = subtype or sf.default_subtype(file_format)
             tmp = target if scratch else stack.enter_context(atomic_output(target))
-            self.files.append(
-                stack.enter_context(
-                    sf.SoundFile(tmp, "w", samplerate=rate, channels=1, subtype=self.subtype, format=file_format)
-                )
-            )
+            self.files.append(stack.enter_context(open_audio_writer(tmp, rate, 1, self.subtype, file_format)))
         self.clipped = [0] * len(targets)
 
     def write(self, sources: np.ndarray) -> None:

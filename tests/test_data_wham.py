@@ -266,23 +266,25 @@ def test_wham_writes_without_a_disk_flush_or_a_mkdir_per_file(corpus, tmp_path, 
     """Writing hands libsndfile an open file, never a path: given a path, libsndfile forces
     each file to the disk when it closes it (fsync, milliseconds per file: most of WHAM!'s
     writing time on a busy disk). Each output folder is created once, not once per file.
-    The bytes are those of a write to the path (PCM_16 here: float files carry a time stamp)."""
+    The bytes are those of a write to the path (PCM_16 here; a float file written through a
+    path would carry libsndfile's time-stamped PEAK chunk, which sepkit leaves out)."""
     import sepkit.audio as audio
 
     root, wsj0, lists, wham, _ = corpus
     encoded_into = []
     made = []
-    real_write, real_mkdir = sf.write, Path.mkdir
+    real_open, real_mkdir = sf.SoundFile, Path.mkdir
 
-    def recording_write(file, data, *args, **kwargs):
-        encoded_into.append(file)
-        return real_write(file, data, *args, **kwargs)
+    def recording_open(file, mode="r", *args, **kwargs):
+        if "w" in mode:
+            encoded_into.append(file)
+        return real_open(file, mode, *args, **kwargs)
 
     def recording_mkdir(self, *args, **kwargs):
         made.append(Path(self))
         return real_mkdir(self, *args, **kwargs)
 
-    monkeypatch.setattr(audio.sf, "write", recording_write)
+    monkeypatch.setattr(audio.sf, "SoundFile", recording_open)
     monkeypatch.setattr(Path, "mkdir", recording_mkdir)
     out = tmp_path / "out"
     argv = ["wham", "--wsj0", str(wsj0), "--wham-noise", str(wham), "--lists", str(lists), "--splits", "tt"]

@@ -541,3 +541,57 @@ def test_already_quantised_int16_samples_do_not_warn_of_clipping(tmp_path):
         write_audio_atomic(path, samples, 8000, subtype="PCM_16")
     read, _ = sf.read(path, dtype="int16")
     np.testing.assert_array_equal(read, samples)
+
+
+# ---------------------------------------------------------------------------------
+# Reproducible outputs
+
+
+def riff_chunk_ids(path: Path) -> list[bytes]:
+    """The ids of a RIFF/WAVE file's top-level chunks, read from its bytes."""
+    data = path.read_bytes()
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE", path
+    ids, offset = [], 12
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset + 4 : offset + 8], "little")
+        ids.append(data[offset : offset + 4])
+        offset += 8 + size + (size & 1)
+    return ids
+
+
+def wait_for_the_next_second() -> None:
+    """Sleep past the next change of the wall clock's second (what C's time() returns)."""
+    import time
+
+    time.sleep(1.0 - time.time() % 1.0 + 0.05)
+
+
+@pytest.mark.parametrize("subtype", ["FLOAT", "DOUBLE"])
+def test_float_wav_bytes_do_not_depend_on_the_clock(tmp_path, subtype):
+    """libsndfile gives float WAV files a PEAK chunk stamped with the second of writing, so
+    the same samples written a second apart differed in their bytes (the WHAM! re-run test,
+    which compares a resumed folder with a clean one byte for byte, failed in CI when its two
+    runs straddled a second). Outputs are reproducible: no clock in the file."""
+    samples = np.stack([noise(0), noise(1)], axis=1)
+    write_audio_atomic(tmp_path / "first.wav", samples, RATE, subtype=subtype)
+    wait_for_the_next_second()
+    write_audio_atomic(tmp_path / "second.wav", samples, RATE, subtype=subtype)
+    assert (tmp_path / "first.wav").read_bytes() == (tmp_path / "second.wav").read_bytes()
+    assert b"PEAK" not in riff_chunk_ids(tmp_path / "first.wav")
+    read, rate = sf.read(tmp_path / "first.wav", dtype="float64")
+    assert rate == RATE and sf.info(tmp_path / "first.wav").subtype == subtype
+    np.testing.assert_array_equal(read, samples.astype(np.float64))
+
+
+def test_separated_files_do_not_depend_on_the_clock(model_file, tmp_path):
+    """`sepkit separate` writes float WAV by default, block by block: the same input and
+    checkpoint give the same bytes a second later."""
+    model, path = model_file
+    samples = write_wav(tmp_path / "in" / "x.wav", noise(0))
+    assert separate(path, tmp_path / "in", "-o", tmp_path / "first") == 0
+    wait_for_the_next_second()
+    assert separate(path, tmp_path / "in", "-o", tmp_path / "second") == 0
+    for name in ("x_s1.wav", "x_s2.wav"):
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
+        assert b"PEAK" not in riff_chunk_ids(tmp_path / "first" / name)
+    assert_separated(model, samples, [tmp_path / "first" / "x_s1.wav", tmp_path / "first" / "x_s2.wav"])
