@@ -112,3 +112,67 @@ def test_bad_arguments_are_rejected_with_a_clear_error() -> None:
         chunk(x, 4, 2, "reflect")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="do not match"):
         overlap_add(chunk(x, 4, 2), 2, 30)
+
+
+def oracle_dprnn_block(block, x: torch.Tensor) -> torch.Tensor:
+    """DPRNN's block (Luo et al. 2020, Fig. 1) one sequence at a time: the intra RNN over
+    each chunk, the inter RNN over each chunk position, each followed by its projection,
+    the norm written out (gLN: mean and biased variance over channels, positions and
+    chunks per utterance; cLN: over channels per position) and the residual sum."""
+
+    def norm(kind: str, module, y: torch.Tensor) -> torch.Tensor:  # y [channels, K, S]
+        weight, bias, eps = (
+            (module.weight, module.bias, module.eps)
+            if kind == "gLN"
+            else (
+                module.norm.weight,
+                module.norm.bias,
+                module.norm.eps,
+            )
+        )
+        dims = (0, 1, 2) if kind == "gLN" else (0,)
+        mean = y.mean(dims, keepdim=True)
+        var = ((y - mean) ** 2).mean(dims, keepdim=True)
+        return (y - mean) / torch.sqrt(var + eps) * weight[:, None, None] + bias[:, None, None]
+
+    kind = "gLN" if type(block.intra_norm).__name__ == "GlobalLayerNorm" else "cLN"
+    batch, channels, chunk_size, n_chunks = x.shape
+    out = []
+    for b in range(batch):
+        u = x[b].clone()
+        intra = torch.stack(
+            [block.intra_proj(block.intra_rnn(u[:, :, s].T[:, None])[0][:, 0]).T for s in range(n_chunks)], -1
+        )
+        u = u + norm(kind, block.intra_norm, intra)
+        inter = torch.stack(
+            [block.inter_proj(block.inter_rnn(u[:, k, :].T[:, None])[0][:, 0]).T for k in range(chunk_size)], 1
+        )
+        out.append(u + norm(kind, block.inter_norm, inter))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("norm", ["gLN", "cLN"])
+def test_dprnn_block_equals_the_per_sequence_oracle_in_every_input_layout(norm: str) -> None:
+    """The block keeps its residual stream channels-last for speed: its values and its
+    gradients must not depend on the layout it is given (contiguous, channels-last, or
+    the overlapping view ``chunk`` returns), float64 against the loop oracle."""
+    from sepkit.nn.dual_path_rnn import DPRNNBlock
+
+    torch.manual_seed(0)
+    block = DPRNNBlock(6, 5, norm=norm).double()
+    with torch.no_grad():
+        for param in block.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    sequence = torch.randn(2, 6, 23, dtype=torch.float64)
+    view = chunk(sequence, 8, 4, "overlap")
+    expected = oracle_dprnn_block(block, view.contiguous())
+    weights = torch.randn_like(expected)
+    gradients = []
+    for given in (view.contiguous(), view.contiguous(memory_format=torch.channels_last), view):
+        leaf = given.detach().requires_grad_()
+        out = block(leaf)
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+        (out * weights).sum().backward()
+        gradients.append(leaf.grad)
+    for gradient in gradients[1:]:
+        torch.testing.assert_close(gradient, gradients[0], rtol=1e-10, atol=1e-10)

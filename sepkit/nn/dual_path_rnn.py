@@ -3,6 +3,7 @@ sequence modeling for time-domain single-channel speech separation", ICASSP 2020
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from sepkit.nn.norms import make_norm
@@ -15,7 +16,7 @@ class DPRNNBlock(nn.Module):
     RNN along ``n_chunks``, each followed by a linear projection back to ``channels``, a
     norm, and a residual connection (Luo et al. 2020, Fig. 1).
 
-    Input and output ``[batch, channels, chunk_size, n_chunks]``.
+    Input and output ``[batch, channels, chunk_size, n_chunks]`` (the output channels-last).
 
     Used by DPRNN and by GC3's GC-DPRNN backbone.
 
@@ -63,13 +64,20 @@ class DPRNNBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch, channels, chunk_size, n_chunks = x.shape
+        # The residual stream is kept channels-last (stored [batch, K, S, channels]): each
+        # projection's output then reaches that layout by moving whole [S, channels] or
+        # [channels] rows, where the default layout transposes channels against positions
+        # (a strided copy about ten times as slow), and the norm, the residual adds and
+        # their gradients all run on one layout. gLN's statistics do not depend on the
+        # layout, and group_norm has a channels-last kernel. A no-op after the first block.
+        x = x.contiguous(memory_format=torch.channels_last)
         # Intra: every chunk is one sequence of length chunk_size.
         intra = x.permute(2, 0, 3, 1).reshape(chunk_size, batch * n_chunks, channels)
         intra = self.intra_proj(self.dropout(self.intra_rnn(intra)[0]))
-        intra = intra.reshape(chunk_size, batch, n_chunks, channels).permute(1, 3, 0, 2)
-        x = x + self.intra_norm(intra)
+        intra = intra.view(chunk_size, batch, n_chunks, channels).permute(1, 3, 0, 2)
+        x = x + self.intra_norm(intra.contiguous(memory_format=torch.channels_last))
         # Inter: every position inside a chunk is one sequence across chunks.
         inter = x.permute(3, 0, 2, 1).reshape(n_chunks, batch * chunk_size, channels)
         inter = self.inter_proj(self.dropout(self.inter_rnn(inter)[0]))
-        inter = inter.reshape(n_chunks, batch, chunk_size, channels).permute(1, 3, 2, 0)
-        return x + self.inter_norm(inter)
+        inter = inter.view(n_chunks, batch, chunk_size, channels).permute(1, 3, 2, 0)
+        return x + self.inter_norm(inter.contiguous(memory_format=torch.channels_last))
