@@ -65,12 +65,12 @@ class DPRNNBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         batch, channels, chunk_size, n_chunks = x.shape
         # The residual stream is kept channels-last (stored [batch, K, S, channels]): each
-        # projection's output then reaches that layout by moving whole [S, channels] or
-        # [channels] rows, where the default layout transposes channels against positions
-        # (a strided copy about ten times as slow), and the norm, the residual adds and
-        # their gradients all run on one layout. gLN's statistics do not depend on the
-        # layout, and group_norm has a channels-last kernel. A no-op after the first block.
-        x = x.contiguous(memory_format=torch.channels_last)
+        # projection's output then reaches it by moving whole rows of channels, where the
+        # default layout would transpose channels against positions (a strided copy about
+        # ten times as slow), and the norms, the residual adds and their gradients all run
+        # on one layout. gLN's statistics do not depend on the layout, and group_norm has a
+        # channels-last kernel. The conversion costs nothing when x is already channels-last
+        # (every DPRNN block after the first).
         # Intra: every chunk is one sequence of length chunk_size.
         intra = x.permute(2, 0, 3, 1).reshape(chunk_size, batch * n_chunks, channels)
         intra = self.intra_proj(self.dropout(self.intra_rnn(intra)[0]))
