@@ -432,38 +432,17 @@ class StreamingSeparator:
             return
         framed = self.pending[:, : (frames - 1) * self.stride + self.kernel]
         self.pending = self.pending[:, frames * self.stride :]
-        rep = self._encode(framed)  # [batch, n_filters, frames]
+        # The filterbanks as matmuls on the frames: the same sums as the offline conv and
+        # transposed conv (up to rounding), without oneDNN's per-call cost, which is most
+        # of the time of a call with a few frames. The decoder's bias is added in _finalise.
+        rep = self.model.encoder.encode_frames(framed)  # [batch, n_filters, frames]
         masked = self.masker(rep) * rep.unsqueeze(1)
-        wav = self._decode(masked)
+        wav = self.model.decoder.overlap_add_frames(masked)  # [batch, n_src, (frames - 1) * S + L]
         overlap = self.tail.shape[-1]
         wav[..., :overlap] += self.tail
         final_length = frames * self.stride
         self.tail = wav[..., final_length:].clone()
         self._finalise(wav[..., :final_length])
-
-    # The encoder and decoder as matmuls on the frames: the same sums as the offline
-    # conv / transposed conv (up to rounding), without oneDNN's per-call cost, which is
-    # most of the time of a call with a few frames.
-    def _encode(self, framed: Tensor) -> Tensor:
-        """``[batch, (f - 1) * S + L]`` -> ``[batch, n_filters, f]``, as ``ConvEncoder``."""
-        encoder = self.model.encoder
-        rep = framed.unfold(-1, self.kernel, self.stride) @ encoder.conv.weight.squeeze(1).T  # [batch, f, N]
-        if encoder.conv.bias is not None:
-            rep = rep + encoder.conv.bias
-        return encoder.activation(rep.transpose(1, 2))
-
-    def _decode(self, masked: Tensor) -> Tensor:
-        """``[batch, n_src, n_filters, f]`` -> ``[batch, n_src, (f - 1) * S + L]`` overlap-added
-        frames (no bias), as ``ConvDecoder``'s transposed conv."""
-        frames = masked.shape[-1]
-        pieces = masked.transpose(2, 3) @ self.model.decoder.deconv.weight.squeeze(1)  # [batch, n_src, f, L]
-        hops = -(-self.kernel // self.stride)
-        pieces = F.pad(pieces, (0, hops * self.stride - self.kernel))
-        pieces = pieces.reshape(self.batch, self.n_src, frames, hops, self.stride)
-        wav = pieces.new_zeros(self.batch, self.n_src, (frames + hops - 1) * self.stride)
-        for hop in range(hops):
-            wav[..., hop * self.stride : (hop + frames) * self.stride] += pieces[..., hop, :].flatten(-2)
-        return wav[..., : (frames - 1) * self.stride + self.kernel]
 
     def _finalise(self, decoded: Tensor) -> None:
         """Queue decoded samples ``[batch, n_src, k]`` that no later frame overlaps."""

@@ -74,15 +74,22 @@ class ConvEncoder(nn.Module):
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """``[batch, time]`` -> ``[batch, n_filters, frames]``."""
         if wav.device.type == "cpu" and eager_inference():
-            # Inference on a CPU: the frames as a strided view and one matrix product.
             # oneDNN's strided convolution writes a blocked-layout output and reorders it,
             # a second [n_filters, frames] tensor at every call.
-            frames = wav.unfold(-1, self.kernel_size, self.stride)  # [batch, frames, kernel]
-            rep = torch.matmul(self.conv.weight.squeeze(1), frames.transpose(1, 2))
-            if self.conv.bias is not None:
-                rep += self.conv.bias[:, None]
-            return activate_(self.activation, rep)
+            return self.encode_frames(wav)
         return self.activation(self.conv(wav.unsqueeze(1)))
+
+    def encode_frames(self, wav: torch.Tensor) -> torch.Tensor:
+        """The convolution's sums (up to rounding) for inference: the frames as a strided
+        view of ``wav`` ``[batch, time]`` times the filters, one matrix product, the
+        activation written over it. ``[batch, n_filters, frames]``; what ``forward`` runs at
+        CPU inference, and the streaming separator on every block (where oneDNN's fixed
+        per-call cost would dominate a call of a few frames)."""
+        frames = wav.unfold(-1, self.kernel_size, self.stride)  # [batch, frames, kernel]
+        rep = torch.matmul(self.conv.weight.squeeze(1), frames.transpose(1, 2))
+        if self.conv.bias is not None:
+            rep += self.conv.bias[:, None]
+        return activate_(self.activation, rep)
 
 
 class ConvDecoder(nn.Module):
@@ -107,17 +114,26 @@ class ConvDecoder(nn.Module):
         """``[batch, n_src, n_filters, frames]`` -> ``[batch, n_src, time]``."""
         batch, n_src, n_filters, frames = rep.shape
         if rep.device.type == "cpu" and eager_inference():
-            # Inference on a CPU: each frame's samples by one matrix product, then their
-            # overlap-add (fold). oneDNN's transposed convolution first reorders its whole
+            # oneDNN's transposed convolution first reorders its whole
             # [batch * n_src, n_filters, frames] input, the largest tensor of the call.
-            pieces = torch.matmul(self.deconv.weight.squeeze(1).T, rep.reshape(batch * n_src, n_filters, frames))
-            length = (frames - 1) * self.stride + self.kernel_size
-            wav = F.fold(pieces, (1, length), (1, self.kernel_size), stride=(1, self.stride))
+            wav = self.overlap_add_frames(rep)
             if self.deconv.bias is not None:
                 wav += self.deconv.bias
-            return wav.reshape(batch, n_src, length)
+            return wav
         wav = self.deconv(rep.reshape(batch * n_src, n_filters, frames))
         return wav.reshape(batch, n_src, -1)
+
+    def overlap_add_frames(self, rep: torch.Tensor) -> torch.Tensor:
+        """The transposed convolution's sums (up to rounding) without its bias: each frame's
+        samples by one matrix product, then their overlap-add (fold).
+        ``[batch, n_src, n_filters, frames]`` -> ``[batch, n_src, (frames - 1) * stride +
+        kernel_size]``; what ``forward`` runs at CPU inference, and the streaming separator
+        on every block (which adds the bias once per finished sample)."""
+        batch, n_src, n_filters, frames = rep.shape
+        pieces = torch.matmul(self.deconv.weight.squeeze(1).T, rep.reshape(batch * n_src, n_filters, frames))
+        length = (frames - 1) * self.stride + self.kernel_size
+        wav = F.fold(pieces, (1, length), (1, self.kernel_size), stride=(1, self.stride))
+        return wav.reshape(batch, n_src, length)
 
 
 def _check_init(init: str) -> str:
