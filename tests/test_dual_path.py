@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures.oracles import assert_forward_and_gradients_equal
 
 from sepkit.nn.dual_path import chunk, overlap_add
 
@@ -140,9 +141,9 @@ def oracle_dprnn_block(block, x: torch.Tensor, kind: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("norm", ["gLN", "cLN"])
 def test_dprnn_block_equals_the_per_sequence_oracle_in_every_input_layout(norm: str) -> None:
-    """The block keeps its residual stream channels-last for speed: its values and its
-    gradients must not depend on the layout it is given (contiguous, channels-last, or
-    the overlapping view ``chunk`` returns), float64 against the loop oracle."""
+    """The block keeps its residual stream channels-last for speed: for an input that is
+    contiguous, channels-last, or the overlapping view ``chunk`` returns, its values and
+    its gradients (input and parameters) equal the loop oracle's, float64."""
     from sepkit.nn.dual_path_rnn import DPRNNBlock
 
     torch.manual_seed(0)
@@ -152,14 +153,10 @@ def test_dprnn_block_equals_the_per_sequence_oracle_in_every_input_layout(norm: 
             param.add_(0.1 * torch.randn_like(param))
     sequence = torch.randn(2, 6, 23, dtype=torch.float64)
     view = chunk(sequence, 8, 4, "overlap")
-    expected = oracle_dprnn_block(block, view.contiguous(), norm)
-    weights = torch.randn_like(expected)
-    gradients = []
     for given in (view.contiguous(), view.contiguous(memory_format=torch.channels_last), view):
         leaf = given.detach().requires_grad_()
-        out = block(leaf)
-        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
-        (out * weights).sum().backward()
-        gradients.append(leaf.grad)
-    for gradient in gradients[1:]:
-        torch.testing.assert_close(gradient, gradients[0], rtol=1e-10, atol=1e-10)
+        reference = view.detach().contiguous().requires_grad_()
+        params = list(block.parameters())
+        assert_forward_and_gradients_equal(
+            block(leaf), oracle_dprnn_block(block, reference, norm), [leaf, *params], [reference, *params], atol=1e-10
+        )
