@@ -344,14 +344,16 @@ def test_a_group_is_reported_done_only_when_every_file_of_it_is_written(monkeypa
     mixture) counts as written, for the progress bar and the side-file values, only when
     all of its writes succeeded: here the first of group 2's two writes fails while the
     second succeeds, and only group 1 is reported before the error is raised."""
-    import time
+    from concurrent.futures import wait
 
     import data_prep.common as common
 
     def slow_finish(group, row_hook, write):
+        writes = []
         for rendered in group:
             write(rendered)
-        time.sleep(0.2)  # rendering outlasts the writes: they are all done when checked
+            writes.append(write.last)
+        wait(writes)  # rendering outlasts the writes: they are all done when checked
         return common.GroupResult(len(group), [], [])
 
     def failing_write(rendered):
