@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -561,8 +562,6 @@ def riff_chunk_ids(path: Path) -> list[bytes]:
 
 def wait_for_the_next_second() -> None:
     """Sleep past the next change of the wall clock's second (what C's time() returns)."""
-    import time
-
     time.sleep(1.0 - time.time() % 1.0 + 0.05)
 
 
