@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
 
 from sepkit.models.filterbanks import ConvDecoder, ConvEncoder
 from sepkit.models.pipeline import EncoderMaskerDecoder, Framing
 from sepkit.models.registry import register_model
-from sepkit.nn.activations import activate, eager_inference, make_activation
+from sepkit.nn.activations import activate, activate_, eager_inference, make_activation
 from sepkit.nn.norms import make_norm
-from sepkit.nn.tcn import TemporalBlock
+from sepkit.nn.tcn import TemporalBlock, pointwise_into
 
 
 class TCNMasker(nn.Module):
@@ -57,6 +59,8 @@ class TCNMasker(nn.Module):
         # activations are written over their inputs: no new tensor per block but the
         # block's own.
         in_place = eager_inference()
+        if in_place and rep.device.type == "cpu" and self._supports_channels_last_inference():
+            return self._masks_channels_last(rep)
         x = self.bottleneck(self.input_norm(rep))
         skip_sum: Tensor | None = None
         for block in self.blocks:
@@ -71,6 +75,48 @@ class TCNMasker(nn.Module):
         masks = activate(self.mask_act, self.mask_conv(activate(self.output_act, out, in_place)), in_place)
         batch, _, frames = masks.shape
         return masks.view(batch, self.n_src, self.n_filters, frames)
+
+    def _supports_channels_last_inference(self) -> bool:
+        pointwise = (self.bottleneck, self.mask_conv)
+        # It calls none of the blocks' layers: a hook on any of them (feature capture,
+        # sepkit.profiling.count_macs) must see the module path.
+        hooked = bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks) or any(
+            layer._forward_hooks or layer._forward_pre_hooks for layer in self.modules()
+        )
+        return (
+            not hooked
+            and all(type(conv) is nn.Conv1d and conv.kernel_size == (1,) for conv in pointwise)
+            and type(self.output_act) is nn.PReLU
+            and self.output_act.num_parameters == 1
+            and all(block.supports_channels_last_inference() for block in self.blocks)
+        )
+
+    def _masks_channels_last(self, rep: Tensor) -> Tensor:
+        """:meth:`forward` at CPU inference: the TCN runs on ``[batch, frames, channels]``
+        tensors (:meth:`TemporalBlock.infer_channels_last_`), every block in the same two
+        scratch buffers; the bottleneck reads the normalised representation and the mask
+        convolution writes the ``[batch, n_src * N, frames]`` masks through transposed
+        matrix products, so neither layout is ever copied. Same sums as the module path up
+        to float rounding. ``[batch, N, frames]`` -> ``[batch, n_src, N, frames]``."""
+        batch, _, frames = rep.shape
+        normed = self.input_norm(rep).transpose(1, 2)  # [batch, frames, N], a view
+        x = pointwise_into(normed, self.bottleneck, rep.new_empty(batch, frames, self.bottleneck.out_channels))
+        del normed
+        hidden_channels = self.blocks[0].in_conv.out_channels
+        hidden, work = rep.new_empty(2, batch, frames, hidden_channels)
+        skip_sum = rep.new_zeros(batch, frames, self.mask_conv.in_channels) if self.use_skip else None
+        for block in self.blocks:
+            block.infer_channels_last_(x, skip_sum, hidden, work)
+        del hidden, work
+        out = activate_(self.output_act, skip_sum if skip_sum is not None else x).transpose(1, 2)
+        masks = rep.new_empty(batch, self.mask_conv.out_channels, frames)
+        weight, bias = self.mask_conv.weight.squeeze(2), self.mask_conv.bias
+        for item in range(batch):
+            if bias is None:
+                torch.mm(weight, out[item], out=masks[item])
+            else:
+                torch.addmm(bias[:, None], weight, out[item], out=masks[item])
+        return activate_(self.mask_act, masks).view(batch, self.n_src, self.n_filters, frames)
 
 
 @register_model(

@@ -130,7 +130,10 @@ class ConvDecoder(nn.Module):
         kernel_size]``; what ``forward`` runs at CPU inference, and the streaming separator
         on every block (which adds the bias once per finished sample)."""
         batch, n_src, n_filters, frames = rep.shape
-        pieces = torch.matmul(self.deconv.weight.squeeze(1).T, rep.reshape(batch * n_src, n_filters, frames))
+        rep = rep.reshape(batch * n_src, n_filters, frames)
+        # bmm, not matmul: with a weight that requires grad (even under inference_mode)
+        # matmul folds the batch into one product and copies the whole input to do so
+        pieces = torch.bmm(self.deconv.weight.squeeze(1).T.expand(len(rep), -1, -1), rep)
         length = (frames - 1) * self.stride + self.kernel_size
         wav = F.fold(pieces, (1, length), (1, self.kernel_size), stride=(1, self.stride))
         return wav.reshape(batch, n_src, length)
