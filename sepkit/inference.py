@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from sepkit.allocator import release_freed_memory
+from sepkit.allocator import release_freed_memory, unmap_large_buffers
 from sepkit.audio import (
     AudioError,
     AudioWarning,
@@ -714,6 +714,7 @@ def separate_main(argv: list[str]) -> int:
     problem = _option_errors(args)
     if problem:
         return _usage_error(problem)
+    unmap_large_buffers()  # before any tensor: resident memory then follows the live chunk
     try:
         if args.device == "auto":
             args.device = "cuda" if torch.cuda.is_available() else "cpu"
