@@ -71,8 +71,9 @@ MIN_AUTO_CHUNK_SECONDS = 2.0
 # of input up to 4-6 s chunks and 0.13 s at 10 s, where its larger activations (20-40
 # MiB each) fall out of the caches and out of the sizes glibc's malloc reuses (it hands
 # them back to the kernel and faults them in again: 500k page faults per call); and the
-# resident memory of `sepkit separate` grows with the chunk (about 25 MiB per second of
-# chunk). 4 s is also the segment length the paper recipes train on (wsj0-2mix), so a
+# resident memory of `sepkit separate` grows with the chunk (a paper Conv-TasNet call
+# adds about 6 MiB per second of chunk at its peak since the channels-last TCN; the
+# whole command grew by about 25 MiB per second before it). 4 s is also the segment length the paper recipes train on (wsj0-2mix), so a
 # chunk looks like a training example; its 25 % overlap is 1 s.
 MAX_AUTO_CHUNK_SECONDS_CPU = 4.0
 # Length of the probe input that measures the activation memory per second of a model.
