@@ -169,7 +169,7 @@ def test_inference_writes_the_tcn_over_its_own_tensors_with_the_same_numbers(mon
     # the filterbanks' inference form sums in another order (its own test below), and so
     # does the channels-last TCN (test_channels_last_inference_equals_the_module_path)
     monkeypatch.setattr(filterbanks, "eager_inference", lambda: False)
-    monkeypatch.setattr(conv_tasnet.TCNMasker, "_supports_channels_last_inference", lambda self: False)
+    monkeypatch.setattr(conv_tasnet.TCNMasker, "_supports_channels_last_inference", lambda self, rep: False)
     torch.manual_seed(0)
     config = dict(TINY, n_filters=64, hidden=64, n_blocks=3, n_repeats=2)
     model = build_model("conv_tasnet", **config).eval()
@@ -239,12 +239,31 @@ def test_channels_last_inference_falls_back_where_it_does_not_apply():
     swap_to_ssc(models[2].masker, include=["blocks.0.in_conv"])
     seen = []
     models[3].masker.blocks[0].depthwise.register_forward_hook(lambda module, inputs, out: seen.append(out.shape))
-    assert build_model("conv_tasnet", **TINY).masker._supports_channels_last_inference()
+    rep = torch.rand(1, TINY["n_filters"], 99)
+    assert build_model("conv_tasnet", **TINY).masker._supports_channels_last_inference(rep)
     for model in models:
-        assert not model.masker._supports_channels_last_inference()
+        assert not model.masker._supports_channels_last_inference(rep)
         with torch.no_grad():
             assert model.eval()(torch.randn(1, 400)).shape == (1, 2, 400)
     assert len(seen) == 1
+
+
+def test_channels_last_inference_leaves_autocast_to_the_module_path(monkeypatch):
+    """Under CPU autocast (validation in bf16-mixed training runs without grad) the module
+    path runs, whose convolutions autocast picks the dtype for: the channels-last path's
+    float32 matrix products raised on its bfloat16 activations (seen failing: "mat1 and
+    mat2 must have the same dtype")."""
+    import sepkit.models.conv_tasnet as conv_tasnet
+
+    torch.manual_seed(0)
+    model = build_model("conv_tasnet", **TINY).eval()
+    wav = torch.randn(2, 800)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model(wav)
+    monkeypatch.setattr(conv_tasnet.TCNMasker, "_supports_channels_last_inference", lambda self, rep: False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(wav)
+    assert got.dtype == expected.dtype and torch.equal(got, expected)
 
 
 # One forward of the paper Conv-TasNet on a 4 s chunk (8 kHz) per path, after two
@@ -260,7 +279,7 @@ def status(key):
     with open("/proc/self/status") as handle:
         return next(int(line.split()[1]) for line in handle if line.startswith(key)) / 1024
 if sys.argv[1] == "module":
-    conv_tasnet.TCNMasker._supports_channels_last_inference = lambda self: False
+    conv_tasnet.TCNMasker._supports_channels_last_inference = lambda self, rep: False
 torch.manual_seed(0)
 model = build_model("conv_tasnet", sample_rate=8000).eval()
 wav = torch.randn(1, 32000)

@@ -59,7 +59,7 @@ class TCNMasker(nn.Module):
         # activations are written over their inputs: no new tensor per block but the
         # block's own.
         in_place = eager_inference()
-        if in_place and rep.device.type == "cpu" and self._supports_channels_last_inference():
+        if in_place and self._supports_channels_last_inference(rep):
             return self._masks_channels_last(rep)
         x = self.bottleneck(self.input_norm(rep))
         skip_sum: Tensor | None = None
@@ -76,8 +76,12 @@ class TCNMasker(nn.Module):
         batch, _, frames = masks.shape
         return masks.view(batch, self.n_src, self.n_filters, frames)
 
-    def _supports_channels_last_inference(self) -> bool:
+    def _supports_channels_last_inference(self, rep: Tensor) -> bool:
         pointwise = (self.bottleneck, self.mask_conv)
+        # Its matrix products run in the weights' dtype: under autocast (bf16-mixed
+        # validation) the module path's convolutions choose the dtype.
+        if rep.device.type != "cpu" or rep.dtype != self.bottleneck.weight.dtype or torch.is_autocast_enabled("cpu"):
+            return False
         # It calls none of the blocks' layers: a hook on any of them (feature capture,
         # sepkit.profiling.count_macs) must see the module path.
         hooked = bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks) or any(
