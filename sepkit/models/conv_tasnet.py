@@ -112,14 +112,9 @@ class TCNMasker(nn.Module):
         for block in self.blocks:
             block.infer_channels_last_(x, skip_sum, hidden, work)
         del hidden, work
-        out = activate_(self.output_act, skip_sum if skip_sum is not None else x).transpose(1, 2)
+        out = activate_(self.output_act, skip_sum if skip_sum is not None else x)
         masks = rep.new_empty(batch, self.mask_conv.out_channels, frames)
-        weight, bias = self.mask_conv.weight.squeeze(2), self.mask_conv.bias
-        for item in range(batch):
-            if bias is None:
-                torch.mm(weight, out[item], out=masks[item])
-            else:
-                torch.addmm(bias[:, None], weight, out[item], out=masks[item])
+        pointwise_into(out, self.mask_conv, masks.transpose(1, 2))
         return activate_(self.mask_act, masks).view(batch, self.n_src, self.n_filters, frames)
 
 

@@ -75,11 +75,41 @@ class DepthwiseConv1d(nn.Conv1d):
             channels, channels, kernel_size, dilation=dilation, padding=padding, groups=channels, bias=bias
         )
 
+    @property
+    def tap_offsets(self) -> tuple[int, ...]:
+        """Per tap, where an output frame ``t`` reads the unpadded input: ``t + offset``."""
+        (pad,), (dilation,), (kernel,) = self.padding, self.dilation, self.kernel_size
+        return tuple(k * dilation - pad for k in range(kernel))
+
     def forward(self, x: Tensor) -> Tensor:
         (pad,), (dilation,), (kernel,) = self.padding, self.dilation, self.kernel_size
         out_length = x.shape[-1] + 2 * pad - dilation * (kernel - 1)
-        offsets = tuple(k * dilation - pad for k in range(kernel))
         # Under autocast x arrives in the low-precision dtype; compute in it, as conv would.
         weight = self.weight.squeeze(1).to(x.dtype)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return _DepthwiseShiftConv.apply(x, weight, bias, offsets, out_length)
+        return _DepthwiseShiftConv.apply(x, weight, bias, self.tap_offsets, out_length)
+
+    def channels_last_into(self, x: Tensor, out: Tensor) -> Tensor:
+        """Inference on the channels-last layout: the first ``frames`` outputs of
+        :meth:`forward` for ``x`` ``[batch, frames, channels]``, written into ``out`` of the
+        same shape (all of them unless the padding is causal, where the block keeps
+        exactly these)."""
+        offsets = self.tap_offsets
+        # [kernel, channels]: each tap's weights contiguous, as the channels of x are (a
+        # strided broadcast operand would take the elementwise kernels off their vector path)
+        weight = self.weight[:, 0, :].T.contiguous()
+        frames = x.shape[1]
+        # the tap without offset first: it writes every output frame, bias included
+        if 0 in offsets:
+            torch.mul(x, weight[offsets.index(0)], out=out)
+            if self.bias is not None:
+                out += self.bias
+        elif self.bias is not None:
+            out.copy_(self.bias.expand_as(out))
+        else:
+            out.zero_()
+        for tap, offset in enumerate(offsets):
+            dst, src = _tap_slices_between(frames, frames, offset)
+            if offset != 0 and dst is not None:
+                out[:, dst].addcmul_(x[:, src], weight[tap])
+        return out

@@ -25,7 +25,9 @@ def pointwise_channels_last(x: Tensor, conv: nn.Conv1d) -> Tensor:
 
 def pointwise_into(x: Tensor, conv: nn.Conv1d, out: Tensor) -> Tensor:
     """A 1x1 ``conv`` from ``x`` ``[batch, frames, in]`` into ``out`` ``[batch, frames,
-    out]`` (both contiguous), one matrix product per batch item, nothing allocated."""
+    out]``, one matrix product per batch item, nothing allocated. Either may be a
+    transposed view of a ``[batch, channels, frames]`` tensor: the products read and
+    write transposed operands in place."""
     weight = conv.weight.squeeze(2).T  # [in, out]
     for item in range(x.shape[0]):
         if conv.bias is None:
@@ -112,33 +114,8 @@ class TemporalBlock(nn.Module):
         module path 0.68 s (page faults of oneDNN's scratch)."""
         pointwise_into(x, self.in_conv, hidden)
         self.norm1.normalize_channels_last_(activate_(self.act1, hidden))
-        self._depthwise_into(hidden, work)
+        self.depthwise.channels_last_into(hidden, work)
         self.norm2.normalize_channels_last_(activate_(self.act2, work))
         x += pointwise_channels_last(work, self.res_conv)
         if skip_sum is not None and self.skip_conv is not None:
             skip_sum += pointwise_channels_last(work, self.skip_conv)
-
-    def _depthwise_into(self, x: Tensor, out: Tensor) -> None:
-        """The depthwise dilated convolution (causal or not) of ``x`` ``[batch, frames,
-        channels]`` into ``out`` of the same shape, tap by tap: output frame ``t`` reads
-        input ``t + offset`` with ``offset = tap * dilation - padding``."""
-        depthwise = self.depthwise
-        (pad,), (dilation,), (kernel,) = depthwise.padding, depthwise.dilation, depthwise.kernel_size
-        # [kernel, channels]: each tap's weights contiguous, as the channels of x are (a
-        # strided broadcast operand would take the elementwise kernels off their vector path)
-        weight = depthwise.weight[:, 0, :].T.contiguous()
-        offsets = [tap * dilation - pad for tap in range(kernel)]
-        frames = x.shape[1]
-        # the tap without offset first: it writes every output frame, bias included
-        if 0 in offsets:
-            torch.mul(x, weight[offsets.index(0)], out=out)
-            if depthwise.bias is not None:
-                out += depthwise.bias
-        elif depthwise.bias is not None:
-            out.copy_(depthwise.bias.expand_as(out))
-        else:
-            out.zero_()
-        for tap, offset in enumerate(offsets):
-            start, stop = max(0, -offset), min(frames, frames - offset)
-            if offset != 0 and stop > start:
-                out[:, start:stop].addcmul_(x[:, start + offset : stop + offset], weight[tap])
